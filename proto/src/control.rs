@@ -1,0 +1,367 @@
+//! The control protocol between the broker and its clients.
+//!
+//! A connection is a session. Every message is a frame: a `u32` little-endian
+//! length, then that many bytes of one `bincode` 2 value (little-endian,
+//! fixed-width integers; see [`CONFIG`] and `proto/doc/control-protocol.md`).
+//! The client speaks first with [`Request::Hello`]; the broker answers
+//! [`Response::Hello`] or an [`ErrorCode::UnsupportedVersion`] error and closes.
+//! After that each request gets exactly one response, in order.
+//!
+//! This file is the contract: changing a type or the order of variants or fields
+//! changes the bytes, breaks `proto/testdata/golden.json`, and needs
+//! [`PROTOCOL_VERSION`] bumped.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{PixelFormat, StreamState};
+use crate::Error;
+
+/// Version of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// `b"FBCP"` as a little-endian u32: the first field of every Hello.
+pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"FBCP");
+/// Largest frame (the bytes after the length) either side accepts. Checked before
+/// any allocation.
+pub const MAX_FRAME: u32 = 1 << 20;
+
+/// The bincode configuration of the protocol: little-endian, fixed-width
+/// integers, at most [`MAX_FRAME`] bytes per value.
+pub const CONFIG: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<{ MAX_FRAME as usize }>,
+> = bincode::config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding()
+    .with_limit::<{ MAX_FRAME as usize }>();
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Always the first message, and always variant 0, in every version.
+    Hello {
+        magic: u32,
+        protocol: u32,
+        client: String,
+    },
+    /// Start a stream, or return the one already running for this URL.
+    Start(StartRequest),
+    /// Stop a stream; its readers see `stopped`.
+    Stop { id: String },
+    /// Every stream.
+    List,
+    /// One stream's counters.
+    Stats { id: String },
+    /// Become a reader of a stream: returns the segment to map.
+    Attach { id: String },
+    /// Stop being a reader (also implied when the connection closes).
+    Detach { id: String },
+}
+
+/// Parameters of [`Request::Start`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Stream id (`[A-Za-z0-9_-]{1,64}`).
+    pub id: String,
+    /// Source: `rtsp://`, `rtsps://`, `testsrc://…`.
+    pub url: String,
+    /// Output width; `None` with `height` `None`: the camera's own size.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub pixel_format: PixelFormat,
+    /// Slots in the ring; `None`: the broker's default.
+    pub ring_slots: Option<u32>,
+    /// RTSP transport.
+    pub transport: Transport,
+    /// Start a second stream on a URL that is already running under another id
+    /// (normally the running one is returned: single ingest is the point).
+    pub allow_duplicate_url: bool,
+    /// Stop the stream once its last reader detaches (after the broker's grace period).
+    pub on_demand: bool,
+}
+
+impl StartRequest {
+    /// A request with the defaults: native size, bgr24, TCP.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
+        StartRequest {
+            id: id.into(),
+            url: url.into(),
+            width: None,
+            height: None,
+            pixel_format: PixelFormat::Bgr24,
+            ring_slots: None,
+            transport: Transport::Tcp,
+            allow_duplicate_url: false,
+            on_demand: false,
+        }
+    }
+}
+
+/// RTSP transport ffmpeg uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What the broker answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello {
+        protocol: u32,
+        broker: String,
+    },
+    /// `created` is false when an already running stream was returned.
+    Started {
+        stream: StreamInfo,
+        created: bool,
+    },
+    Stopped {
+        id: String,
+    },
+    List {
+        streams: Vec<StreamInfo>,
+    },
+    Stats {
+        stats: StreamStats,
+    },
+    Attached(Attachment),
+    Detached {
+        id: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A stream as listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub id: String,
+    /// Source URL with credentials redacted.
+    pub url: String,
+    pub state: StreamState,
+    /// Frame geometry; 0×0 until the first segment exists (native size not known yet).
+    pub width: u32,
+    pub height: u32,
+    pub pixel_format: PixelFormat,
+    pub generation: u64,
+    pub readers: u32,
+    pub on_demand: bool,
+}
+
+/// Counters of one stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamStats {
+    pub info: StreamInfo,
+    /// Measured input rate over the last seconds.
+    pub fps: f64,
+    pub frames_written: u64,
+    /// Frames lost between ffmpeg and the ring (short or corrupt).
+    pub frames_dropped: u64,
+    /// ffmpeg restarts after the first start.
+    pub reconnects: u64,
+    /// Last error from ffmpeg or the supervisor, credentials redacted.
+    pub last_error: Option<String>,
+    pub uptime_ms: u64,
+    pub bytes_per_frame: u64,
+    /// Process id of the running ffmpeg (0 when none).
+    pub ffmpeg_pid: u32,
+}
+
+/// Everything a reader needs to map a stream's ring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    /// POSIX shared-memory name (`/dev/shm` + this name without its leading slash).
+    pub segment: String,
+    pub generation: u64,
+    pub width: u32,
+    pub height: u32,
+    pub pixel_format: PixelFormat,
+    pub frame_bytes: u64,
+    pub slot_count: u32,
+    pub segment_size: u64,
+}
+
+/// Why a request failed; the message says more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    BadRequest,
+    UnsupportedVersion,
+    InvalidId,
+    InvalidUrl,
+    InvalidGeometry,
+    NotFound,
+    AlreadyExists,
+    LimitExceeded,
+    /// The stream has no segment yet (starting, native size not known) or failed.
+    NotReady,
+    NotAttached,
+    Internal,
+}
+
+fn codec_err(e: impl std::fmt::Display) -> Error {
+    Error::Codec(e.to_string())
+}
+
+/// Encodes one value to the bytes of a frame body.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    let bytes = bincode::serde::encode_to_vec(value, CONFIG).map_err(codec_err)?;
+    if bytes.len() > MAX_FRAME as usize {
+        return Err(Error::FrameTooLarge {
+            len: bytes.len() as u64,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes one frame body; trailing bytes are an error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, CONFIG).map_err(codec_err)?;
+    if used != bytes.len() {
+        return Err(Error::Codec(format!(
+            "{} trailing bytes after the message",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Writes one frame (length + body) and flushes.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), Error> {
+    let body = encode(value)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before the length;
+/// a length over [`MAX_FRAME`] is refused before allocating.
+pub fn read_frame<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, Error> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(Error::Codec(
+                    "connection closed inside a frame length".into(),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(Error::FrameTooLarge {
+            len: u64::from(len),
+            max: MAX_FRAME,
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    decode(&body).map(Some)
+}
+
+/// Environment variable naming the control socket.
+pub const SOCKET_ENV: &str = "FRAMEBROKER_SOCKET";
+
+/// Where the broker listens unless told otherwise: `$FRAMEBROKER_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/framebroker/broker.sock`, else `/tmp/framebroker-<uid>/broker.sock`.
+pub fn default_socket_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return std::path::Path::new(&d)
+            .join("framebroker")
+            .join("broker.sock");
+    }
+    #[cfg(unix)]
+    let uid = nix::unistd::getuid().as_raw();
+    #[cfg(not(unix))]
+    let uid = 0;
+    std::path::PathBuf::from(format!("/tmp/framebroker-{uid}/broker.sock"))
+}
+
+/// The client's first message.
+pub fn hello(client: &str) -> Request {
+    Request::Hello {
+        magic: PROTOCOL_MAGIC,
+        protocol: PROTOCOL_VERSION,
+        client: client.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_request() {
+        let reqs = [
+            hello("t"),
+            Request::Start(StartRequest::new("a", "rtsp://h/x")),
+            Request::Stop { id: "a".into() },
+            Request::List,
+            Request::Stats { id: "a".into() },
+            Request::Attach { id: "a".into() },
+            Request::Detach { id: "a".into() },
+        ];
+        for r in reqs {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &r).unwrap();
+            let back: Request = read_frame(&mut &buf[..]).unwrap().unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut frame = (u32::MAX).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0; 8]);
+        let e = read_frame::<Request>(&mut &frame[..]).unwrap_err();
+        assert!(matches!(e, Error::FrameTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        // Unknown variant 99.
+        assert!(decode::<Request>(&99u32.to_le_bytes()).is_err());
+        // A string whose length runs past the end.
+        let mut b = 2u32.to_le_bytes().to_vec(); // Stop
+        b.extend_from_slice(&1000u64.to_le_bytes());
+        assert!(decode::<Request>(&b).is_err());
+        // A string length of 2^60: must fail without trying to allocate it.
+        let mut b = 2u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Request>(&b).is_err());
+        // Trailing bytes.
+        let mut b = encode(&Request::List).unwrap();
+        b.push(0);
+        assert!(decode::<Request>(&b).is_err());
+        // Truncated length and body.
+        assert!(read_frame::<Request>(&mut &[1u8, 0][..]).is_err());
+        assert!(read_frame::<Request>(&mut &[8u8, 0, 0, 0, 1][..]).is_err());
+        // Clean end of stream.
+        assert!(read_frame::<Request>(&mut &[][..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn hello_is_variant_zero_with_magic_first() {
+        let b = encode(&hello("x")).unwrap();
+        assert_eq!(&b[0..4], &0u32.to_le_bytes());
+        assert_eq!(&b[4..8], b"FBCP");
+        assert_eq!(&b[8..12], &PROTOCOL_VERSION.to_le_bytes());
+    }
+}

@@ -1,0 +1,27 @@
+//! # framebroker-proto
+//!
+//! The contract between the framebroker broker and its readers:
+//!
+//! - [`layout`]: the shared-memory ring (header page, slots), asserted at compile time
+//!   and documented byte by byte in `proto/doc/layout.md`;
+//! - [`seqlock`] and [`sync`]: the only atomics orderings and futex calls of the ring;
+//! - [`ring`]: the writer and reader algorithms over any [`ring::Region`];
+//! - [`shm`]: POSIX shared-memory segments (owner-only, exclusive create, read-only open);
+//! - [`control`]: the length-prefixed bincode control protocol;
+//! - [`naming`]: stream ids, segment names, allowed URLs, credential redaction.
+//!
+//! No I/O here beyond what the layout needs; the library never prints.
+
+pub mod control;
+mod error;
+pub mod layout;
+pub mod naming;
+pub mod ring;
+pub mod seqlock;
+#[cfg(unix)]
+pub mod shm;
+pub mod sync;
+
+pub use error::Error;
+pub use layout::{Geometry, PixelFormat, StreamState};
+pub use ring::{FrameMeta, ReadMode, RingConfig, RingInfo, RingReader, RingStatus, RingWriter};
