@@ -1,0 +1,12 @@
+//! The framebroker daemon as a library: the binary in `main.rs` wires these
+//! together, and tests can drive them directly.
+//!
+//! - [`ffmpeg`]: the source seam and the real ffmpeg behind it;
+//! - [`supervisor`]: one thread per stream, restart with backoff, frames into the ring;
+//! - [`registry`]: the streams, limits, attachments, and the ticker;
+//! - [`control_server`]: the control socket and its sessions.
+
+pub mod control_server;
+pub mod ffmpeg;
+pub mod registry;
+pub mod supervisor;

@@ -1,0 +1,475 @@
+//! The broker's streams: start, stop, attach, detach, limits, and the ticker that
+//! keeps heartbeats fresh, measures rates, restarts stalled sources and stops idle
+//! on-demand streams.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use framebroker_proto::control::{Attachment, ErrorCode, StartRequest, StreamInfo, StreamStats};
+use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
+use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
+use framebroker_proto::ring::{monotonic_ns, RingConfig};
+use framebroker_proto::shm::{self, OwnedSegment};
+use framebroker_proto::{Geometry, StreamState};
+
+use crate::ffmpeg::{SourceFactory, SourceSpec};
+use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
+
+/// A refused request: the code and a message for the caller (no secrets in it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<framebroker_proto::Error> for Refusal {
+    fn from(e: framebroker_proto::Error) -> Self {
+        use framebroker_proto::Error as E;
+        let code = match &e {
+            E::InvalidId { .. } | E::InvalidPrefix { .. } => ErrorCode::InvalidId,
+            E::InvalidUrl { .. } => ErrorCode::InvalidUrl,
+            E::InvalidGeometry { .. } | E::InvalidSlots { .. } => ErrorCode::InvalidGeometry,
+            _ => ErrorCode::Internal,
+        };
+        Refusal {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Broker-wide settings.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub supervisor: SupervisorConfig,
+    pub url_policy: UrlPolicy,
+    pub default_slots: u32,
+    pub max_streams: usize,
+    pub max_readers_per_stream: u32,
+    /// Total bytes of shared memory all rings may use.
+    pub shm_budget: u64,
+    /// On-demand streams stop this long after their last reader leaves.
+    pub idle_grace: Duration,
+    pub io_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            supervisor: SupervisorConfig::default(),
+            url_policy: UrlPolicy::default(),
+            default_slots: DEFAULT_SLOTS,
+            max_streams: 64,
+            max_readers_per_stream: 256,
+            shm_budget: 4 << 30,
+            idle_grace: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Hands out segments within the budget and the free space of `/dev/shm`.
+struct Allocator {
+    prefix: String,
+    mode: u32,
+    checksum: bool,
+    budget: u64,
+    used: Mutex<u64>,
+    generation: AtomicU64,
+}
+
+impl SegmentAllocator for Allocator {
+    fn allocate(
+        &self,
+        id: &str,
+        geometry: Geometry,
+        slots: u32,
+    ) -> Result<(Arc<OwnedSegment>, RingConfig), String> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let config = RingConfig {
+            stream_id: id.to_string(),
+            geometry,
+            slot_count: slots,
+            generation,
+            checksum: self.checksum,
+            writer_pid: std::process::id(),
+        };
+        let size = config.segment_size().map_err(|e| e.to_string())?;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if *used + size > self.budget {
+            return Err(format!(
+                "shared-memory budget exceeded: ring needs {} MiB, {} of {} MiB in use (raise --shm-budget-mb)",
+                size >> 20,
+                *used >> 20,
+                self.budget >> 20
+            ));
+        }
+        let free = shm::free_bytes().map_err(|e| e.to_string())?;
+        if size > free {
+            return Err(format!(
+                "/dev/shm has {} MiB free, the ring needs {} MiB: enlarge /dev/shm or use fewer slots or a smaller size",
+                free >> 20,
+                size >> 20
+            ));
+        }
+        let name = naming::segment_name(&self.prefix, id, generation).map_err(|e| e.to_string())?;
+        let seg = OwnedSegment::create(&name, size, self.mode).map_err(|e| e.to_string())?;
+        *used += size;
+        Ok((Arc::new(seg), config))
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(bytes);
+    }
+}
+
+struct Entry {
+    handle: Arc<StreamHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// All streams of one broker.
+pub struct Broker {
+    cfg: BrokerConfig,
+    factory: Arc<dyn SourceFactory>,
+    alloc: Arc<Allocator>,
+    streams: Mutex<HashMap<String, Entry>>,
+}
+
+impl Broker {
+    pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
+        let alloc = Arc::new(Allocator {
+            prefix: cfg.supervisor.shm_prefix.clone(),
+            mode: cfg.supervisor.shm_mode,
+            checksum: cfg.supervisor.checksum,
+            budget: cfg.shm_budget,
+            used: Mutex::new(0),
+            generation: AtomicU64::new(1),
+        });
+        Arc::new(Broker {
+            cfg,
+            factory,
+            alloc,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<StreamHandle>, Refusal> {
+        self.streams()
+            .get(id)
+            .map(|e| e.handle.clone())
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))
+    }
+
+    /// Starts a stream, or returns the one running with the same id and URL, or
+    /// (unless `allow_duplicate_url`) with the same URL under another id.
+    pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<(StreamInfo, bool), Refusal> {
+        naming::validate_stream_id(&req.id)?;
+        let source = classify_url(&req.url, &self.cfg.url_policy)?;
+        let size = match (req.width, req.height) {
+            (None, None) => None,
+            (Some(w), Some(h)) => {
+                Geometry {
+                    width: w,
+                    height: h,
+                    pixel_format: req.pixel_format,
+                }
+                .validate()?;
+                Some((w, h))
+            }
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidGeometry,
+                    "give both width and height, or neither (native size)",
+                ))
+            }
+        };
+        let slots = req.ring_slots.unwrap_or(self.cfg.default_slots);
+        if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
+            return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
+        }
+        let mut streams = self.streams();
+        if let Some(e) = streams.get(&req.id) {
+            if e.handle.spec.url == req.url {
+                return Ok((e.handle.info(), false));
+            }
+            return Err(Refusal::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "stream {:?} already exists with another URL ({})",
+                    req.id, e.handle.spec.redacted
+                ),
+            ));
+        }
+        if !req.allow_duplicate_url {
+            if let Some(e) = streams
+                .values()
+                .find(|e| e.handle.spec.url == req.url && !e.handle.status().state.is_final())
+            {
+                tracing::info!(requested = %req.id, running = e.handle.id(), "URL already running: single ingest");
+                return Ok((e.handle.info(), false));
+            }
+        }
+        if streams.len() >= self.cfg.max_streams {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "at most {} streams (raise --max-streams)",
+                    self.cfg.max_streams
+                ),
+            ));
+        }
+        if let Some((w, h)) = size {
+            // Known size: refuse now rather than fail later.
+            let bytes = req.pixel_format.frame_bytes(w, h).unwrap_or(0);
+            let need = layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
+            let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner());
+            if used + need > self.cfg.shm_budget {
+                return Err(Refusal::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "shared-memory budget exceeded: ring needs {} MiB, {} of {} MiB in use",
+                        need >> 20,
+                        used >> 20,
+                        self.cfg.shm_budget >> 20
+                    ),
+                ));
+            }
+        }
+        let spec = SourceSpec {
+            id: req.id.clone(),
+            redacted: redact_url(&req.url),
+            url: req.url,
+            source,
+            size,
+            pixel_format: req.pixel_format,
+            transport: req.transport,
+            io_timeout: self.cfg.io_timeout,
+        };
+        let handle = Arc::new(StreamHandle::new(spec, slots, req.on_demand));
+        let (h, f, a, c) = (
+            handle.clone(),
+            self.factory.clone(),
+            self.alloc.clone() as Arc<dyn SegmentAllocator>,
+            self.cfg.supervisor.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("stream-{}", req.id))
+            .spawn(move || {
+                let h2 = h.clone();
+                let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug, not a camera problem: say so instead of hanging in `starting`.
+                    h2.status().state = StreamState::Failed;
+                    h2.status().last_error =
+                        Some("internal error: the stream supervisor panicked (see the log)".into());
+                    if let Some(r) = h2.ring_status() {
+                        r.set_state(StreamState::Failed);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("cannot start supervisor thread: {e}"),
+                )
+            })?;
+        tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
+        let info = handle.info();
+        streams.insert(
+            req.id,
+            Entry {
+                handle,
+                thread: Some(thread),
+            },
+        );
+        Ok((info, true))
+    }
+
+    /// Stops a stream: its readers see `stopped`, its segment is unlinked.
+    pub fn stop(&self, id: &str) -> Result<(), Refusal> {
+        let entry = self
+            .streams()
+            .remove(id)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
+        entry.handle.request_stop();
+        // Join off the caller's thread: the supervisor exits within a moment.
+        if let Some(t) = entry.thread {
+            let _ = std::thread::Builder::new()
+                .name("reaper".into())
+                .spawn(move || {
+                    let _ = t.join();
+                });
+        }
+        tracing::info!(stream = id, "stream removed");
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<StreamInfo> {
+        let mut v: Vec<_> = self.streams().values().map(|e| e.handle.info()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn stats(&self, id: &str) -> Result<StreamStats, Refusal> {
+        Ok(self.get(id)?.stats())
+    }
+
+    /// Registers one reader of `id`; the caller's session must call [`detach`](Self::detach).
+    pub fn attach(&self, id: &str) -> Result<Attachment, Refusal> {
+        let h = self.get(id)?;
+        let Some(a) = h.attachment() else {
+            let s = h.status();
+            return Err(Refusal::new(
+                ErrorCode::NotReady,
+                match s.state {
+                    StreamState::Failed => format!(
+                        "stream {id:?} failed: {}",
+                        s.last_error.clone().unwrap_or_default()
+                    ),
+                    StreamState::Stopped => format!("stream {id:?} is stopped"),
+                    _ => format!(
+                        "stream {id:?} is {} and has no frames yet; retry shortly",
+                        s.state
+                    ),
+                },
+            ));
+        };
+        let readers = h.readers.fetch_add(1, Ordering::AcqRel) + 1;
+        if readers > self.cfg.max_readers_per_stream {
+            h.readers.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "stream {id:?} has the maximum of {} readers",
+                    self.cfg.max_readers_per_stream
+                ),
+            ));
+        }
+        h.idle_since_ns.store(0, Ordering::Relaxed);
+        Ok(a)
+    }
+
+    pub fn detach(&self, id: &str) {
+        if let Ok(h) = self.get(id) {
+            let prev = h
+                .readers
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .unwrap_or(0);
+            if prev == 1 {
+                h.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops everything (shutdown).
+    pub fn shutdown(&self) {
+        let entries: Vec<Entry> = self.streams().drain().map(|(_, e)| e).collect();
+        for e in &entries {
+            e.handle.request_stop();
+        }
+        for mut e in entries {
+            if let Some(t) = e.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Runs the ticker on its own thread (every heartbeat interval).
+    pub fn spawn_ticker(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let broker = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("ticker".into())
+            .spawn(move || {
+                let mut rates: HashMap<String, VecDeque<(Instant, u64)>> = HashMap::new();
+                while let Some(b) = broker.upgrade() {
+                    b.tick(&mut rates);
+                    drop(b);
+                    std::thread::sleep(Duration::from_millis(layout::HEARTBEAT_INTERVAL_MS));
+                }
+            })
+            .expect("spawn ticker")
+    }
+
+    fn tick(&self, rates: &mut HashMap<String, VecDeque<(Instant, u64)>>) {
+        let handles: Vec<Arc<StreamHandle>> =
+            self.streams().values().map(|e| e.handle.clone()).collect();
+        let now = Instant::now();
+        let now_ns = monotonic_ns();
+        let mut idle = Vec::new();
+        for h in &handles {
+            let ring = h.ring_status();
+            if let Some(r) = &ring {
+                r.heartbeat();
+            }
+            // Rate over the last two seconds.
+            let samples = rates.entry(h.id().to_string()).or_default();
+            samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
+            while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2) {
+                samples.pop_front();
+            }
+            if let (Some(a), Some(b)) = (samples.front(), samples.back()) {
+                let dt = b.0.duration_since(a.0).as_secs_f64();
+                if dt > 0.5 {
+                    let fps = (b.1 - a.1) as f64 / dt;
+                    h.status().fps = fps;
+                    if let Some(r) = &ring {
+                        r.set_fps(fps);
+                    }
+                }
+            }
+            // Stall: a source that delivers nothing for the stall timeout is killed
+            // (ffmpeg can hang on a frozen camera; its exit restarts it).
+            let quiet = Duration::from_nanos(
+                now_ns.saturating_sub(h.last_progress_ns.load(Ordering::Relaxed)),
+            );
+            let state = h.status().state;
+            let limit = match state {
+                StreamState::Live => self.cfg.supervisor.stall_timeout,
+                _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
+            };
+            if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
+                h.status().last_error = Some(format!(
+                    "no frame for {:.1} s: source stalled",
+                    quiet.as_secs_f64()
+                ));
+                h.kill_source("stalled");
+                h.last_progress_ns.store(now_ns, Ordering::Relaxed);
+            }
+            // On-demand streams stop after the grace period without readers.
+            let since = h.idle_since_ns.load(Ordering::Relaxed);
+            if h.on_demand
+                && since != 0
+                && h.readers.load(Ordering::Relaxed) == 0
+                && Duration::from_nanos(now_ns.saturating_sub(since)) > self.cfg.idle_grace
+            {
+                idle.push(h.id().to_string());
+            }
+        }
+        rates.retain(|id, _| handles.iter().any(|h| h.id() == id));
+        for id in idle {
+            tracing::info!(stream = %id, "no readers for {:?}: stopping on-demand stream", self.cfg.idle_grace);
+            let _ = self.stop(&id);
+        }
+    }
+}
