@@ -1,0 +1,346 @@
+//! Harness for the cross-process tests: start the real RTSP test camera and the
+//! real broker binary on loopback with unique names, and clean up after them.
+//!
+//! The broker binary is the one `cargo build --workspace --bins` put next to the
+//! test executable (`target/<profile>/framebroker`), or `$FRAMEBROKER_BIN`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use framebroker_client::Client;
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A binary built in this workspace (next to the running test executable).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .unwrap();
+    dir.join(name)
+}
+
+pub fn broker_bin() -> PathBuf {
+    std::env::var_os("FRAMEBROKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_bin("framebroker"))
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, for sockets and segment prefixes.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The GStreamer RTSP test camera (`tests/camera/rtsp_camera.py`), killed on drop.
+pub struct Camera {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl Camera {
+    /// Starts a camera on a free loopback port; `pattern` is a videotestsrc pattern.
+    pub fn start(width: u32, height: u32, fps: u32, pattern: &str) -> Result<Self> {
+        let args = vec![
+            "--width".into(),
+            width.to_string(),
+            "--height".into(),
+            height.to_string(),
+            "--fps".into(),
+            fps.to_string(),
+            "--pattern".into(),
+            pattern.into(),
+        ];
+        Self::spawn(args, 0)
+    }
+
+    fn spawn(args: Vec<String>, port: u16) -> Result<Self> {
+        let script = repo_root().join("tests/camera/rtsp_camera.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the RTSP test camera (run scripts/setup.sh for GStreamer)")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("READY ") else {
+            let _ = child.kill();
+            bail!("camera did not start: {line:?}");
+        };
+        let port = url
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()?;
+        Ok(Camera {
+            child,
+            url: url.to_string(),
+            port,
+            args,
+        })
+    }
+
+    /// Kills the camera (SIGKILL: a camera that drops off the network).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and path.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let again = Self::spawn(self.args.clone(), self.port)?;
+        // The old one is dead already; dropping it kills nothing new.
+        drop(std::mem::replace(self, again));
+        Ok(())
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker process on its own socket and segment prefix; SIGTERM on drop.
+pub struct Broker {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub prefix: String,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Broker {
+    /// Starts `framebroker serve` with the extra `args` and waits until it answers.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_with_prefix(&format!("{}-", unique("fbt")), args)
+    }
+
+    /// [`start`](Self::start) with a given segment prefix (to play the next broker
+    /// after a crash).
+    pub fn start_with_prefix(prefix: &str, args: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("fbtest")?;
+        let socket = dir.path().join("broker.sock");
+        let prefix = prefix.to_string();
+        let log = dir.path().join("broker.log");
+        let bin = broker_bin();
+        if !bin.exists() {
+            bail!(
+                "{} not built: run `cargo build --workspace --bins` first",
+                bin.display()
+            );
+        }
+        let child = Command::new(&bin)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .args(["--shm-prefix", &prefix])
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut b = Broker {
+            child: Some(child),
+            socket,
+            prefix,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::connect_to(&b.socket).is_err() {
+            if Instant::now() > deadline {
+                bail!("broker did not come up; log:\n{}", b.log_text());
+            }
+            if let Some(st) = b.child.as_mut().unwrap().try_wait()? {
+                bail!("broker exited with {st}; log:\n{}", b.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(b)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect_to(&self.socket).expect("connect to test broker")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Segment files of this broker in /dev/shm.
+    pub fn segments(&self) -> Vec<String> {
+        framebroker_proto::shm::list(&self.prefix)
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a broker that crashes.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.terminate();
+        // Whatever a crashed broker left behind.
+        for s in self.segments() {
+            let _ = framebroker_proto::shm::unlink(&s);
+        }
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Processes whose command line contains `needle` (from /proc).
+pub fn processes_with_arg(program: &str, needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let prog_ok = args
+                .first()
+                .is_some_and(|a| a.ends_with(program.as_bytes()));
+            prog_ok
+                && args
+                    .iter()
+                    .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One line of `fb-reader` output.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReadRecord {
+    pub number: u64,
+    pub missed: u64,
+    /// CRC-32 of the payload as read.
+    pub crc: u32,
+    /// CRC-32 the broker stored in the slot (0 without --checksum).
+    pub slot_crc: u32,
+    /// now − capture time (CLOCK_MONOTONIC) when the read returned, ns.
+    pub age_ns: u64,
+    /// BGR at the centre of each of the 7 top bars of an SMPTE pattern (row h/4).
+    pub bars: Vec<[u8; 3]>,
+}
+
+/// BGR of the 7 top bars of GStreamer's 100 % `smpte` pattern.
+pub const SMPTE_BARS_BGR: [[u8; 3]; 7] = [
+    [255, 255, 255], // white
+    [0, 255, 255],   // yellow
+    [255, 255, 0],   // cyan
+    [0, 255, 0],     // green
+    [255, 0, 255],   // magenta
+    [0, 0, 255],     // red
+    [255, 0, 0],     // blue
+];
+
+/// Samples the bar centres of a BGR frame.
+pub fn sample_bars(data: &[u8], width: u32, height: u32) -> Vec<[u8; 3]> {
+    let y = height as usize / 4;
+    (0..7)
+        .map(|i| {
+            let x = (width as usize * (2 * i + 1)) / 14;
+            let o = (y * width as usize + x) * 3;
+            [data[o], data[o + 1], data[o + 2]]
+        })
+        .collect()
+}
