@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Idempotent installer for framebroker's build/test dependencies on Debian 12 / Ubuntu.
+#   - apt: ffmpeg + GStreamer RTSP server with Python gi (the loopback test camera)
+#   - .venv (python3 on PATH, no system site-packages): numpy, opencv-python-headless,
+#     pytest, and client-py in editable mode
+#   - nightly miri (best effort)
+# Runs apt-get as root, or through sudo otherwise. Fast (< 3 s) when all is present.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { echo "setup: $*"; }
+warn() { echo "setup: WARNING: $*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo for apt-get" >&2; exit 1; }
+    SUDO=(sudo)
+fi
+
+apt_install() {  # install the given packages that are not installed yet
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q >/dev/null
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# 1. System packages.
+APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+          gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)
+apt_install "${APT_PKGS[@]}"
+say "system packages ok"
+
+# 2. Python venv at .venv.
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+    command -v python3 >/dev/null || apt_install python3
+    say "creating .venv with $(command -v python3) ($(python3 --version 2>&1))"
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian's own python3 needs python3-venv for ensurepip.
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+    fi
+    "$PY" -m pip install -q --upgrade pip
+fi
+if ! "$PY" -c 'import numpy, cv2, pytest' >/dev/null 2>&1; then
+    say "pip install numpy opencv-python-headless pytest"
+    "$PY" -m pip install -q numpy opencv-python-headless pytest
+fi
+if [ -f client-py/pyproject.toml ]; then
+    STAMP="$VENV/.client-py.installed"
+    if [ ! -f "$STAMP" ] || [ client-py/pyproject.toml -nt "$STAMP" ]; then
+        say "pip install -e client-py"
+        "$PY" -m pip install -q -e client-py
+        touch "$STAMP"
+    fi
+fi
+say "python venv ok ($PY)"
+
+# 3. Miri on nightly (optional).
+if cargo +nightly miri --version >/dev/null 2>&1; then
+    say "miri ok"
+else
+    say "installing nightly miri"
+    if rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 ||
+       rustup toolchain install nightly --profile minimal -c miri -c rust-src >/dev/null 2>&1; then
+        say "miri ok"
+    else
+        warn "could not install miri on nightly; miri tests will be skipped"
+    fi
+fi
+say "done"

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every test of the project, from a fresh clone on a fresh Debian/Ubuntu
+# machine: installs what is missing (scripts/setup.sh), then
+#   1. cargo fmt --check and clippy -D warnings over the workspace,
+#   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
+#      with the real broker, ffmpeg and RTSP test camera),
+#   3. the loom model of the seqlock and miri on the in-process ring,
+#   4. the Python client's tests (real broker, real OpenCV).
+# Exits non-zero on the first failure.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+step() { printf '\n==> %s\n' "$*"; }
+start=$(date +%s)
+
+step "setup"
+bash scripts/setup.sh
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    cargo test --workspace --doc --locked
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+step "loom model of the seqlock"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p framebroker-proto --test loom_seqlock --release --locked
+
+step "miri on the in-process ring"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+    MIRIFLAGS="-Zmiri-disable-isolation" CARGO_TARGET_DIR=target/miri \
+        cargo +nightly miri test -p framebroker-proto --lib -- ring:: seqlock:: layout::
+else
+    echo "MIRI NOT RUN: no nightly miri on this machine and scripts/setup.sh could not install it" >&2
+    [ "${FRAMEBROKER_REQUIRE_MIRI:-0}" = 1 ] && exit 1
+fi
+
+if [ -d client-py/tests ]; then
+    step "Python client tests"
+    FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
+        .venv/bin/python -m pytest -q client-py/tests
+fi
+
+step "all tests passed in $(( $(date +%s) - start )) s"
