@@ -473,3 +473,190 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor's restart logic against a fake source (the real ffmpeg is
+    //! exercised by the end-to-end tests in `tests/`).
+    use super::*;
+    use crate::ffmpeg::{KillHandle, RunningSource};
+    use framebroker_proto::shm::ReadOnlySegment;
+    use framebroker_proto::{PixelFormat, RingReader};
+    use std::io::Read;
+    use std::sync::atomic::AtomicU32;
+
+    /// Each run yields `frames` frames of the run's geometry, then ends (as ffmpeg
+    /// does when a camera drops).
+    struct Fake {
+        runs: AtomicU32,
+        frames: usize,
+        sizes: Vec<(u32, u32)>,
+    }
+
+    struct FakeRun {
+        geometry: Geometry,
+        data: std::io::Cursor<Vec<u8>>,
+    }
+
+    impl RunningSource for FakeRun {
+        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, String> {
+            Ok(self.geometry)
+        }
+        fn frames(&mut self) -> &mut dyn Read {
+            &mut self.data
+        }
+        fn pid(&self) -> u32 {
+            0
+        }
+        fn kill_handle(&self) -> KillHandle {
+            Arc::new(|| {})
+        }
+        fn finish(&mut self) -> String {
+            "exit status: 0".into()
+        }
+        fn last_error(&self) -> Option<String> {
+            Some("Connection reset by peer".into())
+        }
+        fn decode_errors(&self) -> u64 {
+            0
+        }
+    }
+
+    impl SourceFactory for Fake {
+        fn spawn(&self, _: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst) as usize;
+            let (width, height) = self.sizes[run.min(self.sizes.len() - 1)];
+            let geometry = Geometry {
+                width,
+                height,
+                pixel_format: PixelFormat::Gray,
+            };
+            let n = geometry.frame_bytes() as usize;
+            // Frame k of the run is filled with byte k; a half frame at the end.
+            let mut data: Vec<u8> = (0..self.frames).flat_map(|k| vec![k as u8; n]).collect();
+            data.extend(vec![0xEE; n / 2]);
+            Ok(Box::new(FakeRun {
+                geometry,
+                data: std::io::Cursor::new(data),
+            }))
+        }
+    }
+
+    fn broker(sizes: Vec<(u32, u32)>) -> (Arc<Broker>, String) {
+        let prefix = format!(
+            "fbunit{}-{}-",
+            std::process::id(),
+            monotonic_ns() % 1_000_000
+        );
+        let cfg = BrokerConfig {
+            supervisor: SupervisorConfig {
+                shm_prefix: prefix.clone(),
+                backoff_initial: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(40),
+                ..SupervisorConfig::default()
+            },
+            idle_grace: Duration::from_millis(200),
+            ..BrokerConfig::default()
+        };
+        (
+            Broker::new(
+                cfg,
+                Arc::new(Fake {
+                    runs: AtomicU32::new(0),
+                    frames: 5,
+                    sizes,
+                }),
+            ),
+            prefix,
+        )
+    }
+
+    fn wait(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_source_that_ends_is_restarted_into_the_same_segment() {
+        let (b, prefix) = broker(vec![(16, 8)]);
+        b.start(StartRequest::new("s", "testsrc://")).unwrap();
+        assert!(wait(|| b.attach("s").is_ok()));
+        let a = b.attach("s").unwrap();
+        assert!(wait(|| b.stats("s").unwrap().reconnects >= 2));
+        let st = b.stats("s").unwrap();
+        assert!(st.frames_written >= 10, "{st:?}");
+        assert_eq!(
+            st.info.generation, a.generation,
+            "same segment across restarts"
+        );
+        assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
+        assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
+        // The half frame at the end of each run was abandoned, never published.
+        let seg = ReadOnlySegment::open(&a.segment, None).unwrap();
+        let mut r = RingReader::open(&seg).unwrap();
+        let mut buf = vec![0; 128];
+        let m = r.try_latest(&mut buf).unwrap().unwrap();
+        assert!(
+            buf.iter().all(|x| *x < 5),
+            "frame {} holds partial data",
+            m.number
+        );
+        b.shutdown();
+        assert!(
+            framebroker_proto::shm::list(&prefix).is_empty(),
+            "segments unlinked on shutdown"
+        );
+        assert_eq!(r.state(), StreamState::Stopped);
+    }
+
+    #[test]
+    fn a_new_geometry_gets_a_new_generation_and_stops_the_old_segment() {
+        let (b, prefix) = broker(vec![(16, 8), (32, 8)]);
+        b.start(StartRequest::new("s", "testsrc://")).unwrap();
+        assert!(wait(|| b.attach("s").is_ok()));
+        let first = b.attach("s").unwrap();
+        let seg = ReadOnlySegment::open(&first.segment, None).unwrap();
+        let old = RingReader::open(&seg).unwrap();
+        assert!(wait(|| b
+            .attach("s")
+            .map(|a| a.generation != first.generation)
+            .unwrap_or(false)));
+        let second = b.attach("s").unwrap();
+        assert_eq!((second.width, second.height), (32, 8));
+        assert_eq!(
+            old.state(),
+            StreamState::Stopped,
+            "readers of the old segment are told to re-attach"
+        );
+        assert!(
+            wait(|| framebroker_proto::shm::list(&prefix).len() == 1),
+            "old segment unlinked"
+        );
+        b.shutdown();
+    }
+
+    #[test]
+    fn readers_are_counted_and_on_demand_streams_stop_when_idle() {
+        let (b, _) = broker(vec![(16, 8)]);
+        let mut req = StartRequest::new("s", "testsrc://");
+        req.on_demand = true;
+        b.start(req).unwrap();
+        assert!(wait(|| b.attach("s").is_ok()));
+        assert_eq!(b.stats("s").unwrap().info.readers, 1);
+        b.detach("s");
+        assert_eq!(b.stats("s").unwrap().info.readers, 0);
+        b.detach("s"); // never below zero
+        assert_eq!(b.stats("s").unwrap().info.readers, 0);
+        b.spawn_ticker();
+        assert!(
+            wait(|| b.list().is_empty()),
+            "idle on-demand stream stopped after the grace period"
+        );
+    }
+}

@@ -357,6 +357,62 @@ mod tests {
         assert!(read_frame::<Request>(&mut &[][..]).unwrap().is_none());
     }
 
+    use proptest::prelude::*;
+
+    fn any_start() -> impl Strategy<Value = StartRequest> {
+        (
+            ".{0,80}",
+            ".{0,300}",
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u32>()),
+            0usize..5,
+            proptest::option::of(any::<u32>()),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(id, url, width, height, pf, ring_slots, udp, allow_duplicate_url, on_demand)| {
+                    StartRequest {
+                        id,
+                        url,
+                        width,
+                        height,
+                        pixel_format: PixelFormat::ALL[pf],
+                        ring_slots,
+                        transport: if udp { Transport::Udp } else { Transport::Tcp },
+                        allow_duplicate_url,
+                        on_demand,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn start_requests_round_trip(req in any_start()) {
+            let r = Request::Start(req);
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &r).unwrap();
+            prop_assert_eq!(read_frame::<Request>(&mut &buf[..]).unwrap().unwrap(), r);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+            let _ = read_frame::<Request>(&mut &bytes[..]);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(req in any_start(), cut in 1usize..64) {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &Request::Start(req)).unwrap();
+            let cut = cut.min(buf.len() - 1);
+            prop_assert!(read_frame::<Request>(&mut &buf[..buf.len() - cut]).is_err());
+        }
+    }
+
     #[test]
     fn hello_is_variant_zero_with_magic_first() {
         let b = encode(&hello("x")).unwrap();
