@@ -130,7 +130,7 @@ impl Session {
         let client = match self.handshake(&mut conn) {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!("handshake failed: {e}");
+                tracing::info!("control connection refused at handshake: {e}");
                 return;
             }
         };

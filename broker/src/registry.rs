@@ -209,6 +209,15 @@ impl Broker {
             return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
         }
         let mut streams = self.streams();
+        if streams
+            .get(&req.id)
+            .is_some_and(|e| e.handle.status().state.is_final())
+        {
+            // A failed stream is replaced by a new attempt under the same id.
+            if let Some(old) = streams.remove(&req.id) {
+                old.handle.request_stop();
+            }
+        }
         if let Some(e) = streams.get(&req.id) {
             if e.handle.spec.url == req.url {
                 return Ok((e.handle.info(), false));

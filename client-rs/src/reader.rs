@@ -146,6 +146,17 @@ impl Reader {
     }
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("stream", &self.attachment.id)
+            .field("segment", &self.attachment.segment)
+            .field("geometry", &self.geometry())
+            .field("position", &self.ring.position())
+            .finish()
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         if let Err(e) = self.client.detach(&self.attachment.id) {

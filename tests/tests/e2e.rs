@@ -489,3 +489,28 @@ fn crashed_broker_is_noticed_and_its_segments_cleaned_by_the_next() {
         b2.log_text()
     );
 }
+
+#[test]
+fn a_camera_that_answers_404_ends_failed_with_the_reason() {
+    let cam = Camera::start(160, 120, 15, "smpte").unwrap();
+    let broker =
+        Broker::start(&["--backoff-initial-ms", "100", "--backoff-max-ms", "200"]).unwrap();
+    let c = broker.client();
+    let bad = cam.url.replace("/cam", "/nope");
+    c.start(StartRequest::new("cam", &bad)).unwrap();
+    let stats = wait_for(Duration::from_secs(20), || {
+        let s = c.stats("cam").unwrap();
+        (s.info.state == StreamState::Failed).then_some(s)
+    })
+    .expect("the stream gives up instead of retrying forever");
+    let reason = stats.last_error.unwrap_or_default();
+    assert!(reason.contains("404"), "{reason}");
+    assert_eq!(
+        c.attach("cam").unwrap_err().code(),
+        Some(ErrorCode::NotReady)
+    );
+    // Adding it again replaces the failed stream with a new attempt.
+    let (_, created) = c.start(StartRequest::new("cam", &cam.url)).unwrap();
+    assert!(created);
+    assert!(c.attach_wait("cam", Duration::from_secs(20)).is_ok());
+}
