@@ -21,6 +21,7 @@
 mod client;
 mod error;
 mod reader;
+mod subscription;
 
 pub use client::Client;
 pub use error::Error;
@@ -29,3 +30,4 @@ pub use framebroker_proto::control::{
 };
 pub use framebroker_proto::{FrameMeta, Geometry, PixelFormat, ReadMode, StreamState};
 pub use reader::{Frame, Reader};
+pub use subscription::Subscription;

@@ -154,6 +154,17 @@ impl Broker {
     pub fn start_with_prefix(prefix: &str, args: &[&str]) -> Result<Self> {
         let dir = TempDir::new("fbtest")?;
         let socket = dir.path().join("broker.sock");
+        Self::spawn(dir, socket, prefix, args)
+    }
+
+    /// A broker on a given socket path (to play a restarted broker). The socket's
+    /// directory must exist.
+    pub fn start_at(socket: &Path, prefix: &str, args: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("fbtest")?;
+        Self::spawn(dir, socket.to_path_buf(), prefix, args)
+    }
+
+    fn spawn(dir: TempDir, socket: PathBuf, prefix: &str, args: &[&str]) -> Result<Self> {
         let prefix = prefix.to_string();
         let log = dir.path().join("broker.log");
         let bin = broker_bin();

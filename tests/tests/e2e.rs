@@ -514,3 +514,40 @@ fn a_camera_that_answers_404_ends_failed_with_the_reason() {
     assert!(created);
     assert!(c.attach_wait("cam", Duration::from_secs(20)).is_ok());
 }
+
+#[test]
+fn a_subscription_survives_a_broker_crash_and_restart() {
+    use framebroker_client::Subscription;
+    let url = "testsrc://?size=160x120&rate=15";
+    let mut broker = Broker::start(&[]).unwrap();
+    broker.client().start(StartRequest::new("t", url)).unwrap();
+    let mut sub = Subscription::new(&broker.socket, "t");
+    let before = sub.latest(Duration::from_secs(10)).unwrap();
+    assert_eq!(before.data.len(), 160 * 120 * 3);
+    let (socket, prefix) = (broker.socket.clone(), broker.prefix.clone());
+    broker.kill();
+    // Frames already in the ring may still come; then the end is reported.
+    let t = Instant::now();
+    let err = loop {
+        match sub.latest(Duration::from_secs(5)) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_end_of_stream(), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        sub.latest(Duration::from_millis(300)).is_err(),
+        "no broker: the read fails, it does not hang"
+    );
+    // A new broker on the same socket with the same stream: the subscription re-attaches.
+    let b2 = Broker::start_at(&socket, &prefix, &[]).unwrap();
+    b2.client().start(StartRequest::new("t", url)).unwrap();
+    let t = Instant::now();
+    let after = sub.latest(Duration::from_secs(20)).unwrap();
+    eprintln!(
+        "re-attached and read a frame {:?} after the new broker started",
+        t.elapsed()
+    );
+    assert_eq!(after.data.len(), 160 * 120 * 3);
+}
