@@ -42,13 +42,9 @@ impl Subscription {
     }
 
     fn ensure(&mut self, deadline: Instant) -> Result<&mut Reader, Error> {
-        loop {
-            if self.reader.is_some() {
-                return Ok(self.reader.as_mut().expect("checked"));
-            }
-            let attempt = Client::connect_to(&self.socket).and_then(|c| {
-                c.attach_wait(&self.id, deadline.saturating_duration_since(Instant::now()))
-            });
+        while self.reader.is_none() {
+            let attempt = Client::connect_to(&self.socket)
+                .and_then(|c| c.attach_wait(&self.id, deadline.saturating_duration_since(Instant::now())));
             match attempt {
                 Ok(r) => {
                     tracing::info!(stream = %self.id, generation = r.attachment().generation, "attached");
@@ -61,6 +57,7 @@ impl Subscription {
                 Err(e) => return Err(e),
             }
         }
+        Ok(self.reader.as_mut().expect("the loop above attached"))
     }
 
     fn read(
