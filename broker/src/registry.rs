@@ -458,11 +458,10 @@ impl Broker {
                 _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
             };
             if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
-                h.status().last_error = Some(format!(
-                    "no frame for {:.1} s: source stalled",
+                h.kill_source(&format!(
+                    "source stalled: no frame for {:.1} s",
                     quiet.as_secs_f64()
                 ));
-                h.kill_source("stalled");
                 h.last_progress_ns.store(now_ns, Ordering::Relaxed);
             }
             // On-demand streams stop after the grace period without readers.

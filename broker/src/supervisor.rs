@@ -119,6 +119,8 @@ pub struct StreamHandle {
     stop: AtomicBool,
     wakeup: (Mutex<()>, Condvar),
     kill: Mutex<Option<KillHandle>>,
+    /// Why the broker killed the current source, if it did (reported as the error).
+    kill_reason: Mutex<Option<String>>,
     /// The current ring, for the ticker's heartbeat.
     ring: Mutex<Option<Arc<OwnedSegment>>>,
 }
@@ -150,6 +152,7 @@ impl StreamHandle {
             stop: AtomicBool::new(false),
             wakeup: (Mutex::new(()), Condvar::new()),
             kill: Mutex::new(None),
+            kill_reason: Mutex::new(None),
             ring: Mutex::new(None),
         }
     }
@@ -174,10 +177,12 @@ impl StreamHandle {
         self.wakeup.1.notify_all();
     }
 
-    /// Kills the running source (the supervisor then restarts it unless stopping).
+    /// Kills the running source (the supervisor then restarts it unless stopping);
+    /// `why` becomes the stream's last error.
     pub fn kill_source(&self, why: &str) {
         if let Some(k) = self.kill.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             tracing::info!(stream = self.id(), "killing ffmpeg: {why}");
+            *self.kill_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
             k();
         }
     }
@@ -467,6 +472,11 @@ fn run_once(
         }
     })();
     *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let killed_for = handle
+        .kill_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     let how = source.finish();
     let decode_errors = source.decode_errors();
     if decode_errors > 0 {
@@ -478,7 +488,8 @@ fn run_once(
     tracing::debug!(stream = id, "ffmpeg exited: {how}");
     match outcome {
         RunOutcome::Ended { frames, error } => {
-            let error = error
+            let error = killed_for
+                .or(error)
                 .or_else(|| source.last_error())
                 .or_else(|| Some(format!("ffmpeg exited ({how})")));
             RunOutcome::Ended { frames, error }

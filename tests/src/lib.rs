@@ -118,6 +118,23 @@ impl Camera {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the camera freezes with its sockets open (the hard case: ffmpeg
+    /// sees no error, only silence).
+    pub fn freeze(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGSTOP,
+        );
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGCONT,
+        );
+    }
+
     /// Starts it again on the same port and path.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
@@ -130,6 +147,7 @@ impl Camera {
 
 impl Drop for Camera {
     fn drop(&mut self) {
+        self.thaw();
         self.kill();
     }
 }
