@@ -43,8 +43,9 @@ impl Subscription {
 
     fn ensure(&mut self, deadline: Instant) -> Result<&mut Reader, Error> {
         while self.reader.is_none() {
-            let attempt = Client::connect_to(&self.socket)
-                .and_then(|c| c.attach_wait(&self.id, deadline.saturating_duration_since(Instant::now())));
+            let attempt = Client::connect_to(&self.socket).and_then(|c| {
+                c.attach_wait(&self.id, deadline.saturating_duration_since(Instant::now()))
+            });
             match attempt {
                 Ok(r) => {
                     tracing::info!(stream = %self.id, generation = r.attachment().generation, "attached");
