@@ -431,20 +431,29 @@ impl Broker {
             if let Some(r) = &ring {
                 r.heartbeat();
             }
-            // Rate over the last two seconds.
+            // Rate over the last two seconds of being live (a window that reached
+            // back into a start-up or a reconnect would under-report).
             let samples = rates.entry(h.id().to_string()).or_default();
-            samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
-            while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2) {
-                samples.pop_front();
-            }
-            if let (Some(a), Some(b)) = (samples.front(), samples.back()) {
-                let dt = b.0.duration_since(a.0).as_secs_f64();
-                if dt > 0.5 {
-                    let fps = (b.1 - a.1) as f64 / dt;
-                    h.status().fps = fps;
-                    if let Some(r) = &ring {
-                        r.set_fps(fps);
+            let fps = if h.status().state == StreamState::Live {
+                samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
+                while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2)
+                {
+                    samples.pop_front();
+                }
+                match (samples.front(), samples.back()) {
+                    (Some(a), Some(b)) if b.0.duration_since(a.0) > Duration::from_millis(500) => {
+                        Some((b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64())
                     }
+                    _ => None,
+                }
+            } else {
+                samples.clear();
+                Some(0.0)
+            };
+            if let Some(fps) = fps {
+                h.status().fps = fps;
+                if let Some(r) = &ring {
+                    r.set_fps(fps);
                 }
             }
             // Stall: a source that delivers nothing for the stall timeout is killed

@@ -456,6 +456,13 @@ fn run_once(
                         .store(monotonic_ns(), Ordering::Relaxed);
                     if frames == 1 {
                         handle.set_state(StreamState::Live);
+                        // An on-demand stream's idle grace counts from when it can
+                        // first be read, not from a slow start.
+                        if handle.readers.load(Ordering::Relaxed) == 0 {
+                            handle
+                                .idle_since_ns
+                                .store(monotonic_ns(), Ordering::Relaxed);
+                        }
                     }
                 }
                 Err(e) => {

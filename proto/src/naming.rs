@@ -281,6 +281,14 @@ pub fn stream_id_for_url(url: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     readable = readable.trim_matches('_').to_string();
+    if readable.is_empty() {
+        // No host or path (`testsrc://?size=…`): name it after the scheme.
+        readable = url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphabetic()))
+            .unwrap_or_else(|| "stream".into());
+    }
     readable.truncate(MAX_ID_LEN - 9);
     format!("{readable}-{:08x}", crc32fast::hash(url.as_bytes()))
 }

@@ -116,7 +116,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                 pixel_format: PixelFormat::Bgr24,
                 frame_bytes: 921_600,
                 slot_count: 4,
-                segment_size: 3_690_496,
+                segment_size: 3_690_752,
             }),
         ),
         ("detached", Response::Detached { id: "cam-1".into() }),
@@ -185,6 +185,28 @@ fn control_messages_match_golden_bytes() {
             "vectors": all,
         }),
     );
+}
+
+#[test]
+fn stream_ids_and_redaction_match_golden() {
+    use framebroker_proto::naming::{redact_url, stream_id_for_url};
+    let urls = [
+        "rtsp://admin:secret@10.0.0.1:554/stream1?x=1",
+        "rtsp://127.0.0.1:8554/cam",
+        "testsrc://?size=640x480&rate=30",
+        "testsrc://",
+        "rtsps://user:p@ss@cam.example.com/live/ch01#frag",
+        "rtsp://[::1]:8554/a/b.sdp",
+        "rtsp://h\u{e9}llo.local/cam\u{e9}ra",
+        "no-scheme-at-all",
+        "",
+        "rtsp://host/____x____",
+        "rtsp://cam/x?user=admin&password=hunter2&channel=1",
+        "rtsp://averyveryveryveryverylonghostname.example.com:554/some/deep/path/to/the/stream/main",
+    ];
+    let vectors: Vec<Value> =
+        urls.iter().map(|u| json!({ "url": u, "stream_id": stream_id_for_url(u), "redacted": redact_url(u) })).collect();
+    check_or_bless("naming.json", json!({ "vectors": vectors }));
 }
 
 #[test]
