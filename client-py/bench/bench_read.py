@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Benchmarks of the Python client against the real broker (issue 3, "Performance").
+
+1. ``read()`` time per frame at 640x480 and 1920x1080, next to ``numpy.copyto`` of
+   the same size in the same run (goal: read() <= 1.3x copyto). Each read is timed
+   when a new frame is already published, so it measures the read, not the wait.
+2. CPU of N Python readers through framebroker vs N plain ``cv2.VideoCapture`` on the
+   same RTSP camera (N = 1, 4, 8), over the same wall time.
+
+Run from client-py/ with the venv:  ../.venv/bin/python bench/bench_read.py
+(needs target/debug/framebroker, or FRAMEBROKER_BIN; a release build is fairer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framebroker import VideoCapture  # noqa: E402
+from tests.conftest import Broker, Camera  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def pct(xs: List[float], q: float) -> float:
+    return sorted(xs)[min(int(len(xs) * q), len(xs) - 1)]
+
+
+def bench_read(broker: Broker, w: int, h: int, n: int) -> Dict[str, List[float]]:
+    """Times read() when a new frame is already published (after sleeping while it
+    was produced, as a real reader does), and numpy.copyto of the same size both hot
+    (back to back, everything in cache) and under the same conditions as read()
+    (after a sleep, from a source that is not in this core's cache)."""
+    rate = 15
+    cap = VideoCapture(f"testsrc://?size={w}x{h}&rate={rate}", socket_path=broker.socket)
+    assert cap.isOpened(), cap.last_error
+    local = cap._local
+    assert local is not None
+    buf = np.empty((h, w, 3), np.uint8)
+    times: Dict[str, List[float]] = {"read(buf)": [], "read()": [], "copyto hot": [], "copyto after sleep": []}
+    srcs = [np.random.randint(0, 255, (h, w, 3), np.uint8) for _ in range(8)]  # > last-level cache
+    dst = np.empty_like(srcs[0])
+    for i in range(n + 5):
+        for key in ("read(buf)", "read()"):
+            while local.ring is None or not local.ring.has_new_frame():
+                time.sleep(0.002)
+            t = time.perf_counter()
+            ok, _ = cap.read(buf) if key == "read(buf)" else cap.read()
+            dt = time.perf_counter() - t
+            assert ok
+            if i >= 5:
+                times[key].append(dt * 1e6)
+        time.sleep(0.5 / rate)
+        t = time.perf_counter()
+        np.copyto(dst, srcs[i % len(srcs)])
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        np.copyto(dst, srcs[i % len(srcs)])
+        hot = time.perf_counter() - t
+        if i >= 5:
+            times["copyto after sleep"].append(cold * 1e6)
+            times["copyto hot"].append(hot * 1e6)
+    cap.release()
+    return times
+
+
+READER_FB = """
+import os, sys, time
+from framebroker import VideoCapture
+cap = VideoCapture(sys.argv[1], socket_path=sys.argv[2])
+assert cap.isOpened(), cap.last_error
+cap.read(); print("ready", flush=True); sys.stdin.readline()
+t0 = os.times(); n = 0; end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    n += cap.read()[0]
+t1 = os.times()
+print(n, (t1.user - t0.user) + (t1.system - t0.system), flush=True)
+"""
+
+READER_CV = """
+import os, sys, time
+import cv2
+cap = cv2.VideoCapture(sys.argv[1], cv2.CAP_FFMPEG)
+assert cap.isOpened()
+cap.read(); print("ready", flush=True); sys.stdin.readline()
+t0 = os.times(); n = 0; end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    n += cap.read()[0]
+t1 = os.times()
+print(n, (t1.user - t0.user) + (t1.system - t0.system), flush=True)
+"""
+
+
+def bench_cpu(broker: Broker, cam: Camera, n: int, seconds: float, code: str) -> Tuple[float, float, float]:
+    """Returns (reader CPU %, broker+ffmpeg CPU %, frames per reader per second)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, cam.url, broker.socket, str(seconds)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    helpers = [broker.pid] + broker.ffmpeg_children()
+    before = sum(proc_cpu_s(pid) for pid in helpers)
+    t0 = time.monotonic()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 60)
+        frames, cpu = out.split()
+        results.append((int(frames), float(cpu)))
+    wall = time.monotonic() - t0
+    after = sum(proc_cpu_s(pid) for pid in helpers)
+    reader_cpu = sum(c for _, c in results) / seconds * 100
+    fps = statistics.mean(f for f, _ in results) / seconds
+    return reader_cpu, (after - before) / wall * 100, fps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--readers", default="1,4,8")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fbbench-") as d:
+        b = Broker(Path(d), ["--idle-grace-ms", "2000"])
+        try:
+            print("## read() per frame vs numpy.copyto of the same size (µs; median / p90)")
+            for w, h in [(640, 480), (1920, 1080)]:
+                times = bench_read(b, w, h, a.frames)
+                base = statistics.median(times["copyto after sleep"])
+                for k, v in times.items():
+                    med = statistics.median(v)
+                    print(f"{w}x{h:<5} {k:19} {med:7.1f} / {pct(v, 0.9):7.1f}   {med / base:.2f}x")
+            cam = Camera("--width", "640", "--height", "480", "--fps", "30")
+            try:
+                print(f"\n## CPU, {a.seconds:.0f} s, RTSP 640x480 30 fps (% of one core; fps per reader)")
+                print("N  framebroker: readers + broker/ffmpeg = total (fps) | cv2.VideoCapture: total (fps)")
+                for n in (int(x) for x in a.readers.split(",")):
+                    time.sleep(2.5)  # let the previous on-demand stream go
+                    r, h, f1 = bench_cpu(b, cam, n, a.seconds, READER_FB)
+                    c, _, f2 = bench_cpu(b, cam, n, a.seconds, READER_CV)
+                    print(f"{n}  {r:6.1f} + {h:5.1f} = {r + h:6.1f} ({f1:4.1f})      | {c:6.1f} ({f2:4.1f})")
+            finally:
+                cam.kill()
+        finally:
+            b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

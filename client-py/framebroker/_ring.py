@@ -1,0 +1,535 @@
+"""Reading a stream's shared-memory ring: the Python twin of ``RingReader`` in
+``proto/src/ring.rs``, over the layout of ``proto/doc/layout.md``.
+
+The segment is opened as ``/dev/shm/<name>`` and mapped **read-only** with
+``mmap`` (not ``multiprocessing.shared_memory``, whose resource tracker would
+unlink the broker's segment when this process exits). Nothing here ever writes
+to the mapping.
+
+Seqlock reads, as the layout prescribes: read the slot's ``seq`` (odd: the
+writer is inside, retry), check the slot holds the wanted frame, copy the
+payload with ``numpy.copyto`` into an array the caller owns, re-read ``seq``;
+a change means the frame was overwritten during the copy, and it is retried.
+
+Memory ordering: the header words are read with single aligned 8- or 4-byte
+loads (``ndarray.item``). On x86-64 (total store order) loads are not reordered
+with each other, which gives the Acquire loads and fence the protocol asks for.
+Python has no way to emit a fence on aarch64; there the reader relies on the
+barriers around numpy's copy (it releases and re-takes the GIL for large
+copies), which is the best pure Python can do.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Tuple, TypeVar
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import (
+    ChecksumMismatch,
+    Contended,
+    ReadTimeout,
+    SegmentError,
+    StreamEnded,
+    WriterGone,
+)
+from ._layout import PixelFormat, StreamState
+from ._wait import WordWaiter
+
+log = logging.getLogger("framebroker.ring")
+
+#: Where POSIX shared memory is visible as files on Linux.
+SHM_DIR = "/dev/shm"
+#: Attempts at one frame before giving up (the writer lapping the ring under us).
+_RETRIES = 64
+
+T = TypeVar("T")
+
+
+def monotonic_ns() -> int:
+    """``CLOCK_MONOTONIC`` in ns: the clock of the broker's heartbeat and ``mono_ns``."""
+    if hasattr(time, "clock_gettime_ns") and hasattr(time, "CLOCK_MONOTONIC"):
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return time.monotonic_ns()
+
+
+@dataclass(frozen=True)
+class RingInfo:
+    """Geometry and identity of a ring, from its header (fixed for its life)."""
+
+    segment: str
+    stream_id: str
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    slot_count: int
+    frame_bytes: int
+    slot_stride: int
+    segment_size: int
+    generation: int
+    writer_pid: int
+    checksum: bool
+    created_wall_ns: int
+
+    @property
+    def frame_shape(self) -> Tuple[int, ...]:
+        return self.pixel_format.frame_shape(self.width, self.height)
+
+
+class FrameMeta(NamedTuple):
+    """What came with one frame. (A named tuple: made once per frame on the hot path.)"""
+
+    #: Frame number in this segment, counting from 1.
+    number: int
+    #: Capture time, ns since the Unix epoch.
+    wall_ns: int
+    #: Capture time, ``CLOCK_MONOTONIC`` ns (comparable across processes on the host).
+    mono_ns: int
+    #: Payload bytes.
+    len: int
+    #: Frames between the previous one this reader returned and this one that it
+    #: never saw (skipped on purpose in latest mode, overwritten in sequential mode).
+    missed: int
+    #: CRC-32 of the payload when the segment carries checksums, else 0.
+    checksum: int
+
+
+def segment_path(name: str) -> str:
+    """``/dev/shm/<name without its leading slash>``; refuses names that could
+    point anywhere else."""
+    bare = name[1:] if name.startswith("/") else name
+    if not bare or "/" in bare or bare in (".", "..") or "\0" in bare:
+        raise SegmentError(name, "not a shared-memory segment name")
+    return os.path.join(SHM_DIR, bare)
+
+
+class Ring:
+    """One reader of one segment. Not thread-safe; never writes to the segment.
+
+    ``latest()`` returns the newest frame this reader has not returned yet (the
+    first call returns the frame already published at open); ``next()`` returns
+    every frame in order while the reader keeps up within the ring, counting the
+    ones it lost in ``FrameMeta.missed``.
+    """
+
+    def __init__(
+        self,
+        segment: str,
+        *,
+        trusted_owner: Optional[int] = None,
+        stale_after_s: float = L.HEARTBEAT_STALE_MS / 1000,
+        use_futex: Optional[bool] = None,
+        verify_checksum: bool = False,
+    ) -> None:
+        if sys.byteorder != "little":
+            raise SegmentError(segment, "the ring layout is little-endian; this host is not")
+        self.name = segment
+        self.stale_after_s = stale_after_s
+        self.verify_checksum = verify_checksum
+        self._mm: Optional[mmap.mmap] = None
+        self._mm = self._map(segment, trusted_owner)
+        try:
+            self.info = self._check_header(segment, self._mm)
+            self._make_views(self._mm)
+        except BaseException:
+            self.close()
+            raise
+        self._waiter = WordWaiter(self._base + L.WAKE_OFF, self.wake_word, use_futex)
+        last = self.last_frame()
+        #: Number of the last frame this reader returned (0: none).
+        self.cursor = max(last - 1, 0)
+
+    # -- opening
+
+    @staticmethod
+    def _map(name: str, trusted_owner: Optional[int]) -> mmap.mmap:
+        path = segment_path(name)
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise SegmentError(name, "no such segment (stream stopped, or broker restarted)") from None
+        except OSError as e:
+            raise SegmentError(name, f"cannot open {path}: {e.strerror or e}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SegmentError(name, f"{path} is not a regular file")
+            if st.st_mode & 0o022:
+                raise SegmentError(
+                    name, f"writable by group or others (mode {st.st_mode & 0o777:o}): refused"
+                )
+            me = os.geteuid()
+            if st.st_uid != me and st.st_uid != trusted_owner:
+                raise SegmentError(name, f"owned by uid {st.st_uid}, not by us (uid {me}) or the broker")
+            # Checked before mapping: reading past the end of the file would SIGBUS.
+            if st.st_size < L.HEADER_PAGE:
+                raise SegmentError(
+                    name, f"segment too small: need {L.HEADER_PAGE} bytes, have {st.st_size}"
+                )
+            try:
+                return mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+            except OSError as e:
+                raise SegmentError(name, f"mmap: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _check_header(name: str, mm: mmap.mmap) -> RingInfo:
+        """Validates the header exactly like ``RingReader::open``."""
+
+        def u32(off: int) -> int:
+            return int.from_bytes(mm[off : off + 4], "little")
+
+        def u64(off: int) -> int:
+            return int.from_bytes(mm[off : off + 8], "little")
+
+        def bad(reason: str) -> SegmentError:
+            return SegmentError(name, f"bad segment: {reason}")
+
+        magic = int(np.frombuffer(mm, dtype="<u8", count=1, offset=L.MAGIC_OFF).item(0))
+        if magic != L.MAGIC:
+            raise SegmentError(
+                name,
+                f"not a framebroker segment (magic {magic:#018x}); it may still be starting, or be foreign",
+            )
+        version = u32(L.LAYOUT_VERSION_OFF)
+        if version != L.LAYOUT_VERSION:
+            raise SegmentError(
+                name,
+                f"segment layout version {version}, this client reads version {L.LAYOUT_VERSION}: "
+                "upgrade the older side",
+            )
+        code = u32(L.PIXEL_FORMAT_OFF)
+        try:
+            pf = PixelFormat(code)
+        except ValueError:
+            raise bad(f"unknown pixel format {code}") from None
+        width, height = u32(L.WIDTH_OFF), u32(L.HEIGHT_OFF)
+        try:
+            frame_bytes = L.validate_geometry(width, height, pf)
+        except ValueError as e:
+            raise bad(str(e)) from None
+        if u32(L.HEADER_SIZE_OFF) != L.HEADER_PAGE or u64(L.SLOTS_OFFSET_OFF) != L.HEADER_PAGE:
+            raise bad("header size or slot offset is not 4096")
+        slots = u32(L.SLOT_COUNT_OFF)
+        if not L.MIN_SLOTS <= slots <= L.MAX_SLOTS:
+            raise bad(f"slot count {slots} out of range")
+        stride = u64(L.SLOT_STRIDE_OFF)
+        if u64(L.FRAME_BYTES_OFF) != frame_bytes or stride != L.slot_stride(frame_bytes):
+            raise bad("frame size or slot stride disagrees with the geometry")
+        size = u64(L.SEGMENT_SIZE_OFF)
+        if size != L.segment_size(frame_bytes, slots):
+            raise bad("segment size disagrees with the geometry")
+        if len(mm) < size:
+            raise SegmentError(name, f"segment too small: need {size} bytes, have {len(mm)}")
+        id_len = min(u32(L.STREAM_ID_LEN_OFF), L.MAX_ID_LEN)
+        stream_id = mm[L.STREAM_ID_OFF : L.STREAM_ID_OFF + id_len].decode("utf-8", "replace")
+        return RingInfo(
+            segment=name,
+            stream_id=stream_id,
+            width=width,
+            height=height,
+            pixel_format=pf,
+            slot_count=slots,
+            frame_bytes=frame_bytes,
+            slot_stride=stride,
+            segment_size=size,
+            generation=u64(L.GENERATION_OFF),
+            writer_pid=u32(L.WRITER_PID_OFF),
+            checksum=bool(u32(L.FLAGS_OFF) & L.FLAG_CHECKSUM),
+            created_wall_ns=u64(L.CREATED_WALL_NS_OFF),
+        )
+
+    def _make_views(self, mm: mmap.mmap) -> None:
+        i = self.info
+        # Every view derives from one np.frombuffer array, which holds a buffer export
+        # on the mmap: while any view (ours or one handed to the caller) lives, the
+        # mmap refuses to close, so nothing can be unmapped under a view.
+        # (np.ndarray(buffer=mm) alone would not hold the export.)
+        raw = np.frombuffer(mm, dtype=np.uint8)
+        self._h64 = raw[: L.HEADER_PAGE].view(np.uint64)
+        self._h32 = raw[: L.HEADER_PAGE].view(np.uint32)
+        # Slot headers as rows of 8 u64 (and 16 u32), one row per slot.
+        self._s64 = np.ndarray(
+            (i.slot_count, L.SLOT_HEADER // 8), np.uint64, raw, L.HEADER_PAGE, (i.slot_stride, 8)
+        )
+        self._s32 = np.ndarray(
+            (i.slot_count, L.SLOT_HEADER // 4), np.uint32, raw, L.HEADER_PAGE, (i.slot_stride, 4)
+        )
+        # Payloads shaped as frames (rows packed, no padding), one per slot.
+        shape = self._shape = i.frame_shape
+        inner = [1] * len(shape)
+        for k in range(len(shape) - 2, -1, -1):
+            inner[k] = inner[k + 1] * shape[k + 1]
+        self._frames = np.ndarray(
+            (i.slot_count,) + shape,
+            np.uint8,
+            raw,
+            L.HEADER_PAGE + L.SLOT_HEADER,
+            (i.slot_stride,) + tuple(inner),
+        )
+        # One ready-made view per slot: indexing a 4-d array costs microseconds per read.
+        self._slot_frames = list(self._frames)
+        self._checked_dst: Optional[np.ndarray] = None
+        self._slots = i.slot_count
+        self._base = int(self._h32.ctypes.data)
+
+    # -- header words
+
+    def last_frame(self) -> int:
+        """Number of the newest published frame (0: none yet)."""
+        return int(self._h64.item(L.LAST_FRAME_OFF // 8))
+
+    def heartbeat_ns(self) -> int:
+        return int(self._h64.item(L.HEARTBEAT_NS_OFF // 8))
+
+    def heartbeat_age_s(self) -> float:
+        return max(monotonic_ns() - self.heartbeat_ns(), 0) / 1e9
+
+    def state(self) -> StreamState:
+        v = int(self._h32.item(L.STATE_OFF // 4))
+        try:
+            return StreamState(v)
+        except ValueError:
+            return StreamState.FAILED
+
+    def wake_word(self) -> int:
+        return int(self._h32.item(L.WAKE_OFF // 4))
+
+    def fps(self) -> float:
+        """Measured input rate the broker publishes (0 until measured)."""
+        return int(self._h32.item(L.FPS_MILLI_OFF // 4)) / 1000.0
+
+    def frames_dropped(self) -> int:
+        return int(self._h64.item(L.FRAMES_DROPPED_OFF // 8))
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    # -- reading
+
+    def new_array(self) -> np.ndarray:
+        """An array the shape of one frame, for :meth:`latest` / :meth:`next`."""
+        return np.empty(self._shape, np.uint8)
+
+    def fits(self, dst: np.ndarray) -> bool:
+        """Whether ``dst`` can receive a frame: writable, C-contiguous uint8 of the
+        frame's shape. (The last array that fitted is remembered: the check is on
+        the hot path of every read.)"""
+        if dst is self._checked_dst and dst.shape == self._shape:
+            return True
+        ok = (
+            dst.shape == self._shape
+            and dst.dtype == np.uint8
+            and bool(dst.flags.writeable)
+            and bool(dst.flags.c_contiguous)
+        )
+        if ok:
+            self._checked_dst = dst
+        return ok
+
+    def _check_dst(self, dst: np.ndarray) -> None:
+        if not self.fits(dst):
+            raise ValueError(
+                f"destination must be a writable C-contiguous uint8 array of shape {self._shape}, "
+                f"got {dst.dtype} {dst.shape}"
+            )
+
+    def _read_slot(self, number: int, dst: np.ndarray, missed: int) -> Optional[FrameMeta]:
+        """One attempt at frame ``number``; ``None`` when the slot holds another
+        frame, is being written, or was overwritten during the copy."""
+        idx = number % self._slots
+        s64 = self._s64
+        s1 = s64.item(idx, 0)
+        if s1 & 1:
+            return None
+        if s64.item(idx, 1) != number:
+            return None
+        np.copyto(dst, self._slot_frames[idx])
+        wall, mono, ln = s64.item(idx, 2), s64.item(idx, 3), s64.item(idx, 4)
+        crc = self._s32.item(idx, L.SLOT_CHECKSUM_OFF // 4)
+        if s64.item(idx, 0) != s1:
+            return None
+        return FrameMeta(number, wall, mono, min(ln, self.info.frame_bytes), missed, crc)
+
+    def _verify(self, meta: FrameMeta, dst: np.ndarray) -> None:
+        if self.verify_checksum and self.info.checksum:
+            crc = zlib.crc32(dst.data.cast("B")) & 0xFFFFFFFF
+            if crc != meta.checksum:
+                raise ChecksumMismatch(self.info.stream_id, meta.number, meta.checksum, crc)
+
+    def _next_wanted(self, last: int) -> Optional[int]:
+        want = self.cursor + 1
+        if want > last:
+            return None
+        oldest_safe = max(last + 2 - self.info.slot_count, 1)
+        return max(want, oldest_safe)
+
+    def has_new_frame(self) -> bool:
+        """Whether :meth:`try_latest` (or :meth:`try_next`) would find a frame now."""
+        return self.last_frame() > self.cursor
+
+    def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
+        """The newest frame not returned yet, copied into ``dst``; ``None`` when
+        there is none. Never waits."""
+        self._check_dst(dst)
+        for _ in range(_RETRIES):
+            last = self.last_frame()
+            if last <= self.cursor:
+                return None
+            m = self._read_slot(last, dst, last - self.cursor - 1)
+            if m is not None:
+                self.cursor = last
+                self._verify(m, dst)
+                return m
+        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+
+    def try_next(self, dst: np.ndarray) -> Optional[FrameMeta]:
+        """The next frame in order, or the oldest still in the ring when the reader
+        fell behind (``missed`` counts the lost ones). Never waits."""
+        self._check_dst(dst)
+        for _ in range(_RETRIES):
+            want = self._next_wanted(self.last_frame())
+            if want is None:
+                return None
+            m = self._read_slot(want, dst, want - self.cursor - 1)
+            if m is not None:
+                self.cursor = want
+                self._verify(m, dst)
+                return m
+        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+
+    def latest(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
+        """Blocks until :meth:`try_latest` has a frame; raises :class:`ReadTimeout`,
+        :class:`StreamEnded` or :class:`WriterGone` otherwise."""
+        if self._mm is not None:  # fast path: a frame is already there
+            m = self.try_latest(dst)
+            if m is not None:
+                return m
+        return self._wait_for(timeout_s, lambda: self.try_latest(dst))
+
+    def next(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
+        """Blocks until :meth:`try_next` has a frame (see :meth:`latest`)."""
+        if self._mm is not None:
+            m = self.try_next(dst)
+            if m is not None:
+                return m
+        return self._wait_for(timeout_s, lambda: self.try_next(dst))
+
+    def view(self, sequential: bool, timeout_s: Optional[float]) -> Tuple[FrameMeta, np.ndarray, int]:
+        """Zero-copy: waits for a frame like :meth:`latest`/:meth:`next` and returns
+        its metadata, a read-only array over the slot, and a stamp for
+        :meth:`still_valid`. The array may be overwritten by the writer at any time;
+        whatever is computed from it is only trustworthy if :meth:`still_valid`
+        says so afterwards."""
+
+        def attempt() -> Optional[Tuple[FrameMeta, np.ndarray, int]]:
+            for _ in range(_RETRIES):
+                last = self.last_frame()
+                if sequential:
+                    want = self._next_wanted(last)
+                    if want is None:
+                        return None
+                elif last > self.cursor:
+                    want = last
+                else:
+                    return None
+                idx = want % self.info.slot_count
+                s1 = self._s64.item(idx, 0)
+                if s1 & 1 or self._s64.item(idx, 1) != want:
+                    continue
+                wall, mono, ln = (self._s64.item(idx, k) for k in (2, 3, 4))
+                crc = self._s32.item(idx, L.SLOT_CHECKSUM_OFF // 4)
+                if self._s64.item(idx, 0) != s1:
+                    continue
+                meta = FrameMeta(want, int(wall), int(mono), int(ln), want - self.cursor - 1, int(crc))
+                self.cursor = want
+                return meta, self._slot_frames[idx], _stamp(idx, s1)
+            raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+
+        return self._wait_for(timeout_s, attempt)
+
+    def still_valid(self, stamp: int) -> bool:
+        """Whether the slot behind a :meth:`view` was not written since the view was taken."""
+        if self._mm is None:
+            return False
+        idx, seq = stamp >> 64, stamp & ((1 << 64) - 1)
+        return bool(self._s64.item(idx, 0) == seq)
+
+    def _wait_for(self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]]) -> T:
+        if self._mm is None:
+            raise SegmentError(self.name, "ring is closed")
+        deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
+        slice_s = L.HEARTBEAT_INTERVAL_MS / 1000
+        while True:
+            # The wake word is read before looking, so a frame published after the
+            # look changes it and the wait below returns at once.
+            word = self.wake_word()
+            got = attempt()
+            if got is not None:
+                return got
+            state = self.state()
+            if state.is_final:
+                raise StreamEnded(self.info.stream_id, state)
+            age = self.heartbeat_age_s()
+            if age > self.stale_after_s:
+                raise WriterGone(self.info.stream_id, age)
+            wait = slice_s
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReadTimeout(
+                        self.info.stream_id, f"no new frame within {timeout_s * 1000:.0f} ms"  # type: ignore[operator]
+                    )
+                wait = min(wait, left)
+            # Wake at least every heartbeat interval to notice a dead broker in time.
+            self._waiter.wait(word, wait)
+
+    def wait_for_change(self, timeout_s: float) -> None:
+        """Sleeps until the wake word changes or ``timeout_s`` passes (for callers
+        that poll several rings)."""
+        self._waiter.wait(self.wake_word(), min(timeout_s, L.HEARTBEAT_INTERVAL_MS / 1000))
+
+    # -- closing
+
+    def close(self) -> None:
+        """Unmaps the segment. Arrays handed out by :meth:`view` that are still
+        alive keep the mapping until they are garbage-collected."""
+        mm, self._mm = self._mm, None
+        # Views first: an mmap with exported buffers cannot be closed.
+        self._h64 = self._h32 = self._s64 = self._s32 = self._frames = None  # type: ignore[assignment]
+        self._slot_frames = []
+        self._checked_dst = None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                log.debug("segment %s still viewed by the caller; unmapped when the views go", self.name)
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _stamp(idx: int, seq: int) -> int:
+    return (idx << 64) | seq
+

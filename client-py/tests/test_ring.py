@@ -1,0 +1,341 @@
+"""The reader (framebroker._ring) against segments written by tests/ringwriter.py."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from framebroker import _layout as L
+from framebroker import _ring
+from framebroker._errors import ChecksumMismatch, ReadTimeout, SegmentError, StreamEnded, WriterGone
+from framebroker._layout import PixelFormat, StreamState
+from framebroker._ring import Ring
+from framebroker._wait import futex_available
+
+from .ringwriter import RingWriter, frame_bytes
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm (Linux)")
+
+_counter = itertools.count()
+
+
+def unique_name() -> str:
+    return f"/fbpytest-{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture
+def writer() -> Iterator[RingWriter]:
+    w = RingWriter(unique_name(), 8, 4, PixelFormat.GRAY, 4, checksum=True, generation=7)
+    yield w
+    w.close()
+
+
+def test_reader_sees_header_as_written(writer: RingWriter) -> None:
+    with Ring(writer.name) as r:
+        i = r.info
+        assert (i.stream_id, i.width, i.height, i.pixel_format) == ("cam-1", 8, 4, PixelFormat.GRAY)
+        assert (i.frame_bytes, i.slot_count, i.generation, i.writer_pid) == (32, 4, 7, os.getpid())
+        assert i.checksum and i.slot_stride == 128 and i.segment_size == 4096 + 4 * 128
+        assert r.state() is StreamState.STARTING
+        assert r.last_frame() == 0
+        assert r.heartbeat_age_s() < 1.0
+
+
+def test_latest_skips_to_newest_and_counts_missed(writer: RingWriter) -> None:
+    r = Ring(writer.name)
+    buf = r.new_array()
+    assert r.try_latest(buf) is None
+    for n in range(1, 4):
+        writer.publish(frame_bytes(n, 32), 100 + n, 200 + n)
+    m = r.try_latest(buf)
+    assert m is not None
+    assert (m.number, m.missed, m.wall_ns, m.mono_ns, m.len) == (3, 2, 103, 203, 32)
+    assert buf.tobytes() == frame_bytes(3, 32)
+    import zlib
+
+    assert m.checksum == zlib.crc32(buf.tobytes())
+    assert r.try_latest(buf) is None, "never the same frame twice"
+    r.close()
+
+
+def test_sequential_returns_every_frame_then_reports_lapping(writer: RingWriter) -> None:
+    r = Ring(writer.name)
+    buf = r.new_array()
+    for n in (1, 2):
+        writer.publish(frame_bytes(n, 32))
+    for n in (1, 2):
+        m = r.try_next(buf)
+        assert m is not None and (m.number, m.missed) == (n, 0)
+        assert buf.tobytes() == frame_bytes(n, 32)
+    assert r.try_next(buf) is None
+    for n in range(3, 13):
+        writer.publish(frame_bytes(n, 32))
+    # 4 slots, last = 12: frames 10, 11, 12 are safe; 3..9 are gone.
+    m = r.try_next(buf)
+    assert m is not None and (m.number, m.missed) == (10, 7)
+    assert buf.tobytes() == frame_bytes(10, 32)
+    assert r.try_next(buf).number == 11  # type: ignore[union-attr]
+    r.close()
+
+
+def test_late_reader_starts_at_the_newest_frame(writer: RingWriter) -> None:
+    for n in range(1, 6):
+        writer.publish(frame_bytes(n, 32))
+    r = Ring(writer.name)
+    buf = r.new_array()
+    assert r.try_latest(buf).number == 5  # type: ignore[union-attr]
+    r.close()
+    r = Ring(writer.name)
+    assert r.try_next(buf).number == 5  # type: ignore[union-attr]
+    r.close()
+
+
+def test_a_slot_being_written_is_not_read(writer: RingWriter) -> None:
+    writer.publish(frame_bytes(1, 32))
+    r = Ring(writer.name)
+    buf = r.new_array()
+    odd = writer.begin()  # writer inside frame 2's slot
+    # Frame 2 is not published yet: frame 1 is what we get.
+    assert r.try_latest(buf).number == 1  # type: ignore[union-attr]
+    # Pretend last_frame already says 2 while the slot is odd: the reader must skip it.
+    writer.set_u64(L.LAST_FRAME_OFF, 2)
+    with pytest.raises(Exception) as e:
+        r.try_latest(buf)
+    assert "overwriting" in str(e.value)
+    writer.set_u64(L.LAST_FRAME_OFF, 1)
+    writer.payload(2)[...] = 0xAA
+    writer.commit(odd)
+    m = r.try_latest(buf)
+    assert m is not None and m.number == 2 and set(buf.tobytes()) == {0xAA}
+    r.close()
+
+
+def test_a_copy_torn_by_the_writer_is_retried(writer: RingWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer.publish(frame_bytes(1, 32))
+    r = Ring(writer.name)
+    buf = r.new_array()
+    real_copyto = np.copyto
+    calls = []
+
+    def copyto_while_writer_laps(dst: np.ndarray, src: np.ndarray) -> None:
+        real_copyto(dst, src)
+        calls.append(1)
+        if len(calls) == 1:  # the writer laps the ring during the first copy
+            for n in range(2, 6):
+                writer.publish(frame_bytes(n, 32))
+
+    monkeypatch.setattr(_ring.np, "copyto", copyto_while_writer_laps)
+    m = r.try_latest(buf)
+    assert len(calls) == 2, "the torn first copy must be discarded and retried"
+    assert m is not None and m.number == 5 and buf.tobytes() == frame_bytes(5, 32)
+    r.close()
+
+
+def test_checksum_mismatch_is_reported_when_verifying(writer: RingWriter) -> None:
+    writer.publish(frame_bytes(1, 32))
+    writer.set_u32(writer.slot_off(1) + L.SLOT_CHECKSUM_OFF, 0xDEADBEEF)
+    r = Ring(writer.name, verify_checksum=True)
+    with pytest.raises(ChecksumMismatch, match="frame 1"):
+        r.try_latest(r.new_array())
+    r.close()
+
+
+@pytest.mark.parametrize("use_futex", [True, False] if futex_available() else [False])
+def test_blocking_read_wakes_on_publish(writer: RingWriter, use_futex: bool) -> None:
+    writer.start_heartbeat()
+    r = Ring(writer.name, use_futex=use_futex)
+    buf = r.new_array()
+    published = []
+
+    def later() -> None:
+        time.sleep(0.3)
+        published.append(time.monotonic())
+        writer.publish(frame_bytes(9, 32))
+
+    t = threading.Thread(target=later)
+    t.start()
+    cpu0 = time.process_time()
+    m = r.latest(buf, 5.0)
+    woke = time.monotonic()
+    cpu = time.process_time() - cpu0
+    t.join()
+    assert m.number == 1 and buf.tobytes() == frame_bytes(9, 32)
+    assert woke - published[0] < 0.1, "the reader must wake when the frame is published"
+    assert cpu < 0.1, f"waiting 0.3 s used {cpu:.3f} s of CPU: busy loop?"
+    assert r._waiter.use_futex is use_futex, "the futex wait fell back to polling"
+    r.close()
+
+
+def test_blocking_read_times_out_without_spinning(writer: RingWriter) -> None:
+    writer.start_heartbeat()
+    r = Ring(writer.name)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    with pytest.raises(ReadTimeout, match="no new frame within 500 ms"):
+        r.latest(r.new_array(), 0.5)
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    assert 0.45 < elapsed < 1.0
+    assert cpu < 0.1, f"waiting 0.5 s used {cpu:.3f} s of CPU"
+    r.close()
+
+
+def test_stopped_stream_ends_the_wait_promptly(writer: RingWriter) -> None:
+    writer.start_heartbeat()
+    r = Ring(writer.name)
+    threading.Timer(0.2, writer.set_state, (StreamState.STOPPED,)).start()
+    t0 = time.monotonic()
+    with pytest.raises(StreamEnded, match="stopped"):
+        r.next(r.new_array(), 5.0)
+    assert time.monotonic() - t0 < 0.5
+    r.close()
+
+
+def test_dead_writer_is_noticed_within_a_second(writer: RingWriter) -> None:
+    writer.heartbeat()  # and never again
+    r = Ring(writer.name)
+    t0 = time.monotonic()
+    with pytest.raises(WriterGone, match="no sign of life"):
+        r.latest(r.new_array(), 10.0)
+    assert time.monotonic() - t0 < 1.0
+    r.close()
+
+
+def test_zero_copy_view_is_validated(writer: RingWriter) -> None:
+    writer.start_heartbeat()
+    writer.publish(frame_bytes(1, 32))
+    r = Ring(writer.name)
+    meta, view, stamp = r.view(False, 1.0)
+    assert meta.number == 1 and view.tobytes() == frame_bytes(1, 32)
+    assert not view.flags.writeable
+    assert r.still_valid(stamp)
+    for n in range(2, 6):  # lap the 4-slot ring
+        writer.publish(frame_bytes(n, 32))
+    assert not r.still_valid(stamp)
+    # Closing with a view still alive neither fails nor unmaps under the view.
+    r.close()
+    assert view.shape == (4, 8) and len(view.tobytes()) == 32
+    del view
+
+
+def test_readers_never_write_and_never_unlink(writer: RingWriter) -> None:
+    writer.publish(frame_bytes(1, 32))
+    before = open(writer.path, "rb").read()
+    code = (
+        "import sys; from framebroker import Ring; r = Ring(sys.argv[1]); "
+        "b = r.new_array(); assert r.try_latest(b).number == 1"
+    )
+    subprocess.run([sys.executable, "-c", code, writer.name], check=True, timeout=30)
+    assert os.path.exists(writer.path), "a reader process must never unlink the segment"
+    assert open(writer.path, "rb").read() == before
+
+
+# -- refusing bad segments ----------------------------------------------------------
+
+
+def _raw_segment(data: bytes, mode: int = 0o600) -> str:
+    name = unique_name()
+    path = os.path.join("/dev/shm", name[1:])
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    os.fchmod(fd, mode)
+    os.write(fd, data)
+    os.close(fd)
+    return name
+
+
+def _valid_header() -> bytearray:
+    w = RingWriter(unique_name(), 8, 4, PixelFormat.GRAY, 3)
+    data = bytearray(w.mm[:])
+    w.close()
+    return data
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: struct.pack_into("<Q", b, 0, 0), "not a framebroker segment"),
+        (lambda b: struct.pack_into("<I", b, 8, 99), "layout version 99"),
+        (lambda b: struct.pack_into("<I", b, 16, 0), "width and height must be at least 1"),
+        (lambda b: struct.pack_into("<I", b, 16, 9000), "at most 8192"),
+        (lambda b: struct.pack_into("<I", b, 24, 7), "unknown pixel format 7"),
+        (lambda b: struct.pack_into("<I", b, 28, 2), "slot count 2 out of range"),
+        (lambda b: struct.pack_into("<I", b, 12, 512), "header size"),
+        (lambda b: struct.pack_into("<Q", b, 32, 33), "frame size or slot stride"),
+        (lambda b: struct.pack_into("<Q", b, 56, 10 ** 6), "segment size disagrees"),
+    ],
+)
+def test_corrupt_or_foreign_headers_are_refused(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    data = _valid_header()
+    mutate(data)
+    name = _raw_segment(bytes(data))
+    try:
+        with pytest.raises(SegmentError, match=message):
+            Ring(name)
+    finally:
+        os.unlink("/dev/shm/" + name[1:])
+
+
+def test_short_files_are_refused_before_mapping() -> None:
+    name = _raw_segment(b"\0" * 100)
+    try:
+        with pytest.raises(SegmentError, match="too small: need 4096 bytes, have 100"):
+            Ring(name)
+    finally:
+        os.unlink("/dev/shm/" + name[1:])
+    # A valid header whose file is shorter than its segment_size: refused, no SIGBUS.
+    name = _raw_segment(bytes(_valid_header()[:4096]))
+    try:
+        with pytest.raises(SegmentError, match="too small"):
+            Ring(name)
+    finally:
+        os.unlink("/dev/shm/" + name[1:])
+
+
+def test_group_writable_segments_are_refused() -> None:
+    name = _raw_segment(bytes(_valid_header()), mode=0o620)
+    try:
+        with pytest.raises(SegmentError, match="writable by group or others"):
+            Ring(name)
+    finally:
+        os.unlink("/dev/shm/" + name[1:])
+
+
+def test_missing_segment_and_bad_names() -> None:
+    with pytest.raises(SegmentError, match="no such segment"):
+        Ring("/fbpytest-does-not-exist.1")
+    for bad in ["/", "/a/b", "/../etc/passwd", "..", ""]:
+        with pytest.raises(SegmentError, match="not a shared-memory segment name"):
+            Ring(bad)
+
+
+def test_unpublished_segment_is_not_ready() -> None:
+    w = RingWriter(unique_name(), publish_magic=False)
+    try:
+        with pytest.raises(SegmentError, match="may still be starting"):
+            Ring(w.name)
+    finally:
+        w.close()
+
+
+def test_bgr_frames_have_opencv_shape() -> None:
+    w = RingWriter(unique_name(), 6, 4, PixelFormat.BGR24, 3)
+    try:
+        data = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+        w.publish(data.tobytes())
+        r = Ring(w.name)
+        out = r.new_array()
+        assert out.shape == (4, 6, 3)
+        r.try_latest(out)
+        assert np.array_equal(out, data)
+        with pytest.raises(ValueError, match="shape"):
+            r.try_latest(np.empty((4, 6), np.uint8))
+        r.close()
+    finally:
+        w.close()
