@@ -39,34 +39,40 @@ APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
 
-# 2. Python venv at .venv.
-VENV="$ROOT/.venv"
-PY="$VENV/bin/python"
-if ! "$PY" -c 'import sys' >/dev/null 2>&1; then
-    command -v python3 >/dev/null || apt_install python3
-    say "creating .venv with $(command -v python3) ($(python3 --version 2>&1))"
-    rm -rf "$VENV"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
-        # Debian's own python3 needs python3-venv for ensurepip.
-        rm -rf "$VENV"
-        apt_install python3-venv
-        python3 -m venv "$VENV"
+# 2. Python venvs: .venv with the newest OpenCV; with --test also .venv-cv4 with
+#    OpenCV 4.x, so the client is tested against both major versions.
+make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
+    local venv="$1" opencv="$2" py="$1/bin/python"
+    if ! "$py" -c 'import sys' >/dev/null 2>&1; then
+        command -v python3 >/dev/null || apt_install python3
+        say "creating $(basename "$venv") with $(command -v python3) ($(python3 --version 2>&1))"
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            # Debian's own python3 needs python3-venv for ensurepip.
+            rm -rf "$venv"
+            apt_install python3-venv
+            python3 -m venv "$venv"
+        fi
+        "$py" -m pip install -q --upgrade pip
     fi
-    "$PY" -m pip install -q --upgrade pip
-fi
-if ! "$PY" -c 'import numpy, cv2, pytest' >/dev/null 2>&1; then
-    say "pip install numpy opencv-python-headless pytest"
-    "$PY" -m pip install -q numpy opencv-python-headless pytest
-fi
-if [ -f client-py/pyproject.toml ]; then
-    STAMP="$VENV/.client-py.installed"
-    if [ ! -f "$STAMP" ] || [ client-py/pyproject.toml -nt "$STAMP" ]; then
-        say "pip install -e client-py"
-        "$PY" -m pip install -q -e client-py
-        touch "$STAMP"
+    if ! "$py" -c 'import numpy, cv2, pytest' >/dev/null 2>&1; then
+        say "pip install numpy $opencv pytest into $(basename "$venv")"
+        "$py" -m pip install -q numpy "$opencv" pytest
     fi
+    if [ -f client-py/pyproject.toml ]; then
+        local stamp="$venv/.client-py.installed"
+        if [ ! -f "$stamp" ] || [ client-py/pyproject.toml -nt "$stamp" ]; then
+            say "pip install -e client-py into $(basename "$venv")"
+            "$py" -m pip install -q -e client-py 2>&1 | grep -v -i -e warning -e '^ *$' -e '!!' -e '\*\*\*' || true
+            touch "$stamp"
+        fi
+    fi
+    say "python venv ok ($py, OpenCV $("$py" -c 'import cv2; print(cv2.__version__)'))"
+}
+make_venv "$ROOT/.venv" opencv-python-headless
+if [ "${1:-}" = "--test" ]; then
+    make_venv "$ROOT/.venv-cv4" 'opencv-python-headless<5'
 fi
-say "python venv ok ($PY)"
 
 # 3. Miri on nightly (optional).
 if cargo +nightly miri --version >/dev/null 2>&1; then

@@ -14,7 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
 
 step "setup"
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 
 step "format and lints"
 cargo fmt --all --check
@@ -45,9 +45,11 @@ else
 fi
 
 if [ -d client-py/tests ]; then
-    step "Python client tests"
-    FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
-        .venv/bin/python -m pytest -q client-py/tests
+    for venv in .venv-cv4 .venv; do  # the newest OpenCV last: its summary closes the run
+        step "Python client tests ($venv: OpenCV $($venv/bin/python -c 'import cv2; print(cv2.__version__)'))"
+        FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
+            $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests
+    done
 fi
 
 step "all tests passed in $(( $(date +%s) - start )) s"
