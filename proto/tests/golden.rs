@@ -204,8 +204,10 @@ fn stream_ids_and_redaction_match_golden() {
         "rtsp://cam/x?user=admin&password=hunter2&channel=1",
         "rtsp://averyveryveryveryverylonghostname.example.com:554/some/deep/path/to/the/stream/main",
     ];
-    let vectors: Vec<Value> =
-        urls.iter().map(|u| json!({ "url": u, "stream_id": stream_id_for_url(u), "redacted": redact_url(u) })).collect();
+    let vectors: Vec<Value> = urls
+        .iter()
+        .map(|u| json!({ "url": u, "stream_id": stream_id_for_url(u), "redacted": redact_url(u) }))
+        .collect();
     check_or_bless("naming.json", json!({ "vectors": vectors }));
 }
 
