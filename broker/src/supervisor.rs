@@ -116,6 +116,8 @@ pub struct StreamHandle {
     pub last_progress_ns: AtomicU64,
     /// When readers dropped to zero (on-demand streams), ns; 0 while read.
     pub idle_since_ns: AtomicU64,
+    /// Whether a frame was ever published (the idle grace restarts at the first).
+    pub ever_live: AtomicBool,
     stop: AtomicBool,
     wakeup: (Mutex<()>, Condvar),
     kill: Mutex<Option<KillHandle>>,
@@ -149,6 +151,7 @@ impl StreamHandle {
             frames_dropped: AtomicU64::new(0),
             last_progress_ns: AtomicU64::new(monotonic_ns()),
             idle_since_ns: AtomicU64::new(monotonic_ns()),
+            ever_live: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wakeup: (Mutex::new(()), Condvar::new()),
             kill: Mutex::new(None),
@@ -457,8 +460,11 @@ fn run_once(
                     if frames == 1 {
                         handle.set_state(StreamState::Live);
                         // An on-demand stream's idle grace counts from when it can
-                        // first be read, not from a slow start.
-                        if handle.readers.load(Ordering::Relaxed) == 0 {
+                        // first be read, not from a slow start (once: a flapping
+                        // source must not keep an unread stream alive).
+                        if !handle.ever_live.swap(true, Ordering::Relaxed)
+                            && handle.readers.load(Ordering::Relaxed) == 0
+                        {
                             handle
                                 .idle_since_ns
                                 .store(monotonic_ns(), Ordering::Relaxed);
