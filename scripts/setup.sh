@@ -34,8 +34,13 @@ apt_install() {  # install the given packages that are not installed yet
 }
 
 # 1. System packages.
+# ffmpeg: the decoder; GStreamer + gi: the loopback RTSP test camera; cmake + nasm:
+# turbojpeg builds its own libjpeg-turbo (Debian's is too old for it).
 APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-          gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)
+          gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi cmake nasm)
+if [ "${1:-}" = "--test" ]; then
+    APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
+fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
 
@@ -55,9 +60,9 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
         fi
         "$py" -m pip install -q --upgrade pip
     fi
-    if ! "$py" -c 'import numpy, cv2, pytest' >/dev/null 2>&1; then
-        say "pip install numpy $opencv pytest into $(basename "$venv")"
-        "$py" -m pip install -q numpy "$opencv" pytest
+    if ! "$py" -c 'import numpy, cv2, pytest, websockets' >/dev/null 2>&1; then
+        say "pip install numpy $opencv pytest websockets into $(basename "$venv")"
+        "$py" -m pip install -q numpy "$opencv" pytest websockets
     fi
     if [ -f client-py/pyproject.toml ]; then
         local stamp="$venv/.client-py.installed"
@@ -72,6 +77,13 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
 make_venv "$ROOT/.venv" opencv-python-headless
 if [ "${1:-}" = "--test" ]; then
     make_venv "$ROOT/.venv-cv4" 'opencv-python-headless<5'
+    # Browser tests: playwright-core (driving /usr/bin/chromium) and Vite 7 for the
+    # React component, pinned by package-lock.json.
+    B=web-gateway/tests/browser
+    if [ -f "$B/package-lock.json" ] && { [ ! -d "$B/node_modules" ] || [ "$B/package-lock.json" -nt "$B/node_modules" ]; }; then
+        say "npm ci in $B"
+        (cd "$B" && npm ci --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules)
+    fi
 fi
 
 # 3. Miri on nightly (optional).

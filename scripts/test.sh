@@ -5,7 +5,8 @@
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
 #      with the real broker, ffmpeg and RTSP test camera),
 #   3. the loom model of the seqlock and miri on the in-process ring,
-#   4. the Python client's tests (real broker, real OpenCV).
+#   4. the web page in headless Chromium, then the Python tests (client and
+#      gateway clients; real broker, real OpenCV 4.x and 5.x).
 # Exits non-zero on the first failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,12 +45,14 @@ else
     [ "${FRAMEBROKER_REQUIRE_MIRI:-0}" = 1 ] && exit 1
 fi
 
-if [ -d client-py/tests ]; then
-    for venv in .venv-cv4 .venv; do  # the newest OpenCV last: its summary closes the run
-        step "Python client tests ($venv: OpenCV $($venv/bin/python -c 'import cv2; print(cv2.__version__)'))"
-        FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
-            $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests
-    done
-fi
+step "web page in headless Chromium (gateway, JS client, React component)"
+(cd web-gateway/tests/browser && node page.test.mjs)
+
+for venv in .venv-cv4 .venv; do  # the newest OpenCV last: its summary closes the run
+    step "Python tests ($venv: OpenCV $($venv/bin/python -c 'import cv2; print(cv2.__version__)')): client, gateway clients"
+    FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
+        $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests \
+        web-gateway/tests/browser/test_python_clients.py
+done
 
 step "all tests passed in $(( $(date +%s) - start )) s"

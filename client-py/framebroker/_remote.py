@@ -146,6 +146,8 @@ class RemoteStream:
     def _fetch(self, out: Optional[np.ndarray], accept_same: bool) -> Optional[Tuple[FrameMeta, np.ndarray]]:
         req = urllib.request.Request(self._frame_url(), headers={"Accept": "application/octet-stream"})
         with self._call(req) as resp:
+            if resp.status == 204:  # the stream has no frame yet
+                return None
             h = resp.headers
             try:
                 w, hh = int(h["X-Frame-Width"]), int(h["X-Frame-Height"])
