@@ -15,6 +15,8 @@ Written to ``proto/doc/control-protocol.md`` (the Rust reference is
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import enum
 import logging
@@ -266,16 +268,16 @@ class _Reader:
         return out
 
 
-class _Codec:
+class _Codec(abc.ABC):
     """Encodes and decodes one type."""
 
     desc = "?"
 
-    def encode(self, value: Any, out: bytearray, path: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, value: Any, out: bytearray, path: str) -> None: ...
 
-    def decode(self, r: _Reader, path: str) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, r: _Reader, path: str) -> Any: ...
 
 
 class _UInt(_Codec):
