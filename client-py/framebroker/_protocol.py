@@ -16,7 +16,6 @@ Written to ``proto/doc/control-protocol.md`` (the Rust reference is
 from __future__ import annotations
 
 import abc
-
 import dataclasses
 import enum
 import logging
