@@ -16,6 +16,7 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions, Stream};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
 use crate::registry::{Broker, Refusal};
+use crate::supervisor::StreamHandle;
 
 /// Most connections served at once; more are refused with a clear error.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -114,8 +115,9 @@ impl Drop for ControlSocket {
 /// One client connection.
 pub struct Session {
     broker: Arc<Broker>,
-    /// Stream id → number of attachments this session holds.
-    attached: HashMap<String, u32>,
+    /// The attachments this session holds, by stream id; each names the stream
+    /// instance it counted on (a stream restarted under the same id is another).
+    attached: HashMap<String, Vec<Arc<StreamHandle>>>,
 }
 
 impl Session {
@@ -236,24 +238,33 @@ impl Session {
                 .broker
                 .stats(&id)
                 .map(|stats| Response::Stats { stats }),
-            Request::Attach { id } => self.broker.attach(&id).map(|a| {
-                *self.attached.entry(id).or_default() += 1;
+            Request::Attach { id } => self.broker.attach(&id).map(|(a, handle)| {
+                self.attached.entry(id).or_default().push(handle);
                 Response::Attached(a)
             }),
-            Request::Detach { id } => match self.attached.get_mut(&id) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.attached.remove(&id);
+            Request::Detach { id } => {
+                let current = self.broker.current(&id);
+                match self.attached.get_mut(&id) {
+                    Some(held) if !held.is_empty() => {
+                        // Release the attachment on the current stream if this session
+                        // holds one, else one on an earlier stream of that id.
+                        let i = held
+                            .iter()
+                            .position(|h| current.as_ref().is_some_and(|c| Arc::ptr_eq(c, h)))
+                            .unwrap_or(0);
+                        let handle = held.swap_remove(i);
+                        if held.is_empty() {
+                            self.attached.remove(&id);
+                        }
+                        self.broker.detach(&handle);
+                        Ok(Response::Detached { id })
                     }
-                    self.broker.detach(&id);
-                    Ok(Response::Detached { id })
+                    _ => Err(Refusal::new(
+                        ErrorCode::NotAttached,
+                        format!("this session is not attached to {id:?}"),
+                    )),
                 }
-                _ => Err(Refusal::new(
-                    ErrorCode::NotAttached,
-                    format!("this session is not attached to {id:?}"),
-                )),
-            },
+            }
         };
         result.unwrap_or_else(|r| {
             tracing::info!(code = ?r.code, "request refused: {}", r.message);
@@ -267,10 +278,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for (id, n) in self.attached.drain() {
-            for _ in 0..n {
-                self.broker.detach(&id);
-            }
+        for handle in self.attached.drain().flat_map(|(_, held)| held) {
+            self.broker.detach(&handle);
         }
     }
 }

@@ -54,7 +54,7 @@ struct ServeArgs {
     #[arg(long)]
     group_access: bool,
     /// Total shared memory all rings may use, MiB.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     shm_budget_mb: u64,
     /// Ring slots when a start request does not say.
     #[arg(long, default_value_t = framebroker_proto::layout::DEFAULT_SLOTS)]
@@ -140,6 +140,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

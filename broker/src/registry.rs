@@ -96,43 +96,74 @@ impl SegmentAllocator for Allocator {
         geometry: Geometry,
         slots: u32,
     ) -> Result<(Arc<OwnedSegment>, RingConfig), String> {
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let config = RingConfig {
+        let mut config = RingConfig {
             stream_id: id.to_string(),
             geometry,
             slot_count: slots,
-            generation,
+            generation: 0,
             checksum: self.checksum,
             writer_pid: std::process::id(),
         };
         let size = config.segment_size().map_err(|e| e.to_string())?;
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         if *used + size > self.budget {
-            return Err(format!(
-                "shared-memory budget exceeded: ring needs {} MiB, {} of {} MiB in use (raise --shm-budget-mb)",
-                size >> 20,
-                *used >> 20,
-                self.budget >> 20
-            ));
+            return Err(budget_message(size, *used, self.budget));
         }
         let free = shm::free_bytes().map_err(|e| e.to_string())?;
         if size > free {
             return Err(format!(
-                "/dev/shm has {} MiB free, the ring needs {} MiB: enlarge /dev/shm or use fewer slots or a smaller size",
-                free >> 20,
-                size >> 20
+                "/dev/shm has {} free, the ring needs {}: enlarge /dev/shm or use fewer slots or a smaller size",
+                mib(free),
+                mib(size)
             ));
         }
-        let name = naming::segment_name(&self.prefix, id, generation).map_err(|e| e.to_string())?;
-        let seg = OwnedSegment::create(&name, size, self.mode).map_err(|e| e.to_string())?;
-        *used += size;
-        Ok((Arc::new(seg), config))
+        // A name can be taken by a segment we must not remove (another live broker
+        // with our prefix, a foreign file): move on to the next generation.
+        let mut last_err = String::new();
+        for _ in 0..16 {
+            config.generation = self.generation.fetch_add(1, Ordering::Relaxed);
+            let name = naming::segment_name(&self.prefix, id, config.generation)
+                .map_err(|e| e.to_string())?;
+            match OwnedSegment::create(&name, size, self.mode) {
+                Ok(seg) => {
+                    *used += size;
+                    return Ok((Arc::new(seg), config));
+                }
+                Err(framebroker_proto::Error::Shm { reason, .. })
+                    if reason.contains("already exists") =>
+                {
+                    tracing::warn!(segment = %name, "name taken by another segment; trying the next generation");
+                    last_err = format!("{name}: {reason}");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(last_err)
     }
 
     fn release(&self, bytes: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         *used = used.saturating_sub(bytes);
     }
+}
+
+/// Bytes as MiB for messages: whole when exact, else with one decimal (never
+/// rounded down to a number that would contradict the message).
+fn mib(bytes: u64) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn budget_message(need: u64, used: u64, budget: u64) -> String {
+    format!(
+        "shared-memory budget exceeded: the ring needs {}, {} of {} are in use (raise --shm-budget-mb)",
+        mib(need),
+        mib(used),
+        mib(budget)
+    )
 }
 
 struct Entry {
@@ -146,6 +177,9 @@ pub struct Broker {
     factory: Arc<dyn SourceFactory>,
     alloc: Arc<Allocator>,
     streams: Mutex<HashMap<String, Entry>>,
+    /// Supervisors of stopped streams that may still be cleaning up; shutdown
+    /// waits for them so no segment outlives a clean exit.
+    stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Broker {
@@ -163,6 +197,7 @@ impl Broker {
             factory,
             alloc,
             streams: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(Vec::new()),
         })
     }
 
@@ -239,29 +274,49 @@ impl Broker {
                 return Ok((e.handle.info(), false));
             }
         }
-        if streams.len() >= self.cfg.max_streams {
+        let active = streams
+            .values()
+            .filter(|e| !e.handle.status().state.is_final())
+            .count();
+        if active >= self.cfg.max_streams {
+            let ended = streams.len() - active;
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "at most {} streams (raise --max-streams)",
-                    self.cfg.max_streams
+                    "at most {} streams (raise --max-streams){}",
+                    self.cfg.max_streams,
+                    if ended > 0 {
+                        format!("; {ended} more have failed and can be removed")
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
         }
         if let Some((w, h)) = size {
-            // Known size: refuse now rather than fail later.
-            let bytes = req.pixel_format.frame_bytes(w, h).unwrap_or(0);
-            let need = layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
-            let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner());
-            if used + need > self.cfg.shm_budget {
+            // Known size: refuse now rather than fail later, counting the rings of
+            // streams still starting as if they were allocated.
+            let ring_bytes =
+                |bytes: u64, slots: u32| layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
+            let need = ring_bytes(req.pixel_format.frame_bytes(w, h).unwrap_or(0), slots);
+            let pending: u64 = streams
+                .values()
+                .filter(|e| {
+                    e.handle.status().segment.is_none() && !e.handle.status().state.is_final()
+                })
+                .filter_map(|e| {
+                    let (w, h) = e.handle.spec.size?;
+                    Some(ring_bytes(
+                        e.handle.spec.pixel_format.frame_bytes(w, h)?,
+                        e.handle.slot_count,
+                    ))
+                })
+                .sum();
+            let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner()) + pending;
+            if used.saturating_add(need) > self.cfg.shm_budget {
                 return Err(Refusal::new(
                     ErrorCode::LimitExceeded,
-                    format!(
-                        "shared-memory budget exceeded: ring needs {} MiB, {} of {} MiB in use",
-                        need >> 20,
-                        used >> 20,
-                        self.cfg.shm_budget >> 20
-                    ),
+                    budget_message(need, used, self.cfg.shm_budget),
                 ));
             }
         }
@@ -322,13 +377,11 @@ impl Broker {
             .remove(id)
             .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
         entry.handle.request_stop();
-        // Join off the caller's thread: the supervisor exits within a moment.
+        // The supervisor exits within a moment; shutdown waits for it.
         if let Some(t) = entry.thread {
-            let _ = std::thread::Builder::new()
-                .name("reaper".into())
-                .spawn(move || {
-                    let _ = t.join();
-                });
+            let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+            stopping.retain(|t| !t.is_finished());
+            stopping.push(t);
         }
         tracing::info!(stream = id, "stream removed");
         Ok(())
@@ -344,8 +397,10 @@ impl Broker {
         Ok(self.get(id)?.stats())
     }
 
-    /// Registers one reader of `id`; the caller's session must call [`detach`](Self::detach).
-    pub fn attach(&self, id: &str) -> Result<Attachment, Refusal> {
+    /// Registers one reader of `id`. The caller keeps the handle and gives it back
+    /// to [`detach`](Self::detach): a stream stopped and started again under the
+    /// same id is another stream, with its own count.
+    pub fn attach(&self, id: &str) -> Result<(Attachment, Arc<StreamHandle>), Refusal> {
         let h = self.get(id)?;
         let Some(a) = h.attachment() else {
             let s = h.status();
@@ -376,19 +431,25 @@ impl Broker {
             ));
         }
         h.idle_since_ns.store(0, Ordering::Relaxed);
-        Ok(a)
+        Ok((a, h))
     }
 
-    pub fn detach(&self, id: &str) {
-        if let Ok(h) = self.get(id) {
-            let prev = h
-                .readers
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
-                .unwrap_or(0);
-            if prev == 1 {
-                h.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
-            }
+    /// Gives back one reader registered by [`attach`](Self::attach).
+    pub fn detach(&self, handle: &StreamHandle) {
+        let prev = handle
+            .readers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+            .unwrap_or(0);
+        if prev == 1 {
+            handle
+                .idle_since_ns
+                .store(monotonic_ns(), Ordering::Relaxed);
         }
+    }
+
+    /// The stream currently registered under `id`, if any.
+    pub fn current(&self, id: &str) -> Option<Arc<StreamHandle>> {
+        self.streams().get(id).map(|e| e.handle.clone())
     }
 
     /// Stops everything (shutdown).
@@ -401,6 +462,15 @@ impl Broker {
             if let Some(t) = e.thread.take() {
                 let _ = t.join();
             }
+        }
+        let stopping: Vec<_> = self
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in stopping {
+            let _ = t.join();
         }
     }
 
@@ -604,7 +674,7 @@ mod tests {
         let (b, prefix) = broker(vec![(16, 8)]);
         b.start(StartRequest::new("s", "testsrc://")).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
-        let a = b.attach("s").unwrap();
+        let (a, _) = b.attach("s").unwrap();
         assert!(wait(|| b.stats("s").unwrap().reconnects >= 2));
         let st = b.stats("s").unwrap();
         assert!(st.frames_written >= 10, "{st:?}");
@@ -637,14 +707,14 @@ mod tests {
         let (b, prefix) = broker(vec![(16, 8), (32, 8)]);
         b.start(StartRequest::new("s", "testsrc://")).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
-        let first = b.attach("s").unwrap();
+        let (first, _) = b.attach("s").unwrap();
         let seg = ReadOnlySegment::open(&first.segment, None).unwrap();
         let old = RingReader::open(&seg).unwrap();
         assert!(wait(|| b
             .attach("s")
-            .map(|a| a.generation != first.generation)
+            .map(|(a, _)| a.generation != first.generation)
             .unwrap_or(false)));
-        let second = b.attach("s").unwrap();
+        let (second, _) = b.attach("s").unwrap();
         assert_eq!((second.width, second.height), (32, 8));
         assert_eq!(
             old.state(),
@@ -665,10 +735,11 @@ mod tests {
         req.on_demand = true;
         b.start(req).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
+        let h = b.current("s").unwrap();
         assert_eq!(b.stats("s").unwrap().info.readers, 1);
-        b.detach("s");
+        b.detach(&h);
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
-        b.detach("s"); // never below zero
+        b.detach(&h); // never below zero
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
         b.spawn_ticker();
         assert!(
