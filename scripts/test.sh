@@ -4,7 +4,8 @@
 #   1. cargo fmt --check and clippy -D warnings over the workspace,
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
 #      with the real broker, ffmpeg and RTSP test camera),
-#   3. the loom model of the seqlock and miri on the in-process ring,
+#   3. the loom model of the seqlock, miri on the in-process ring, and a bounded
+#      fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
 #      gateway clients; real broker, real OpenCV 4.x and 5.x).
 # Exits non-zero on the first failure.
@@ -44,6 +45,9 @@ else
     echo "MIRI NOT RUN: no nightly miri on this machine and scripts/setup.sh could not install it" >&2
     [ "${FRAMEBROKER_REQUIRE_MIRI:-0}" = 1 ] && exit 1
 fi
+
+step "fuzzing the control protocol (bounded; longer by hand: scripts/fuzz.sh 600)"
+bash scripts/fuzz.sh "${FRAMEBROKER_FUZZ_SECS:-20}"
 
 step "web page in headless Chromium (gateway, JS client, React component)"
 (cd web-gateway/tests/browser && node page.test.mjs)
