@@ -446,13 +446,22 @@ fn run_once(
         }
         let w = writer.as_mut().expect("writer set above");
         let mut frames = 0u64;
-        let input = source.frames();
+        let mut decode_errors = 0;
         loop {
             let mut slot = w.begin_frame();
-            match input.read_exact(slot.payload_mut()) {
+            match source.frames().read_exact(slot.payload_mut()) {
                 Ok(()) => {
                     slot.commit(wall_ns(), monotonic_ns());
                     frames += 1;
+                    // Corrupt input the decoder reported (concealed, but damaged).
+                    let d = source.decode_errors();
+                    if d > decode_errors {
+                        handle
+                            .frames_dropped
+                            .fetch_add(d - decode_errors, Ordering::Relaxed);
+                        w.status().count_dropped_n(d - decode_errors);
+                        decode_errors = d;
+                    }
                     handle.frames_written.fetch_add(1, Ordering::Relaxed);
                     handle
                         .last_progress_ns
@@ -491,12 +500,6 @@ fn run_once(
         .unwrap_or_else(|p| p.into_inner())
         .take();
     let how = source.finish();
-    let decode_errors = source.decode_errors();
-    if decode_errors > 0 {
-        handle
-            .frames_dropped
-            .fetch_add(decode_errors, Ordering::Relaxed);
-    }
     handle.status().ffmpeg_pid = 0;
     tracing::debug!(stream = id, "ffmpeg exited: {how}");
     match outcome {

@@ -377,7 +377,12 @@ impl<R: RegionMut> RingStatus<R> {
     }
 
     pub fn count_dropped(&self) {
-        self.header().frames_dropped.fetch_add(1, Ordering::Relaxed);
+        self.count_dropped_n(1);
+    }
+
+    /// Adds `n` to the header's count of dropped or damaged frames.
+    pub fn count_dropped_n(&self, n: u64) {
+        self.header().frames_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn last_frame(&self) -> u64 {

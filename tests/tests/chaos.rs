@@ -155,3 +155,56 @@ fn misbehaving_readers_do_not_slow_the_writer_or_other_readers() {
         .then_some(()))
     .is_some());
 }
+
+#[test]
+fn a_corrupt_stream_is_counted_and_survived() {
+    // An H.264 transport stream made now, then damaged in the middle: the decoder
+    // meets garbage on every loop of the file.
+    let dir = framebroker_tests::TempDir::new("fbcorrupt").unwrap();
+    let path = dir.path().join("damaged.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=15",
+            "-t",
+            "4",
+        ])
+        .args(["-c:v", "libx264", "-g", "15", "-f", "mpegts", "-y"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    for k in 0..40 {
+        let at = len / 4 + k * (len / 2 / 40);
+        for b in &mut bytes[at..at + 300] {
+            *b ^= 0x5a;
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let broker = Broker::start(&["--allow-files"]).unwrap();
+    let c = broker.client();
+    c.start(StartRequest::new(
+        "bad",
+        format!("file://{}", path.display()),
+    ))
+    .unwrap();
+    let mut r = c.attach_wait("bad", Duration::from_secs(20)).unwrap();
+    let frames = frames_in(&mut r, Duration::from_secs(6));
+    let stats = c.stats("bad").unwrap();
+    eprintln!(
+        "damaged stream: {frames} frames read in 6 s, {} decode errors counted, state {}, reconnects {}",
+        stats.frames_dropped, stats.info.state, stats.reconnects
+    );
+    assert!(frames > 30, "frames keep coming despite the damage");
+    assert!(stats.frames_dropped > 0, "decode errors are counted");
+    assert!(!stats.info.state.is_final(), "the stream goes on");
+    assert!(c.list().is_ok(), "the broker is alive");
+}

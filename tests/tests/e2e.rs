@@ -540,9 +540,9 @@ fn a_subscription_survives_a_broker_crash_and_restart() {
         sub.latest(Duration::from_millis(300)).is_err(),
         "no broker: the read fails, it does not hang"
     );
-    // A new broker on the same socket with the same stream: the subscription re-attaches.
-    let b2 = Broker::start_at(&socket, &prefix, &[]).unwrap();
-    b2.client().start(StartRequest::new("t", url)).unwrap();
+    // A new broker on the same socket, configured with the same stream: the stream
+    // comes back by itself and the subscription re-attaches.
+    let _b2 = Broker::start_at(&socket, &prefix, &["--stream", &format!("t={url}")]).unwrap();
     let t = Instant::now();
     let after = sub.latest(Duration::from_secs(20)).unwrap();
     eprintln!(
