@@ -25,7 +25,7 @@ from ._errors import (
     WriterGone,
 )
 from ._layout import PixelFormat, StreamState
-from ._naming import ID_SCHEME, redact_url, scheme_of, stream_id_for_url, validate_stream_id
+from ._naming import resolve_source
 from ._protocol import Attachment, BrokerClient, ErrorCode, Transport
 from ._ring import FrameMeta, Ring, RingInfo
 
@@ -56,14 +56,8 @@ class LocalStream:
         ring_slots: Optional[int] = None,
         verify_checksum: bool = False,
     ) -> None:
-        if scheme_of(source) == ID_SCHEME:
-            self.url: Optional[str] = None
-            self.stream_id = source.split("://", 1)[1].strip("/")
-            validate_stream_id(self.stream_id)
-        else:
-            self.url = source
-            self.stream_id = stream_id_for_url(source)
-        self.display = redact_url(source)
+        self.url: Optional[str]
+        self.url, self.stream_id, self.display = resolve_source(source)
         self.socket_path = socket_path
         self.transport = transport
         self.width = width

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from typing import Optional, Tuple
 
 from ._layout import MAX_ID_LEN
 
@@ -93,3 +94,14 @@ def redact_url(url: str) -> str:
             items.append(f"{k}=***" if sep and k.lower() in _SECRET_KEYS else kv)
         out = head + "&".join(items)
     return out
+
+
+def resolve_source(source: str) -> Tuple[Optional[str], str, str]:
+    """``(url, stream_id, display)`` for a capture source: ``framebroker://ID`` names a
+    running stream (no URL); any other source is a URL whose id is derived from it.
+    ``display`` is the source with credentials redacted."""
+    if scheme_of(source) == ID_SCHEME:
+        stream_id = source.split("://", 1)[1].strip("/")
+        validate_stream_id(stream_id)
+        return None, stream_id, redact_url(source)
+    return source, stream_id_for_url(source), redact_url(source)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._errors import RemoteError
 from ._layout import PixelFormat
-from ._naming import ID_SCHEME, redact_url, scheme_of, stream_id_for_url, validate_stream_id
+from ._naming import resolve_source
 from ._ring import FrameMeta
 
 log = logging.getLogger("framebroker.remote")
@@ -59,14 +59,8 @@ class RemoteStream:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"server_url must be http(s)://host[:port], got {server_url!r}")
         self.server = server_url.rstrip("/")
-        if scheme_of(source) == ID_SCHEME:
-            self.url: Optional[str] = None
-            self.stream_id = source.split("://", 1)[1].strip("/")
-            validate_stream_id(self.stream_id)
-        else:
-            self.url = source
-            self.stream_id = stream_id_for_url(source)
-        self.display = redact_url(source)
+        self.url: Optional[str]
+        self.url, self.stream_id, self.display = resolve_source(source)
         self.width = width
         self.height = height
         self.http_timeout_s = http_timeout_s
