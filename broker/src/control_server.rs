@@ -17,6 +17,7 @@ use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
 use crate::registry::{Broker, Refusal};
 use crate::supervisor::StreamHandle;
+use framebroker_proto::naming::redact_text;
 
 /// Most connections served at once; more are refused with a clear error.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -266,13 +267,18 @@ impl Session {
                 }
             }
         };
-        result.unwrap_or_else(|r| {
-            tracing::info!(code = ?r.code, "request refused: {}", r.message);
-            Response::Error {
-                code: r.code,
-                message: r.message,
-            }
-        })
+        result
+            .map_err(|r| Refusal {
+                message: redact_text(&r.message),
+                ..r
+            })
+            .unwrap_or_else(|r| {
+                tracing::info!(code = ?r.code, "request refused: {}", r.message);
+                Response::Error {
+                    code: r.code,
+                    message: r.message,
+                }
+            })
     }
 }
 

@@ -221,12 +221,7 @@ pub fn redact_url(url: &str) -> String {
         let redacted: Vec<String> = query
             .split('&')
             .map(|kv| match kv.split_once('=') {
-                Some((k, _))
-                    if [
-                        "password", "pass", "pwd", "passwd", "user", "username", "token", "auth",
-                    ]
-                    .contains(&k.to_ascii_lowercase().as_str()) =>
-                {
+                Some((k, _)) if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) => {
                     format!("{k}=***")
                 }
                 _ => kv.to_string(),
@@ -257,6 +252,39 @@ pub fn redact_text(text: &str) -> String {
             None => out.push_str(authority),
         }
         rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_secret_params(&out)
+}
+
+/// Query keys whose values are secrets wherever they appear.
+const SECRET_KEYS: [&str; 8] = [
+    "password", "pass", "pwd", "passwd", "user", "username", "token", "auth",
+];
+
+/// `key=value` pairs with a secret key (see [`SECRET_KEYS`]) get their value
+/// replaced by `***`, in free text as in URLs.
+fn redact_secret_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let (head, tail) = rest.split_at(eq);
+        let key_start = head
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let key = &head[key_start..];
+        out.push_str(head);
+        out.push('=');
+        let tail = &tail[1..];
+        if SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+            let end = tail
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace() || "'\"<>,;)".contains(c))
+                .unwrap_or(tail.len());
+            out.push_str("***");
+            rest = &tail[end..];
+        } else {
+            rest = tail;
+        }
     }
     out.push_str(rest);
     out
@@ -438,6 +466,14 @@ mod tests {
             "a rtsp://x/y and rtsps://***@h b"
         );
         assert_eq!(redact_text("no urls"), "no urls");
+        assert_eq!(
+            redact_text("[rtsp @ 0x1] rtsp://cam/x?user=admin&password=pw&ch=1: 401 Unauthorized"),
+            "[rtsp @ 0x1] rtsp://cam/x?user=***&password=***&ch=1: 401 Unauthorized"
+        );
+        assert_eq!(
+            redact_text("size=640x480 token=abc def"),
+            "size=640x480 token=*** def"
+        );
     }
 
     #[test]

@@ -419,12 +419,29 @@ fn credentials_never_leave_the_broker() {
         ))
         .unwrap_err();
     assert!(!e.to_string().contains("s3cr3tpw"), "{e}");
+    // Credentials in the query string, common on cheap cameras.
+    c.start(StartRequest::new(
+        "q",
+        "rtsp://127.0.0.1:1/x?user=admin&password=qu3rypw&channel=1",
+    ))
+    .unwrap();
+    let q = wait_for(Duration::from_secs(15), || {
+        let s = c.stats("q").unwrap();
+        (s.reconnects >= 2).then_some(s)
+    })
+    .expect("the broker retries");
+    let text = format!("{:?} {:?}", c.list().unwrap(), q);
+    assert!(!text.contains("qu3rypw"), "{text}");
     let log = broker.log_text();
     assert!(
         log.contains("127.0.0.1:1"),
         "the log talks about the stream"
     );
     assert!(!log.contains("s3cr3tpw"), "password in the broker log");
+    assert!(
+        !log.contains("qu3rypw"),
+        "query-string password in the broker log"
+    );
 }
 
 #[test]
