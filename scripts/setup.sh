@@ -77,6 +77,11 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
 make_venv "$ROOT/.venv" opencv-python-headless
 if [ "${1:-}" = "--test" ]; then
     make_venv "$ROOT/.venv-cv4" 'opencv-python-headless<5'
+    # The gateway's API is checked against its OpenAPI document with schemathesis.
+    if ! "$ROOT/.venv/bin/schemathesis" --version >/dev/null 2>&1; then
+        say "pip install schemathesis into .venv"
+        "$ROOT/.venv/bin/python" -m pip install -q schemathesis
+    fi
     # Browser tests: playwright-core (driving /usr/bin/chromium) and Vite 7 for the
     # React component, pinned by package-lock.json.
     B=web-gateway/tests/browser

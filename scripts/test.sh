@@ -26,6 +26,8 @@ step "build (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
 
 step "Rust tests"
+# The gateway soak test runs 60 s by default; 15 s here keeps CI short.
+export FRAMEBROKER_SOAK_SECS="${FRAMEBROKER_SOAK_SECS:-15}"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     cargo test --workspace --doc --locked
@@ -48,6 +50,9 @@ fi
 
 step "fuzzing the control protocol (bounded; longer by hand: scripts/fuzz.sh 600)"
 bash scripts/fuzz.sh "${FRAMEBROKER_FUZZ_SECS:-20}"
+
+step "gateway API against its OpenAPI document (schemathesis)"
+bash web-gateway/tests/schemathesis/run.sh
 
 step "web page in headless Chromium (gateway, JS client, React component)"
 (cd web-gateway/tests/browser && node page.test.mjs)

@@ -62,7 +62,7 @@ impl BrokerLink {
                 if fresh {
                     return Err(e);
                 }
-                tracing::info!(error = %e, "broker connection lost; reconnecting");
+                tracing::info!(error = %crate::errors::redact(&e.to_string()), "broker connection lost; reconnecting");
                 let (client, _) = self.client()?;
                 let r = f(&client);
                 if matches!(&r, Err(e) if lost(e)) {

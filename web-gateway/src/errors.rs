@@ -11,6 +11,43 @@ use warp::{Rejection, Reply};
 
 use crate::models::ErrorBody;
 
+/// `text` with the credentials of every URL in it replaced by `***`: the
+/// user-info (`rtsp://admin:pw@cam` → `rtsp://***@cam`, as
+/// [`redact_text`](framebroker_proto::naming::redact_text)) and credential-looking
+/// query parameters (`?user=…&password=…` → `?user=***&password=***`, as
+/// [`redact_url`](framebroker_proto::naming::redact_url) does for one URL, which
+/// `redact_text` leaves alone). For everything the gateway answers or logs that
+/// may hold a URL: broker messages, ffmpeg errors, parser echoes.
+pub fn redact(text: &str) -> String {
+    use framebroker_proto::naming::{redact_text, redact_url};
+    let text = redact_text(text);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("://") {
+        // The scheme: the letters (and + . -) before "://".
+        let scheme_start = rest[..i]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+.-".contains(*c)))
+            .map(|(p, c)| p + c.len_utf8())
+            .unwrap_or(0);
+        out.push_str(&rest[..scheme_start]);
+        let url = &rest[scheme_start..];
+        let after = i - scheme_start + 3;
+        let mut end = url[after..]
+            .find(|c: char| c.is_whitespace() || "'\"<>`".contains(c))
+            .map_or(url.len(), |e| after + e);
+        // Punctuation that ends a sentence ends the URL too.
+        while end > after && url[..end].ends_with([':', ',', ';', '.', ')']) {
+            end -= 1;
+        }
+        out.push_str(&redact_url(&url[..end]));
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Message of the answer to a request no route matches. The OpenAPI test tells a
 /// missing route from a missing stream by it.
 pub const NO_ROUTE: &str = "no such route";
@@ -52,10 +89,9 @@ impl ApiError {
     }
 
     /// The error answer for a failed broker call. Broker messages pass through
-    /// [`redact_text`](framebroker_proto::naming::redact_text) so that no URL
-    /// credentials ever reach a client.
+    /// [`redact`] so that no URL credentials ever reach a client.
     pub fn from_client(e: &ClientError) -> Self {
-        let text = framebroker_proto::naming::redact_text(&e.to_string());
+        let text = redact(&e.to_string());
         match e {
             ClientError::Connect { .. } | ClientError::Disconnected { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -65,7 +101,7 @@ impl ApiError {
                 Self::new(StatusCode::BAD_GATEWAY, text)
             }
             ClientError::Broker { code, message, .. } => {
-                let message = framebroker_proto::naming::redact_text(message);
+                let message = redact(message);
                 let status = match code {
                     ErrorCode::BadRequest
                     | ErrorCode::InvalidId
@@ -98,11 +134,13 @@ impl Reply for ApiError {
     }
 }
 
-/// `{"error": message}` with `status`.
+/// `{"error": message}` with `status`. The message passes through [`redact`]
+/// whatever made it: a URL with credentials (echoed by a JSON parser, a broker
+/// message, a path) never comes back in an error.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     let mut res = warp::reply::with_status(
         warp::reply::json(&ErrorBody {
-            error: message.to_string(),
+            error: redact(message),
         }),
         status,
     )
@@ -195,6 +233,35 @@ pub fn rejection_response(r: &Rejection) -> Response {
     if r.is_not_found() {
         return json_error(StatusCode::NOT_FOUND, NO_ROUTE);
     }
-    tracing::warn!(rejection = ?r, "unhandled rejection");
+    tracing::warn!(rejection = %redact(&format!("{r:?}")), "unhandled rejection");
     json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_user_info_and_query_credentials_of_every_url() {
+        assert_eq!(
+            redact(
+                "[error] rtsp://admin:pw@cam:554/x?user=admin&password=pw&ch=1: Connection refused"
+            ),
+            "[error] rtsp://***@cam:554/x?user=***&password=***&ch=1: Connection refused"
+        );
+        assert_eq!(
+            redact("invalid source URL \"http://cam/x?token=abc\": scheme not allowed"),
+            "invalid source URL \"http://cam/x?token=***\": scheme not allowed"
+        );
+        assert_eq!(
+            redact("a rtsp://h/x?pwd=1, then rtsps://u:p@h2/y?a=b. done"),
+            "a rtsp://h/x?pwd=***, then rtsps://***@h2/y?a=b. done"
+        );
+        assert_eq!(redact("no url here: a://"), "no url here: a://");
+        assert_eq!(redact("«rtsp://u:p@h»"), "«rtsp://***@h»");
+        assert_eq!(redact("://x?password=1"), "://x?password=***");
+        for s in ["", "rtsp://", "é://x", "x:// y", "::///??=="] {
+            redact(s);
+        }
+    }
 }

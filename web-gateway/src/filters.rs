@@ -231,10 +231,36 @@ pub fn app(state: State, origins: &[String]) -> BoxedFilter<(Response,)> {
             .unify()
             .boxed()
     };
-    local
-        .or(cross)
-        .unify()
+    warp::path::full()
+        .and(local.or(cross).unify())
+        .map(|path: warp::path::FullPath, mut res: Response| {
+            // RFC 9110: a 405 says which methods the resource has.
+            if res.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(allow) = allowed_methods(path.as_str()) {
+                    res.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(allow));
+                }
+            }
+            res
+        })
         .with(log)
         .map(Reply::into_response)
         .boxed()
+}
+
+/// The methods [`routes`] serves on `path` (the `Allow` header of a 405), or
+/// `None` for a path it does not route.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let named = |s: &&str| !s.is_empty();
+    match segments.as_slice() {
+        ["api", "streams"] => Some("GET, POST"),
+        ["api", "streams", id] if named(id) => Some("GET, DELETE"),
+        ["api", "streams", id, "stats" | "frame" | "snapshot.jpg" | "mjpeg"] if named(id) => {
+            Some("GET")
+        }
+        ["ws", id] | ["web", id] if named(id) => Some("GET"),
+        ["metrics"] | ["healthz"] | ["api", "openapi.json"] | [""] => Some("GET"),
+        _ => None,
+    }
 }

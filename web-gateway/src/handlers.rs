@@ -16,8 +16,9 @@ use warp::{Rejection, Reply};
 use crate::auth::Auth;
 use crate::broker::BrokerLink;
 use crate::errors::ApiError;
-use crate::hub::{Feed, Framed, Hub, Kind, RawFrame, StreamHub};
+use crate::hub::{Feed, Framed, Hub, JpegSubscription, Kind, RawFrame, StreamHub, Subscription};
 use crate::jpeg::JpegSetting;
+use crate::limits::Limits;
 use crate::models::{
     FrameQuery, Health, StartBody, Started, StatsView, Stopped, StreamList, StreamView,
 };
@@ -36,6 +37,8 @@ pub struct AppState {
     pub jpeg_quality: u8,
     /// How long `/frame` and `snapshot.jpg` wait for a first frame before 204/503.
     pub first_frame_wait: Duration,
+    /// Caps on WebSocket clients and MJPEG responses.
+    pub limits: Limits,
     /// Turns true when the gateway shuts down: streaming answers end.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -79,6 +82,8 @@ fn no_store(res: &mut Response) {
 pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejection> {
     let body: StartBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // Refused here, before the broker sees (and logs) whatever the id holds.
+    validate_id(&body.stream_id)?;
     let mut req = StartRequest::new(body.stream_id.clone(), body.rtsp_url.clone());
     // 0 (or absent) width and height: the camera's own size.
     let (w, h) = (body.width.unwrap_or(0), body.height.unwrap_or(0));
@@ -259,13 +264,17 @@ pub async fn snapshot(id: String, q: FrameQuery, state: State) -> Result<Respons
 /// frame the client can take (a slow client skips frames).
 pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, Rejection> {
     let setting = JpegSetting::from_query(&q, state.jpeg_quality)?;
+    validate_id(&id)?;
+    // Held by the task that feeds the answer: released when the client leaves.
+    let permit = state.limits.mjpeg.try_acquire()?;
     let hub = known_stream(&state, &id).await?;
-    let mut sub = hub.subscribe_jpeg(Kind::Mjpeg, setting);
+    let mut sub = hub.subscribe_jpeg(Kind::Mjpeg, setting)?;
     // Parts go through a channel of a few chunks: when the client is slow,
     // `send` waits and the next part is of the newest frame.
     let (tx, mut rx) = mpsc::channel::<Bytes>(3);
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let mut last = 0;
         loop {
             let feed = sub.rx.borrow_and_update().clone();
@@ -324,24 +333,44 @@ pub async fn websocket(
 ) -> Result<Response, Rejection> {
     let jpeg = wants_jpeg(&q, None)?;
     let setting = JpegSetting::from_query(&q, state.jpeg_quality)?;
+    validate_id(&id)?;
+    // Taken before the upgrade (past the cap the handshake gets a 503), held by
+    // the socket's task until it ends; dropped with the closure if the upgrade
+    // never completes.
+    let permit = state.limits.ws.try_acquire()?;
     let hub = known_stream(&state, &id).await?;
+    // Subscribed before the upgrade too, so that a refused JPEG setting is a 400
+    // answer to the handshake, not a socket closed at once.
+    let sub = if jpeg {
+        WsSub::Jpeg(hub.subscribe_jpeg(Kind::Ws, setting)?)
+    } else {
+        WsSub::Raw(hub.subscribe(Kind::Ws))
+    };
     let shutdown = state.shutdown.clone();
     Ok(ws
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
-            if jpeg {
-                let sub = hub.subscribe_jpeg(Kind::Ws, setting);
-                let rx = sub.rx.clone();
-                pump_ws(socket, rx, &hub, shutdown).await;
-                drop(sub);
-            } else {
-                let sub = hub.subscribe(Kind::Ws);
-                let rx = sub.rx.clone();
-                pump_ws(socket, rx, &hub, shutdown).await;
-                drop(sub);
+            let _permit = permit;
+            match sub {
+                WsSub::Jpeg(sub) => {
+                    let rx = sub.rx.clone();
+                    pump_ws(socket, rx, &hub, shutdown).await;
+                    drop(sub);
+                }
+                WsSub::Raw(sub) => {
+                    let rx = sub.rx.clone();
+                    pump_ws(socket, rx, &hub, shutdown).await;
+                    drop(sub);
+                }
             }
         })
         .into_response())
+}
+
+/// What a WebSocket subscribes to.
+enum WsSub {
+    Raw(Subscription),
+    Jpeg(JpegSubscription),
 }
 
 /// Sends each new item of `feed` to `socket` until the client leaves, the feed
@@ -429,7 +458,12 @@ pub async fn metrics(state: State) -> Result<Response, Rejection> {
                 .collect::<Vec<_>>())
         })
         .await;
-    let text = crate::metrics::render(broker.as_deref().ok(), &state.hub.all(), state.started);
+    let text = crate::metrics::render(
+        broker.as_deref().ok(),
+        &state.hub.all(),
+        &state.limits,
+        state.started,
+    );
     let mut res = Response::new(text.into());
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,6 +17,12 @@
 //!
 //! Readers and encoders stop when nobody has used them for `idle`.
 //!
+//! A stream serves at most `max_jpeg_settings` distinct settings at once (plus
+//! the default one, always served), so that clients cannot multiply the encoder
+//! CPU by asking for many qualities: a setting is in use while its encoder runs,
+//! someone subscribes to it, or a one-off request used it within `idle`; past
+//! the cap a new setting is refused with 400.
+//!
 //! Locking: `StreamHub::ctl` guards starting and retiring the reader and the
 //! encoders; the subscriber counts are incremented *before* taking it and
 //! re-checked under it, so a thread never retires under a new subscriber.
@@ -51,6 +57,11 @@ pub struct HubConfig {
     pub socket: PathBuf,
     /// Readers and encoders nobody used for this long stop.
     pub idle: Duration,
+    /// Distinct JPEG settings in use per stream besides the default one
+    /// (encoder CPU grows with them).
+    pub max_jpeg_settings: usize,
+    /// The gateway's default setting: always served, even past the cap.
+    pub default_jpeg: JpegSetting,
 }
 
 /// Why a feed ended: no more frames will come through it.
@@ -74,7 +85,8 @@ impl End {
     fn error(status: StatusCode, message: String) -> Self {
         End {
             status,
-            message,
+            // Sent as a close reason and an error answer, logged: no credentials.
+            message: crate::errors::redact(&message),
             ws_code: 1011,
         }
     }
@@ -185,6 +197,8 @@ pub struct StreamMetrics {
     pub mjpeg_sent: AtomicU64,
     pub jpeg_encoded: AtomicU64,
     pub jpeg_encode_ns: AtomicU64,
+    /// Requests refused because the stream served as many JPEG settings as it may.
+    pub jpeg_settings_refused: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -486,19 +500,69 @@ impl StreamHub {
         }
     }
 
+    /// The slot of `setting`, made if the cap allows it (400 otherwise). Call
+    /// with `ctl` held. Slots nobody has used for `idle` are forgotten first.
+    fn slot_for(&self, ctl: &mut Ctl, setting: JpegSetting) -> Result<Arc<EncoderSlot>, ApiError> {
+        if let Some(slot) = ctl.encoders.get(&setting) {
+            return Ok(slot.clone());
+        }
+        let idle = self.cfg.idle;
+        ctl.encoders.retain(|_, s| {
+            s.active.load(Ordering::SeqCst) > 0
+                || s.running.load(Ordering::SeqCst)
+                || lock(&s.last_used).elapsed() < idle
+        });
+        let default = self.cfg.default_jpeg;
+        let in_use = ctl.encoders.keys().filter(|k| **k != default).count();
+        if setting != default && in_use >= self.cfg.max_jpeg_settings {
+            let mut list: Vec<String> = ctl
+                .encoders
+                .keys()
+                .filter(|k| **k != default)
+                .map(|k| format!("quality={}&scale={}", k.quality, k.scale()))
+                .collect();
+            list.sort();
+            self.metrics
+                .jpeg_settings_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::bad_request(format!(
+                "stream {:?} already serves {} JPEG settings besides the default ({}), the most \
+                 it encodes at once (--max-jpeg-settings): ask for one of those or the default \
+                 (quality={}&scale=1), or retry once one has gone unused for {} ms",
+                self.id,
+                in_use,
+                list.join(", "),
+                default.quality,
+                idle.as_millis()
+            )));
+        }
+        Ok(ctl
+            .encoders
+            .entry(setting)
+            .or_insert_with(|| Arc::new(new_slot(setting)))
+            .clone())
+    }
+
     /// Subscribes to JPEG frames of `setting` (starting the reader and the
-    /// setting's encoder as needed).
-    pub fn subscribe_jpeg(self: &Arc<Self>, kind: Kind, setting: JpegSetting) -> JpegSubscription {
-        let raw = self.subscribe(kind);
+    /// setting's encoder as needed). 400 when the stream serves as many settings
+    /// as it may already.
+    pub fn subscribe_jpeg(
+        self: &Arc<Self>,
+        kind: Kind,
+        setting: JpegSetting,
+    ) -> Result<JpegSubscription, ApiError> {
+        // Reserve the setting first (nothing starts when it is refused)...
         let slot = {
             let mut ctl = lock(&self.ctl);
-            let slot = ctl
-                .encoders
-                .entry(setting)
-                .or_insert_with(|| Arc::new(new_slot(setting)))
-                .clone();
+            let slot = self.slot_for(&mut ctl, setting)?;
             slot.active.fetch_add(1, Ordering::SeqCst);
             *lock(&slot.last_used) = Instant::now();
+            slot
+        };
+        // ...then the raw feed (the encoder reads it), then the encoder.
+        let raw = self.subscribe(kind);
+        {
+            let _ctl = lock(&self.ctl);
             if !slot.running.load(Ordering::SeqCst) {
                 slot.running.store(true, Ordering::SeqCst);
                 // A new encoder run: nothing stale from an earlier one.
@@ -518,10 +582,9 @@ impl StreamHub {
                     });
                 }
             }
-            slot
-        };
+        }
         let rx = slot.tx.subscribe();
-        JpegSubscription { slot, rx, raw }
+        Ok(JpegSubscription { slot, rx, raw })
     }
 
     /// The JPEG of the newest frame at `setting`, at once: the shared one when it
@@ -532,15 +595,16 @@ impl StreamHub {
         setting: JpegSetting,
         wait: Duration,
     ) -> Result<Option<Arc<JpegFrame>>, ApiError> {
+        let slot = {
+            let mut ctl = lock(&self.ctl);
+            let slot = self.slot_for(&mut ctl, setting)?;
+            *lock(&slot.last_used) = Instant::now();
+            slot
+        };
         let mut sub = self.subscribe(Kind::Http);
         let Some(raw) = sub.wait_frame(wait).await? else {
             return Ok(None);
         };
-        let slot = lock(&self.ctl)
-            .encoders
-            .entry(setting)
-            .or_insert_with(|| Arc::new(new_slot(setting)))
-            .clone();
         let fresh = |slot: &EncoderSlot| slot.current().filter(|j| j.seq >= raw.seq);
         if let Some(j) = fresh(&slot) {
             return Ok(Some(j));
@@ -562,6 +626,7 @@ impl StreamHub {
         .await
         .map_err(|e| ApiError::internal(format!("encoder panicked: {e}")))?
         .map_err(|e| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e))?;
+        *lock(&slot.last_used) = Instant::now();
         Ok(Some(j))
     }
 
@@ -637,7 +702,7 @@ impl StreamHub {
                 Outcome::Idle => return,
                 Outcome::End(end) => return self.retire_with(end),
                 Outcome::Retry(why) => {
-                    tracing::debug!(stream = %self.id, %why, "re-attaching in {backoff:?}");
+                    tracing::debug!(stream = %self.id, why = %crate::errors::redact(&why), "re-attaching in {backoff:?}");
                     let until = Instant::now() + backoff;
                     while Instant::now() < until {
                         if self.retire_if_idle() {
@@ -715,7 +780,7 @@ impl StreamHub {
                 Err(e) if e.is_timeout() => pool.give(buf),
                 Err(e) if e.is_end_of_stream() => return Outcome::Retry(e.to_string()),
                 Err(e) => {
-                    tracing::warn!(stream = id, error = %e, "read failed");
+                    tracing::warn!(stream = id, error = %crate::errors::redact(&e.to_string()), "read failed");
                     return Outcome::Retry(e.to_string());
                 }
             }

@@ -8,7 +8,9 @@
 //! - [`hub`]: one reader per stream, fan-out through `watch` channels, JPEG
 //!   encoded once per frame and setting;
 //! - [`auth`]: the token and the rule against exposing the gateway without one;
-//! - [`broker`]: the control session, reconnected lazily.
+//! - [`broker`]: the control session, reconnected lazily;
+//! - [`limits`]: caps on WebSocket clients and MJPEG responses (the cap on JPEG
+//!   settings per stream is the hub's).
 
 pub mod auth;
 pub mod broker;
@@ -17,6 +19,7 @@ pub mod filters;
 pub mod handlers;
 pub mod hub;
 pub mod jpeg;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 
@@ -47,6 +50,14 @@ pub struct Config {
     pub idle: Duration,
     /// How long `/frame` waits for a first frame before answering 204.
     pub first_frame_wait: Duration,
+    /// WebSocket clients served at once (all streams); past it, 503.
+    pub max_ws_clients: usize,
+    /// MJPEG responses served at once (all streams); past it, 503.
+    pub max_http_streams: usize,
+    /// Distinct JPEG settings (quality, scale) in use per stream besides the
+    /// default one (`jpeg_quality`, full size), which is always served; past
+    /// it, 400.
+    pub max_jpeg_settings: usize,
 }
 
 impl Config {
@@ -61,6 +72,9 @@ impl Config {
             jpeg_quality: 80,
             idle: Duration::from_secs(10),
             first_frame_wait: Duration::from_millis(2500),
+            max_ws_clients: limits::DEFAULT_MAX_WS_CLIENTS,
+            max_http_streams: limits::DEFAULT_MAX_HTTP_STREAMS,
+            max_jpeg_settings: limits::DEFAULT_MAX_JPEG_SETTINGS,
         }
     }
 }
@@ -72,6 +86,11 @@ pub fn state(cfg: &Config) -> (State, watch::Sender<bool>) {
     let hub = hub::Hub::new(hub::HubConfig {
         socket: cfg.socket.clone(),
         idle: cfg.idle,
+        max_jpeg_settings: cfg.max_jpeg_settings,
+        default_jpeg: jpeg::JpegSetting {
+            quality: cfg.jpeg_quality,
+            divisor: 1,
+        },
     });
     let state = Arc::new(AppState {
         link,
@@ -79,6 +98,7 @@ pub fn state(cfg: &Config) -> (State, watch::Sender<bool>) {
         auth: cfg.auth.clone(),
         jpeg_quality: cfg.jpeg_quality,
         first_frame_wait: cfg.first_frame_wait,
+        limits: limits::Limits::new(cfg.max_ws_clients, cfg.max_http_streams),
         shutdown: rx,
         started: Instant::now(),
     });

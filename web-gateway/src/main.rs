@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use framebroker_gateway::{auth, Config};
+use framebroker_gateway::{auth, limits, Config};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,18 @@ struct Cli {
     /// Stop reading (and encoding) a stream this long after its last subscriber left, ms.
     #[arg(long, default_value_t = 10_000)]
     idle_ms: u64,
+    /// WebSocket clients served at once, over all streams; more are refused with 503.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_WS_CLIENTS)]
+    max_ws_clients: usize,
+    /// Long-lived HTTP responses (MJPEG) served at once, over all streams; more are refused with 503.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_HTTP_STREAMS)]
+    max_http_streams: usize,
+    /// Distinct JPEG settings (quality, scale) in use per stream besides the
+    /// default one (--jpeg-quality, full size, always served); each is encoded
+    /// once per frame, and a request for one more gets 400.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_JPEG_SETTINGS as u16,
+          value_parser = clap::value_parser!(u16).range(0..=100))]
+    max_jpeg_settings: u16,
 }
 
 fn init_logging() {
@@ -88,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.cors_origins = cli.cors_origins;
     cfg.jpeg_quality = cli.jpeg_quality;
     cfg.idle = Duration::from_millis(cli.idle_ms);
+    cfg.max_ws_clients = cli.max_ws_clients;
+    cfg.max_http_streams = cli.max_http_streams;
+    cfg.max_jpeg_settings = usize::from(cli.max_jpeg_settings);
     // Refuse before binding anything.
     if let Err(msg) = auth::check_exposure(cfg.listen, &cfg.auth, cfg.insecure_no_auth) {
         eprintln!("framebroker-gateway: {msg}");

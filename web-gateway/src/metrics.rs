@@ -8,6 +8,7 @@ use std::time::Instant;
 use framebroker_client::{StreamState, StreamStats};
 
 use crate::hub::StreamHub;
+use crate::limits::Limits;
 
 struct Out(String);
 
@@ -32,7 +33,12 @@ fn stream_label(id: &str) -> String {
 
 /// The metrics text: the broker's counters of each stream (`broker` is `None`
 /// when the broker is unreachable) and the gateway's own.
-pub fn render(broker: Option<&[StreamStats]>, hubs: &[Arc<StreamHub>], started: Instant) -> String {
+pub fn render(
+    broker: Option<&[StreamStats]>,
+    hubs: &[Arc<StreamHub>],
+    limits: &Limits,
+    started: Instant,
+) -> String {
     let mut o = Out(String::with_capacity(4096));
     o.family(
         "framebroker_gateway_uptime_seconds",
@@ -50,6 +56,31 @@ pub fn render(broker: Option<&[StreamStats]>, hubs: &[Arc<StreamHub>], started: 
         "1 when the broker answered the gateway.",
     );
     o.sample("framebroker_broker_up", "", u8::from(broker.is_some()));
+    o.family(
+        "framebroker_gateway_connections",
+        "gauge",
+        "Long-lived connections open, over all streams (kind: ws, mjpeg).",
+    );
+    o.family(
+        "framebroker_gateway_connections_limit",
+        "gauge",
+        "Most long-lived connections served at once (--max-ws-clients, --max-http-streams).",
+    );
+    o.family(
+        "framebroker_gateway_connections_refused_total",
+        "counter",
+        "Connections refused with 503 because the limit was reached.",
+    );
+    for (kind, g) in [("ws", &limits.ws), ("mjpeg", &limits.mjpeg)] {
+        let l = format!("kind=\"{kind}\"");
+        o.sample("framebroker_gateway_connections", &l, g.open());
+        o.sample("framebroker_gateway_connections_limit", &l, g.max());
+        o.sample(
+            "framebroker_gateway_connections_refused_total",
+            &l,
+            g.refused(),
+        );
+    }
 
     let stats = broker.unwrap_or(&[]);
     type Get = fn(&StreamStats) -> String;
@@ -119,7 +150,7 @@ pub fn render(broker: Option<&[StreamStats]>, hubs: &[Arc<StreamHub>], started: 
     }
 
     type GetHub = fn(&StreamHub) -> String;
-    let gateway_families: [(&str, &str, &str, GetHub); 12] = [
+    let gateway_families: [(&str, &str, &str, GetHub); 13] = [
         (
             "framebroker_gateway_reading",
             "gauge",
@@ -191,6 +222,12 @@ pub fn render(broker: Option<&[StreamStats]>, hubs: &[Arc<StreamHub>], started: 
             "counter",
             "Frames encoded to JPEG (once per frame and setting).",
             |h| h.metrics.jpeg_encoded.load(Relaxed).to_string(),
+        ),
+        (
+            "framebroker_gateway_jpeg_settings_refused_total",
+            "counter",
+            "JPEG requests refused because the stream served as many settings as it may (--max-jpeg-settings).",
+            |h| h.metrics.jpeg_settings_refused.load(Relaxed).to_string(),
         ),
     ];
     for (name, kind, help, get) in gateway_families {

@@ -130,10 +130,7 @@ impl StatsView {
             frames_written: s.frames_written,
             frames_dropped: s.frames_dropped,
             reconnects: s.reconnects,
-            last_error: s
-                .last_error
-                .as_deref()
-                .map(framebroker_proto::naming::redact_text),
+            last_error: s.last_error.as_deref().map(crate::errors::redact),
             uptime_ms: s.uptime_ms,
             bytes_per_frame: s.bytes_per_frame,
             client_count: gateway.ws_clients + gateway.mjpeg_clients + gateway.http_in_flight,

@@ -492,3 +492,177 @@ fn same_origin_compares_host_and_port() {
     assert!(!same_origin("null", Some("127.0.0.1:8091")));
     assert!(!same_origin("http://127.0.0.1:8091", None));
 }
+
+/// Quality and scale are checked on every JPEG-capable route, before anything
+/// else happens (no broker runs here: a valid query would get 503).
+#[tokio::test]
+async fn jpeg_quality_and_scale_are_bounded() {
+    let app = app(None, &[]);
+    let bad = [
+        ("quality=0", "quality 0 out of range 1..=100"),
+        ("quality=101", "quality 101 out of range 1..=100"),
+        ("quality=255", "quality 255 out of range 1..=100"),
+        ("quality=256", "invalid query string"),
+        ("quality=-1", "invalid query string"),
+        ("quality=50.5", "invalid query string"),
+        ("quality=", "invalid query string"),
+        ("scale=2", "scale 2 not supported"),
+        ("scale=0", "scale 0 not supported"),
+        ("scale=-0.5", "scale -0.5 not supported"),
+        ("scale=0.3", "scale 0.3 not supported"),
+        ("scale=NaN", "not supported"),
+        ("scale=inf", "not supported"),
+        ("scale=1e999", "not supported"),
+        ("scale=abc", "invalid query string"),
+    ];
+    for route in [
+        "/api/streams/cam1/frame?format=jpeg&",
+        "/api/streams/cam1/frame?",
+        "/api/streams/cam1/snapshot.jpg?",
+        "/api/streams/cam1/mjpeg?",
+        "/ws/cam1?format=jpeg&",
+    ] {
+        for (q, needle) in bad {
+            let path = format!("{route}{q}");
+            let res = warp::test::request()
+                .path(&path)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .reply(&app)
+                .await;
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+            let e = error_of(res.body());
+            assert!(
+                e.contains(needle),
+                "{path}: {e:?} should contain {needle:?}"
+            );
+        }
+        // The bounds themselves pass validation (then the missing broker answers).
+        for q in ["quality=1", "quality=100", "scale=1", "scale=0.125"] {
+            let path = format!("{route}{q}");
+            let res = warp::test::request()
+                .path(&path)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .reply(&app)
+                .await;
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
+    }
+}
+
+/// Past `--max-ws-clients` the WebSocket handshake is refused with a 503 JSON
+/// error, and past `--max-http-streams` the MJPEG answer, before the broker is
+/// even asked (here it does not run: within the caps the answer would be 503
+/// "broker unavailable" instead).
+#[tokio::test]
+async fn connection_caps_refuse_with_503() {
+    let mut cfg = config(None, &[]);
+    cfg.max_ws_clients = 0;
+    cfg.max_http_streams = 0;
+    let (state, _stop) = framebroker_gateway::state(&cfg);
+    let app = filters::app(state, &cfg.cors_origins);
+    let res = warp::test::request()
+        .path("/ws/cam1?format=jpeg")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .reply(&app)
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let e = error_of(res.body());
+    assert!(
+        e.contains("too many WebSocket clients") && e.contains("--max-ws-clients"),
+        "{e}"
+    );
+    let res = warp::test::request()
+        .path("/api/streams/cam1/mjpeg")
+        .reply(&app)
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let e = error_of(res.body());
+    assert!(
+        e.contains("too many MJPEG streams") && e.contains("--max-http-streams"),
+        "{e}"
+    );
+    // Short-lived requests are not capped: they reach the (missing) broker.
+    let res = warp::test::request()
+        .path("/api/streams/cam1/frame")
+        .reply(&app)
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(res.body()).contains("broker unavailable"));
+    // The refusals are counted in the metrics.
+    let res = warp::test::request().path("/metrics").reply(&app).await;
+    let text = String::from_utf8_lossy(res.body());
+    for line in [
+        "framebroker_gateway_connections{kind=\"ws\"} 0",
+        "framebroker_gateway_connections_limit{kind=\"ws\"} 0",
+        "framebroker_gateway_connections_refused_total{kind=\"ws\"} 1",
+        "framebroker_gateway_connections_refused_total{kind=\"mjpeg\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+}
+
+/// Error messages never carry URL credentials, whoever wrote them (here: the
+/// JSON parser echoing a value).
+#[tokio::test]
+async fn error_messages_are_redacted() {
+    let app = app(None, &[]);
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/streams")
+        .body(r#"{"stream_id": "a", "rtsp_url": "rtsp://h/x", "on_demand": "rtsp://admin:s3cr3tpw@cam/x"}"#)
+        .reply(&app)
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let e = error_of(res.body());
+    assert!(!e.contains("s3cr3tpw"), "{e}");
+    assert!(e.contains("rtsp://***@cam"), "{e}");
+}
+
+/// A 405 carries `Allow` with the documented methods of the path (RFC 9110).
+#[tokio::test]
+async fn method_not_allowed_says_which_methods_are() {
+    let app = app(None, &[]);
+    let ops = documented();
+    let paths: BTreeSet<&String> = ops.iter().map(|(_, p)| p).collect();
+    let mut checked = 0;
+    for p in paths {
+        let mut want: Vec<&str> = METHODS
+            .iter()
+            .copied()
+            .filter(|m| ops.contains(&(m.to_string(), p.to_string())))
+            .collect();
+        want.sort_unstable();
+        for m in ["PUT", "PATCH", "TRACE", "POST", "DELETE"] {
+            if want.contains(&m) {
+                continue;
+            }
+            let res = warp::test::request()
+                .method(m)
+                .path(&concrete(p))
+                .reply(&app)
+                .await;
+            assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
+            let allow = res
+                .headers()
+                .get("allow")
+                .unwrap_or_else(|| panic!("{m} {p}: no Allow header"))
+                .to_str()
+                .unwrap();
+            let mut got: Vec<&str> = allow.split(", ").collect();
+            got.sort_unstable();
+            assert_eq!(got, want, "{m} {p}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "{checked}");
+}

@@ -358,3 +358,135 @@ pub fn decode_bgr(jpeg: &[u8]) -> (usize, usize, Vec<u8>) {
     let img = turbojpeg::decompress(jpeg, turbojpeg::PixelFormat::BGR).expect("a valid JPEG");
     (img.width, img.height, img.pixels)
 }
+
+/// The real `framebroker-gateway` binary as a child process on a free loopback
+/// port, its log (stderr) in a file; SIGTERM on drop.
+pub struct GatewayProcess {
+    child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+/// `text` without ANSI escape sequences (colours of the log).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params... final byte in @..~
+            if chars.next() == Some('[') {
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `--socket socket --listen 127.0.0.1:0` and `args`,
+    /// logging at `log_level` into `log`, and waits for its "listening" line.
+    pub fn start(socket: &Path, args: &[&str], log_level: &str, log: &Path) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_framebroker-gateway"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", log_level)
+            .env("NO_COLOR", "1")
+            .env_remove("FRAMEBROKER_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("gateway log file"))
+            .spawn()
+            .expect("the framebroker-gateway binary");
+        let mut g = GatewayProcess {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: log.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = g.log_text();
+            if let Some(addr) = text
+                .lines()
+                .find(|l| l.contains("listening"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                g.addr = addr;
+                return g;
+            }
+            if let Some(st) = g.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the gateway exited with {st}; log:\n{text}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not say it listens; log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Its log so far, without colours.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&self.log).unwrap_or_default(),
+        ))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 10 s); the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Resident set size of process `pid` (`VmRSS` of /proc/<pid>/status), bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .expect("a VmRSS line")
+        * 1024
+}
