@@ -363,6 +363,23 @@ mod tests {
             RingReader::open(&seg),
             Err(Error::BadMagic { .. })
         ));
+        // Owned by another user (only root can hand a file to someone else; CI runs
+        // as root, elsewhere this step is skipped and says so).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::write(&path, vec![0u8; 8192]).unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let e = ReadOnlySegment::open(&name, None).err().unwrap();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            assert!(
+                ReadOnlySegment::open(&name, Some(65534)).is_ok(),
+                "trusted owner accepted"
+            );
+            std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        } else {
+            eprintln!(
+                "not root: cannot chown a segment to another user; foreign-owner check not run"
+            );
+        }
         // World-writable.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = ReadOnlySegment::open(&name, None).err().unwrap();
