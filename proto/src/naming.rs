@@ -270,8 +270,10 @@ fn redact_secret_params(text: &str) -> String {
     while let Some(eq) = rest.find('=') {
         let (head, tail) = rest.split_at(eq);
         let key_start = head
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let key = &head[key_start..];
         out.push_str(head);
         out.push('=');
@@ -492,6 +494,11 @@ mod tests {
         #[test]
         fn derived_ids_are_always_valid(url in ".{0,300}") {
             validate_stream_id(&stream_id_for_url(&url)).unwrap();
+        }
+
+        #[test]
+        fn redact_text_takes_any_text(text in "\\PC{0,200}") {
+            let _ = redact_text(&text);
         }
 
         #[test]
