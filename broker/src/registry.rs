@@ -746,5 +746,6 @@ mod tests {
             wait(|| b.list().is_empty()),
             "idle on-demand stream stopped after the grace period"
         );
+        b.shutdown(); // waits for the stopped stream to unlink its segment
     }
 }
