@@ -8,10 +8,13 @@
 //! - [`ring`]: the writer and reader algorithms over any [`ring::Region`];
 //! - [`shm`]: POSIX shared-memory segments (owner-only, exclusive create, read-only open);
 //! - [`control`]: the length-prefixed bincode control protocol;
-//! - [`naming`]: stream ids, segment names, allowed URLs, credential redaction.
+//! - [`naming`]: stream ids, segment names, allowed URLs, credential redaction;
+//! - `config` (feature `config`): the TOML config file of the broker and the gateway.
 //!
 //! No I/O here beyond what the layout needs; the library never prints.
 
+#[cfg(feature = "config")]
+pub mod config;
 pub mod control;
 mod error;
 pub mod layout;
