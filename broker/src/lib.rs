@@ -4,9 +4,11 @@
 //! - [`ffmpeg`]: the source seam and the real ffmpeg behind it;
 //! - [`supervisor`]: one thread per stream, restart with backoff, frames into the ring;
 //! - [`registry`]: the streams, limits, attachments, and the ticker;
+//! - [`declared`]: the streams of the config file, always or on demand, and reload;
 //! - [`control_server`]: the control socket and its sessions.
 
 pub mod control_server;
+pub mod declared;
 pub mod ffmpeg;
 pub mod registry;
 pub mod supervisor;

@@ -11,6 +11,7 @@ use framebroker::ffmpeg::Ffmpeg;
 use framebroker::registry::{Broker, BrokerConfig};
 use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
+use framebroker_proto::config::Config;
 use framebroker_proto::control::default_socket_path;
 use framebroker_proto::naming::{self, UrlPolicy};
 
@@ -44,42 +45,49 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// ffmpeg binary (default: `ffmpeg` on PATH; never downloaded).
+    /// Config file (TOML, see docs/CONFIG.md). Flags beat FRAMEBROKER_* variables,
+    /// which beat the file. SIGHUP reloads its streams.
+    #[arg(long, env = "FRAMEBROKER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// ffmpeg binary [default: `ffmpeg` on PATH; never downloaded].
     #[arg(long)]
     ffmpeg: Option<PathBuf>,
-    /// Prefix of shared-memory segment names.
-    #[arg(long, default_value = naming::DEFAULT_PREFIX, env = "FRAMEBROKER_SHM_PREFIX")]
-    shm_prefix: String,
+    /// Prefix of shared-memory segment names [default: fb-].
+    #[arg(long)]
+    shm_prefix: Option<String>,
     /// Let the owner's group read segments and use the socket (mode 0640/0660).
     #[arg(long)]
     group_access: bool,
-    /// Total shared memory all rings may use, MiB.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
-    shm_budget_mb: u64,
-    /// Ring slots when a start request does not say.
-    #[arg(long, default_value_t = framebroker_proto::layout::DEFAULT_SLOTS)]
-    ring_slots: u32,
-    #[arg(long, default_value_t = 64)]
-    max_streams: usize,
-    #[arg(long, default_value_t = 256)]
-    max_readers: u32,
+    /// Total shared memory all rings may use, MiB [default: 4096].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    shm_budget_mb: Option<u64>,
+    /// Ring slots when a start request does not say [default: 4].
+    #[arg(long)]
+    ring_slots: Option<u32>,
+    /// [default: 64]
+    #[arg(long)]
+    max_streams: Option<usize>,
+    /// Readers per stream [default: 256].
+    #[arg(long)]
+    max_readers: Option<u32>,
     /// Store a CRC-32 of each frame in its slot (for verification; costs a pass per frame).
     #[arg(long)]
     checksum: bool,
-    /// A live stream silent this long is restarted, ms.
-    #[arg(long, default_value_t = 5000)]
-    stall_timeout_ms: u64,
-    /// ffmpeg socket I/O timeout, ms.
-    #[arg(long, default_value_t = 5000)]
-    io_timeout_ms: u64,
-    /// First reconnect delay, ms (doubles up to --backoff-max-ms).
-    #[arg(long, default_value_t = 500)]
-    backoff_initial_ms: u64,
-    #[arg(long, default_value_t = 30_000)]
-    backoff_max_ms: u64,
-    /// On-demand streams stop this long after their last reader leaves, ms.
-    #[arg(long, default_value_t = 10_000)]
-    idle_grace_ms: u64,
+    /// A live stream silent this long is restarted, ms [default: 5000].
+    #[arg(long)]
+    stall_timeout_ms: Option<u64>,
+    /// ffmpeg socket I/O timeout, ms [default: 5000].
+    #[arg(long)]
+    io_timeout_ms: Option<u64>,
+    /// First reconnect delay, ms (doubles up to --backoff-max-ms) [default: 500].
+    #[arg(long)]
+    backoff_initial_ms: Option<u64>,
+    /// [default: 30000]
+    #[arg(long)]
+    backoff_max_ms: Option<u64>,
+    /// On-demand streams stop this long after their last reader leaves, ms [default: 10000].
+    #[arg(long)]
+    idle_grace_ms: Option<u64>,
     /// Allow file:// sources.
     #[arg(long)]
     allow_files: bool,
@@ -146,32 +154,180 @@ fn init_logging() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
     match cli.command {
         Command::Serve(args) => {
             init_logging();
-            serve(socket, args)
+            serve(cli.socket, args)
         }
-        Command::Streams(cmd) => streams(socket, cmd),
+        Command::Streams(cmd) => {
+            streams(cli.socket.clone().unwrap_or_else(default_socket_path), cmd)
+        }
         Command::Doctor { ffmpeg } => doctor(ffmpeg),
     }
 }
 
-fn serve(socket: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
+/// The broker's settings after flags, environment, file and defaults.
+#[derive(Clone, Debug, PartialEq)]
+struct Settings {
+    socket: PathBuf,
+    ffmpeg: Option<PathBuf>,
+    shm_prefix: String,
+    group_access: bool,
+    shm_budget_mb: u64,
+    ring_slots: u32,
+    max_streams: usize,
+    max_readers: u32,
+    checksum: bool,
+    stall_timeout_ms: u64,
+    io_timeout_ms: u64,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    idle_grace_ms: u64,
+    url_policy: UrlPolicy,
+    hwaccel: Option<String>,
+}
+
+impl Settings {
+    fn resolve(socket: Option<&PathBuf>, a: &ServeArgs, c: &Config) -> Settings {
+        let (b, d) = (&c.file.broker, &c.file.defaults);
+        Settings {
+            socket: socket
+                .cloned()
+                .or_else(|| b.socket.clone())
+                .unwrap_or_else(default_socket_path),
+            ffmpeg: a.ffmpeg.clone().or_else(|| b.ffmpeg.clone()),
+            shm_prefix: a
+                .shm_prefix
+                .clone()
+                .or_else(|| b.shm_prefix.clone())
+                .unwrap_or_else(|| naming::DEFAULT_PREFIX.into()),
+            group_access: a.group_access || b.group_access.unwrap_or(false),
+            shm_budget_mb: a.shm_budget_mb.or(b.shm_budget_mb).unwrap_or(4096),
+            ring_slots: a
+                .ring_slots
+                .or(d.ring_slots)
+                .unwrap_or(framebroker_proto::layout::DEFAULT_SLOTS),
+            max_streams: a.max_streams.or(b.max_streams).unwrap_or(64),
+            max_readers: a.max_readers.or(b.max_readers).unwrap_or(256),
+            checksum: a.checksum || b.checksum.unwrap_or(false),
+            stall_timeout_ms: a.stall_timeout_ms.or(d.stall_timeout_ms).unwrap_or(5000),
+            io_timeout_ms: a.io_timeout_ms.or(d.io_timeout_ms).unwrap_or(5000),
+            backoff_initial_ms: a.backoff_initial_ms.or(d.backoff_initial_ms).unwrap_or(500),
+            backoff_max_ms: a.backoff_max_ms.or(d.backoff_max_ms).unwrap_or(30_000),
+            idle_grace_ms: a.idle_grace_ms.or(b.idle_grace_ms).unwrap_or(10_000),
+            url_policy: UrlPolicy {
+                allow_files: a.allow_files || b.allow_files.unwrap_or(false),
+                allow_http: a.allow_http || b.allow_http.unwrap_or(false),
+            },
+            hwaccel: d.hwaccel.clone(),
+        }
+    }
+
+    fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            supervisor: SupervisorConfig {
+                shm_prefix: self.shm_prefix.clone(),
+                shm_mode: if self.group_access { 0o640 } else { 0o600 },
+                checksum: self.checksum,
+                stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+                backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+                backoff_max: Duration::from_millis(self.backoff_max_ms),
+                ..SupervisorConfig::default()
+            },
+            url_policy: self.url_policy.clone(),
+            default_slots: self.ring_slots,
+            max_streams: self.max_streams,
+            max_readers_per_stream: self.max_readers,
+            shm_budget: self.shm_budget_mb << 20,
+            idle_grace: Duration::from_millis(self.idle_grace_ms),
+            io_timeout: Duration::from_millis(self.io_timeout_ms),
+        }
+    }
+
+    /// Settings that differ from `other` by name (they need a restart).
+    fn differences(&self, other: &Settings) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! cmp {
+            ($($f:ident),+) => {$( if self.$f != other.$f { v.push(stringify!($f)); } )+};
+        }
+        cmp!(
+            socket,
+            ffmpeg,
+            shm_prefix,
+            group_access,
+            shm_budget_mb,
+            ring_slots,
+            max_streams,
+            max_readers,
+            checksum,
+            stall_timeout_ms,
+            io_timeout_ms,
+            backoff_initial_ms,
+            backoff_max_ms,
+            idle_grace_ms,
+            url_policy,
+            hwaccel
+        );
+        v
+    }
+}
+
+/// Reads the config (file or none) with the environment applied, resolves the
+/// settings and the declared streams (the file's plus `--stream`). Has no
+/// side effects, so a failure leaves a running broker as it was.
+fn load(
+    socket: Option<&PathBuf>,
+    a: &ServeArgs,
+) -> anyhow::Result<(Settings, Vec<framebroker_proto::config::StreamDecl>)> {
+    let config = match &a.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let mut c = Config::parse("(no config file)", "")?;
+            c.apply_env(|k| std::env::var(k).ok())?;
+            c
+        }
+    };
+    let settings = Settings::resolve(socket, a, &config);
+    naming::validate_prefix(&settings.shm_prefix)?;
+    let mut decls = config.streams_with(&settings.url_policy)?;
+    for s in &a.streams {
+        let Some((id, url)) = s.split_once('=') else {
+            bail!("--stream takes ID=URL, got {s:?}")
+        };
+        let text = format!(
+            "[[streams]]\nid = {}\nurl = {}\n",
+            toml_quote(id),
+            toml_quote(url)
+        );
+        let one = Config::parse("--stream", &text)
+            .and_then(|c| c.streams_with(&settings.url_policy))
+            .map_err(|e| anyhow::anyhow!("--stream {s}: {}", e.message))?;
+        decls.retain(|d| d.id != id);
+        decls.extend(one);
+    }
+    Ok((settings, decls))
+}
+
+fn toml_quote(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
-    naming::validate_prefix(&a.shm_prefix)?;
-    // Block the shutdown signals in every thread (threads inherit the mask); one
-    // thread below waits for them with sigwait. ffmpeg children unblock them.
+    let (settings, decls) = load(socket.as_ref(), &a)?;
+    // Block the signals in every thread (threads inherit the mask); the main
+    // thread waits for them with sigwait. ffmpeg children unblock them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking signals")?;
 
-    let ffmpeg = Ffmpeg::locate(a.ffmpeg.as_deref()).map_err(anyhow::Error::msg)?;
+    let ffmpeg = Ffmpeg::locate(settings.ffmpeg.as_deref()).map_err(anyhow::Error::msg)?;
     let version = ffmpeg.version().map_err(anyhow::Error::msg)?;
     tracing::info!(ffmpeg = %ffmpeg.path.display(), "{version}");
 
-    for v in framebroker_proto::shm::remove_stale(&a.shm_prefix) {
+    for v in framebroker_proto::shm::remove_stale(&settings.shm_prefix) {
         match v {
             framebroker_proto::shm::StaleVerdict::Removed { name, pid } => {
                 tracing::info!(segment = %name, pid, "removed segment of a dead broker")
@@ -185,40 +341,17 @@ fn serve(socket: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let cfg = BrokerConfig {
-        supervisor: SupervisorConfig {
-            shm_prefix: a.shm_prefix.clone(),
-            shm_mode: if a.group_access { 0o640 } else { 0o600 },
-            checksum: a.checksum,
-            stall_timeout: Duration::from_millis(a.stall_timeout_ms),
-            backoff_initial: Duration::from_millis(a.backoff_initial_ms),
-            backoff_max: Duration::from_millis(a.backoff_max_ms),
-            ..SupervisorConfig::default()
-        },
-        url_policy: UrlPolicy {
-            allow_files: a.allow_files,
-            allow_http: a.allow_http,
-        },
-        default_slots: a.ring_slots,
-        max_streams: a.max_streams,
-        max_readers_per_stream: a.max_readers,
-        shm_budget: a.shm_budget_mb << 20,
-        idle_grace: Duration::from_millis(a.idle_grace_ms),
-        io_timeout: Duration::from_millis(a.io_timeout_ms),
-    };
-    let broker = Broker::new(cfg, Arc::new(ffmpeg));
+    let broker = Broker::new(settings.broker_config(), Arc::new(ffmpeg));
     let control = Arc::new(ControlSocket::bind(
-        &socket,
-        if a.group_access { 0o660 } else { 0o600 },
+        &settings.socket,
+        if settings.group_access { 0o660 } else { 0o600 },
     )?);
     broker.spawn_ticker();
-    for s in &a.streams {
-        let Some((id, url)) = s.split_once('=') else {
-            bail!("--stream takes ID=URL, got {s:?}")
-        };
-        broker
-            .start(StartRequest::new(id, url))
-            .map_err(|r| anyhow::anyhow!("--stream {id}: {}", r.message))?;
+    let applied = broker.apply_declared(decls);
+    if let Some((id, why)) = applied.failed.first() {
+        control.remove_file();
+        broker.shutdown();
+        bail!("stream {id}: {why}");
     }
     {
         let (c, b) = (control.clone(), broker.clone());
@@ -226,10 +359,41 @@ fn serve(socket: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
             .name("control".into())
             .spawn(move || c.serve(b))?;
     }
-    tracing::info!(socket = %control.path().display(), prefix = %a.shm_prefix, "framebroker ready");
+    tracing::info!(
+        socket = %control.path().display(),
+        prefix = %settings.shm_prefix,
+        config = %a.config.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        streams = broker.declared().all().len(),
+        "framebroker ready"
+    );
 
-    let sig = signals.wait().context("waiting for signals")?;
-    tracing::info!("{sig:?}: shutting down");
+    loop {
+        let sig = signals.wait().context("waiting for signals")?;
+        if sig != Signal::SIGHUP {
+            tracing::info!("{sig:?}: shutting down");
+            break;
+        }
+        let Some(path) = &a.config else {
+            tracing::warn!("SIGHUP: started without --config, nothing to reload");
+            continue;
+        };
+        match load(socket.as_ref(), &a) {
+            Err(e) => tracing::error!(
+                "reload of {} refused, running config unchanged: {e:#}",
+                path.display()
+            ),
+            Ok((next, decls)) => {
+                for key in next.differences(&settings) {
+                    tracing::warn!(
+                        key,
+                        "reload: this setting needs a restart; the running value is kept"
+                    );
+                }
+                let applied = broker.apply_declared(decls);
+                tracing::info!("reloaded {}: {applied}", path.display());
+            }
+        }
+    }
     control.remove_file();
     broker.shutdown();
     tracing::info!("bye");

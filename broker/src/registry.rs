@@ -12,8 +12,10 @@ use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
 use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
 use framebroker_proto::ring::{monotonic_ns, RingConfig};
 use framebroker_proto::shm::{self, OwnedSegment};
+use framebroker_proto::config::Mode;
 use framebroker_proto::{Geometry, StreamState};
 
+use crate::declared::Declared;
 use crate::ffmpeg::{SourceFactory, SourceSpec};
 use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
 
@@ -180,6 +182,8 @@ pub struct Broker {
     /// Supervisors of stopped streams that may still be cleaning up; shutdown
     /// waits for them so no segment outlives a clean exit.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Streams the config file declares (see [`crate::declared`]).
+    declared: Declared,
 }
 
 impl Broker {
@@ -198,11 +202,17 @@ impl Broker {
             alloc,
             streams: Mutex::new(HashMap::new()),
             stopping: Mutex::new(Vec::new()),
+            declared: Declared::default(),
         })
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.cfg
+    }
+
+    /// The streams the config file declares.
+    pub fn declared(&self) -> &Declared {
+        &self.declared
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -389,6 +399,22 @@ impl Broker {
 
     pub fn list(&self) -> Vec<StreamInfo> {
         let mut v: Vec<_> = self.streams().values().map(|e| e.handle.info()).collect();
+        // On-demand streams of the config file that wait for their first reader.
+        for d in self.declared.all() {
+            if d.mode == Mode::OnDemand && !v.iter().any(|i| i.id == d.id) {
+                v.push(StreamInfo {
+                    id: d.id.clone(),
+                    url: redact_url(&d.url),
+                    state: StreamState::Stopped,
+                    width: d.size.map_or(0, |s| s.0),
+                    height: d.size.map_or(0, |s| s.1),
+                    pixel_format: d.pixel_format,
+                    generation: 0,
+                    readers: 0,
+                    on_demand: true,
+                });
+            }
+        }
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -400,7 +426,13 @@ impl Broker {
     /// Registers one reader of `id`. The caller keeps the handle and gives it back
     /// to [`detach`](Self::detach): a stream stopped and started again under the
     /// same id is another stream, with its own count.
-    pub fn attach(&self, id: &str) -> Result<(Attachment, Arc<StreamHandle>), Refusal> {
+    pub fn attach(self: &Arc<Self>, id: &str) -> Result<(Attachment, Arc<StreamHandle>), Refusal> {
+        if self.current(id).is_none() && self.start_on_demand(id)? {
+            return Err(Refusal::new(
+                ErrorCode::NotReady,
+                format!("stream {id:?} is on demand and starting; retry shortly"),
+            ));
+        }
         let h = self.get(id)?;
         let Some(a) = h.attachment() else {
             let s = h.status();

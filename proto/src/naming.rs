@@ -93,7 +93,7 @@ pub struct TestPattern {
 }
 
 /// Which schemes reach ffmpeg.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UrlPolicy {
     /// Allow `file://` sources.
     pub allow_files: bool,

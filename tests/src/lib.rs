@@ -183,6 +183,34 @@ impl Broker {
     }
 
     fn spawn(dir: TempDir, socket: PathBuf, prefix: &str, args: &[&str]) -> Result<Self> {
+        let mut all = vec!["--shm-prefix", prefix];
+        all.extend_from_slice(args);
+        Self::spawn_env(dir, socket, prefix, &all, &[])
+    }
+
+    /// A broker on its own socket with a config file, extra `args` and
+    /// environment `env`. `prefix` is the segment prefix the config (or env)
+    /// sets, so the segments are cleaned up; nothing passes `--shm-prefix`.
+    pub fn start_configured(
+        config: &Path,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let dir = TempDir::new("fbtest")?;
+        let socket = dir.path().join("broker.sock");
+        let mut all = vec!["--config", config.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        Self::spawn_env(dir, socket, prefix, &all, env)
+    }
+
+    fn spawn_env(
+        dir: TempDir,
+        socket: PathBuf,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let prefix = prefix.to_string();
         let log = dir.path().join("broker.log");
         let bin = broker_bin();
@@ -195,8 +223,8 @@ impl Broker {
         let child = Command::new(&bin)
             .args(["serve", "--socket"])
             .arg(&socket)
-            .args(["--shm-prefix", &prefix])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -257,6 +285,13 @@ impl Broker {
                 return child.wait().ok();
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` (SIGHUP to reload, say).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use framebroker_gateway::{auth, limits, Config};
+use framebroker_proto::config::Config as FileConfig;
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +16,10 @@ use framebroker_gateway::{auth, limits, Config};
     about = "HTTP/WebSocket gateway of framebroker: the original API on port 8091, JPEG, MJPEG, metrics and a live web page."
 )]
 struct Cli {
+    /// Config file (TOML, its `[gateway]` section and `[broker].socket`; see
+    /// docs/CONFIG.md). Flags beat FRAMEBROKER_GATEWAY_* variables, which beat the file.
+    #[arg(long, env = "FRAMEBROKER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8091; $PORT sets the port of the default].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
@@ -31,24 +36,27 @@ struct Cli {
     /// Origin allowed by CORS (repeatable; none by default).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
-    /// Default JPEG quality (1-100).
-    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
-    jpeg_quality: u8,
-    /// Stop reading (and encoding) a stream this long after its last subscriber left, ms.
-    #[arg(long, default_value_t = 10_000)]
-    idle_ms: u64,
-    /// WebSocket clients served at once, over all streams; more are refused with 503.
-    #[arg(long, default_value_t = limits::DEFAULT_MAX_WS_CLIENTS)]
-    max_ws_clients: usize,
-    /// Long-lived HTTP responses (MJPEG) served at once, over all streams; more are refused with 503.
-    #[arg(long, default_value_t = limits::DEFAULT_MAX_HTTP_STREAMS)]
-    max_http_streams: usize,
+    /// Default JPEG quality (1-100) [default: 80].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    jpeg_quality: Option<u8>,
+    /// Stop reading (and encoding) a stream this long after its last subscriber left, ms
+    /// [default: 10000].
+    #[arg(long)]
+    idle_ms: Option<u64>,
+    /// WebSocket clients served at once, over all streams; more are refused with 503
+    /// [default: 1000].
+    #[arg(long)]
+    max_ws_clients: Option<usize>,
+    /// Long-lived HTTP responses (MJPEG) served at once, over all streams; more are refused
+    /// with 503 [default: 1000].
+    #[arg(long)]
+    max_http_streams: Option<usize>,
     /// Distinct JPEG settings (quality, scale) in use per stream besides the
     /// default one (--jpeg-quality, full size, always served); each is encoded
     /// once per frame, and a request for one more gets 400.
-    #[arg(long, default_value_t = limits::DEFAULT_MAX_JPEG_SETTINGS as u16,
-          value_parser = clap::value_parser!(u16).range(0..=100))]
-    max_jpeg_settings: u16,
+    /// [default: 4]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=100))]
+    max_jpeg_settings: Option<u16>,
 }
 
 fn init_logging() {
@@ -90,19 +98,61 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => {
+            let mut c = FileConfig::parse("(no config file)", "")?;
+            c.apply_env(|k| std::env::var(k).ok())?;
+            c
+        }
+    };
+    let g = &file.file.gateway;
+    if let Some(q) = g.jpeg_quality.filter(|q| !(1..=100).contains(q)) {
+        anyhow::bail!("[gateway] jpeg_quality must be 1..=100, got {q}");
+    }
+    let token = match (&cli.token, &g.token, &g.token_file) {
+        (Some(t), _, _) => Some(t.clone()),
+        (None, Some(t), _) => Some(t.clone()),
+        (None, None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("[gateway] token_file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        _ => None,
+    };
     let mut cfg = Config::new(
         cli.socket
+            .or_else(|| g.socket.clone())
+            .or_else(|| file.file.broker.socket.clone())
             .unwrap_or_else(framebroker_proto::control::default_socket_path),
     );
-    cfg.listen = listen_addr(cli.listen)?;
-    cfg.auth = auth::Auth::new(cli.token.as_deref());
-    cfg.insecure_no_auth = cli.insecure_no_auth;
-    cfg.cors_origins = cli.cors_origins;
-    cfg.jpeg_quality = cli.jpeg_quality;
-    cfg.idle = Duration::from_millis(cli.idle_ms);
-    cfg.max_ws_clients = cli.max_ws_clients;
-    cfg.max_http_streams = cli.max_http_streams;
-    cfg.max_jpeg_settings = usize::from(cli.max_jpeg_settings);
+    cfg.listen = listen_addr(cli.listen.or(g.listen))?;
+    cfg.auth = auth::Auth::new(token.as_deref().filter(|t| !t.is_empty()));
+    cfg.insecure_no_auth = cli.insecure_no_auth || g.insecure_no_auth.unwrap_or(false);
+    cfg.cors_origins = if cli.cors_origins.is_empty() {
+        g.cors_origins.clone().unwrap_or_default()
+    } else {
+        cli.cors_origins
+    };
+    cfg.jpeg_quality = cli.jpeg_quality.or(g.jpeg_quality).unwrap_or(80);
+    cfg.idle = Duration::from_millis(cli.idle_ms.or(g.idle_ms).unwrap_or(10_000));
+    cfg.max_ws_clients = cli
+        .max_ws_clients
+        .or(g.max_ws_clients)
+        .unwrap_or(limits::DEFAULT_MAX_WS_CLIENTS);
+    cfg.max_http_streams = cli
+        .max_http_streams
+        .or(g.max_http_streams)
+        .unwrap_or(limits::DEFAULT_MAX_HTTP_STREAMS);
+    cfg.max_jpeg_settings = usize::from(
+        cli.max_jpeg_settings
+            .or(g.max_jpeg_settings)
+            .unwrap_or(limits::DEFAULT_MAX_JPEG_SETTINGS as u16),
+    );
     // Refuse before binding anything.
     if let Err(msg) = auth::check_exposure(cfg.listen, &cfg.auth, cfg.insecure_no_auth) {
         eprintln!("framebroker-gateway: {msg}");
