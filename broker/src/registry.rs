@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use framebroker_proto::config::Mode;
 use framebroker_proto::control::{Attachment, ErrorCode, StartRequest, StreamInfo, StreamStats};
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
 use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
 use framebroker_proto::ring::{monotonic_ns, RingConfig};
 use framebroker_proto::shm::{self, OwnedSegment};
-use framebroker_proto::config::Mode;
 use framebroker_proto::{Geometry, StreamState};
 
 use crate::declared::Declared;

@@ -435,3 +435,30 @@ fn the_gateway_reads_its_section_and_the_broker_socket_from_the_same_file() {
         "token from token_file required: {refused}"
     );
 }
+
+/// Every ```toml block of the README and docs/ is a valid config (with the
+/// file policy the broker has by default).
+#[test]
+fn every_toml_example_in_the_docs_is_a_valid_config() {
+    let root = framebroker_tests::repo_root();
+    let mut checked = 0;
+    for doc in ["README.md", "docs/CONFIG.md", "docs/DEPLOY.md"] {
+        let Ok(text) = std::fs::read_to_string(root.join(doc)) else {
+            assert_ne!(doc, "README.md", "the README exists");
+            continue;
+        };
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```toml\n") {
+            let body = &rest[start + 8..];
+            let end = body.find("```").expect("closed block");
+            let origin = format!("{doc} block {checked}");
+            let c = framebroker_proto::config::Config::parse(&origin, &body[..end])
+                .unwrap_or_else(|e| panic!("{e}"));
+            c.streams().unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+            rest = &body[end + 3..];
+        }
+    }
+    println!("{checked} config examples parsed");
+    assert!(checked >= 2, "the README and docs/CONFIG.md have examples");
+}
