@@ -290,6 +290,25 @@ fn load(
     let settings = Settings::resolve(socket, a, &config);
     naming::validate_prefix(&settings.shm_prefix)?;
     let mut decls = config.streams_with(&settings.url_policy)?;
+    // The file format already has these; the ingest does not yet. Refuse
+    // rather than run something other than what the file asks for.
+    for d in &decls {
+        if !d.variants.is_empty() {
+            bail!(
+                "stream {}: `variants` are not supported by this version of the broker yet; \
+                 remove them (or start another stream with the size and format wanted)",
+                d.id
+            );
+        }
+        if d.hwaccel.as_deref().is_some_and(|h| h != "none") {
+            bail!(
+                "stream {}: hwaccel {:?} is not supported by this version of the broker yet; \
+                 use \"none\" (software decode)",
+                d.id,
+                d.hwaccel.as_deref().unwrap_or_default()
+            );
+        }
+    }
     for s in &a.streams {
         let Some((id, url)) = s.split_once('=') else {
             bail!("--stream takes ID=URL, got {s:?}")
