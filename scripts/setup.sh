@@ -40,6 +40,7 @@ APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
           gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi cmake nasm)
 if [ "${1:-}" = "--test" ]; then
     APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
+    APT_PKGS+=(systemd)   # systemd-analyze verifies the units in deploy/systemd
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
@@ -81,6 +82,13 @@ if [ "${1:-}" = "--test" ]; then
     if ! "$ROOT/.venv/bin/schemathesis" --version >/dev/null 2>&1; then
         say "pip install schemathesis into .venv"
         "$ROOT/.venv/bin/python" -m pip install -q schemathesis
+    fi
+    # Deployment tests (tests/deploy): the wheel is built with `build`, the
+    # Kubernetes manifests are checked against the official schemas that
+    # kubernetes-validate bundles (Debian has no kubeconform).
+    if ! "$ROOT/.venv/bin/python" -c 'import build, kubernetes_validate' >/dev/null 2>&1; then
+        say "pip install build kubernetes-validate into .venv"
+        "$ROOT/.venv/bin/python" -m pip install -q build kubernetes-validate
     fi
     # Browser tests: playwright-core (driving /usr/bin/chromium) and Vite 7 for the
     # React component, pinned by package-lock.json.

@@ -7,7 +7,10 @@
 #   3. the loom model of the seqlock, miri on the in-process ring, and a bounded
 #      fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
-#      gateway clients; real broker, real OpenCV 4.x and 5.x).
+#      gateway clients; real broker, real OpenCV 4.x and 5.x),
+#   5. the deployment files: Dockerfile and its entrypoint, systemd units
+#      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
+#      Kubernetes manifests (schema check).
 # Exits non-zero on the first failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,11 +60,15 @@ bash web-gateway/tests/schemathesis/run.sh
 step "web page in headless Chromium (gateway, JS client, React component)"
 (cd web-gateway/tests/browser && node page.test.mjs)
 
-for venv in .venv-cv4 .venv; do  # the newest OpenCV last: its summary closes the run
+for venv in .venv-cv4 .venv; do  # the oldest supported OpenCV first
     step "Python tests ($venv: OpenCV $($venv/bin/python -c 'import cv2; print(cv2.__version__)')): client, gateway clients"
     FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
         $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests \
         web-gateway/tests/browser/test_python_clients.py
 done
+
+step "deployment: Dockerfile, systemd units, cargo install, wheel, Kubernetes manifests"
+FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
+    .venv/bin/python -m pytest -q -p no:cacheprovider -rs tests/deploy
 
 step "all tests passed in $(( $(date +%s) - start )) s"
