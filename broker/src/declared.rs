@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use framebroker_proto::config::{Mode, StreamDecl};
-use framebroker_proto::control::StartRequest;
+use framebroker_proto::control::{HwAccel, StartRequest, VariantRequest};
 
 use crate::registry::{Broker, Refusal};
 
@@ -53,6 +53,14 @@ pub fn start_request(d: &StreamDecl) -> StartRequest {
     r.transport = d.transport;
     r.ring_slots = d.ring_slots;
     r.on_demand = d.mode == Mode::OnDemand;
+    // The config checked the name against the same list; an unknown one
+    // cannot get here, and would mean the broker's default.
+    r.hwaccel = d.hwaccel.as_deref().and_then(HwAccel::from_name);
+    r.variants = d
+        .variants
+        .iter()
+        .map(|v| VariantRequest::new(v.id.clone(), v.size, v.pixel_format))
+        .collect();
     r
 }
 

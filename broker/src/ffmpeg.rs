@@ -7,15 +7,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use ffmpeg_sidecar::log_parser::FfmpegLogParser;
-use framebroker_proto::control::Transport;
+use framebroker_proto::control::{HwAccel, Transport};
 use framebroker_proto::naming::{redact_text, Source};
-use framebroker_proto::{Geometry, PixelFormat};
+use framebroker_proto::ring::wall_ns;
+use framebroker_proto::{Geometry, PixelFormat, StreamTime};
 
 /// What to pull and how: everything the source needs, already validated.
 #[derive(Clone, Debug)]
@@ -30,7 +31,23 @@ pub struct SourceSpec {
     pub transport: Transport,
     /// ffmpeg's socket I/O timeout.
     pub io_timeout: Duration,
+    /// Hardware decoder to ask ffmpeg for ([`HwAccel::None`]: software).
+    pub hwaccel: HwAccel,
+    /// Further outputs of the same decode (variants), in order: output `k + 1`.
+    pub variants: Vec<OutputSpec>,
 }
+
+/// One extra output of a decode: a variant's id, size (`None`: native) and format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub id: String,
+    pub size: Option<(u32, u32)>,
+    pub pixel_format: PixelFormat,
+}
+
+/// First file descriptor of the variants' pipes in the ffmpeg child: variant `k`
+/// (0-based) writes to `pipe:{VARIANT_FD0 + k}`.
+pub const VARIANT_FD0: i32 = 3;
 
 /// Kills a running source from another thread (stall detection, stop).
 pub type KillHandle = Arc<dyn Fn() + Send + Sync>;
@@ -49,6 +66,27 @@ pub trait RunningSource: Send {
     fn last_error(&self) -> Option<String>;
     /// Count of decode errors (corrupt input) reported so far.
     fn decode_errors(&self) -> u64;
+    /// Waits until the geometry of every variant output is known (in the order of
+    /// [`SourceSpec::variants`]). Called after [`geometry`](Self::geometry).
+    fn variant_geometries(
+        &mut self,
+        _timeout: Duration,
+        _stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<Geometry>, String> {
+        Ok(Vec::new())
+    }
+    /// The variants' frame streams, in the order of [`SourceSpec::variants`]; once.
+    fn take_variant_outputs(&mut self) -> Vec<Box<dyn Read + Send>> {
+        Vec::new()
+    }
+    /// Each frame's time on the stream's clock, when the source reports it.
+    fn clock(&self) -> Option<Arc<FrameClock>> {
+        None
+    }
+    /// Why the hardware decoder could not be used, when the source said so.
+    fn hwaccel_error(&self) -> Option<String> {
+        None
+    }
 }
 
 pub trait SourceFactory: Send + Sync {
@@ -96,11 +134,28 @@ impl Ffmpeg {
 
 /// The ffmpeg arguments for a spec (after the program name). The URL is one
 /// argument; nothing goes through a shell.
+///
+/// One decode feeds every output: a `-filter_complex` graph starts with `showinfo`
+/// (each frame's pts on stderr, see [`FrameClock`]), splits into one branch per
+/// output, scales a branch only when it has a size, and each branch is its own
+/// rawvideo output: the main stream on stdout, variant `k` on fd
+/// [`VARIANT_FD0`]` + k`.
 pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
-    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "level+info"]
-        .map(String::from)
-        .into();
+    let mut a: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "level+info",
+        "-copyts",
+    ]
+    .map(String::from)
+    .into();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    if spec.hwaccel != HwAccel::None {
+        // Without -hwaccel_output_format ffmpeg downloads decoded frames to system
+        // memory itself, so the filters below work unchanged.
+        a.extend(s(&["-hwaccel", spec.hwaccel.name()]));
+    }
     match &spec.source {
         Source::Test(t) => {
             a.extend(s(&["-re", "-f", "lavfi", "-i"]));
@@ -133,18 +188,58 @@ pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
             a.push(spec.url.clone());
         }
     }
-    a.extend(s(&["-map", "0:v:0", "-an", "-sn", "-dn"]));
-    if let Some((w, h)) = spec.size {
-        a.extend(s(&["-vf", &format!("scale={w}:{h}")]));
+    let outputs: Vec<(Option<(u32, u32)>, PixelFormat)> =
+        std::iter::once((spec.size, spec.pixel_format))
+            .chain(spec.variants.iter().map(|v| (v.size, v.pixel_format)))
+            .collect();
+    a.extend(s(&["-filter_complex", &filter_graph(&outputs)]));
+    for (k, (_, pixel_format)) in outputs.iter().enumerate() {
+        let target = if k == 0 {
+            "pipe:1".to_string()
+        } else {
+            format!("pipe:{}", VARIANT_FD0 + k as i32 - 1)
+        };
+        // passthrough: exactly one output frame per decoded frame (no duplicates or
+        // drops to a constant rate), so frame k of every output is showinfo's n = k.
+        a.extend(s(&[
+            "-map",
+            &format!("[o{k}]"),
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            pixel_format.name(),
+            &target,
+        ]));
     }
-    a.extend(s(&[
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        spec.pixel_format.name(),
-        "pipe:1",
-    ]));
     a
+}
+
+/// `[0:v:0]showinfo=checksum=0,split=N[..]...` with output labels `[o0]`…`[oN-1]`.
+fn filter_graph(outputs: &[(Option<(u32, u32)>, PixelFormat)]) -> String {
+    let scale = |size: Option<(u32, u32)>| size.map(|(w, h)| format!("scale={w}:{h}"));
+    let mut g = String::from("[0:v:0]showinfo=checksum=0");
+    if outputs.len() == 1 {
+        if let Some(sc) = scale(outputs[0].0) {
+            g += ",";
+            g += &sc;
+        }
+        g += "[o0]";
+        return g;
+    }
+    g += &format!(",split={}", outputs.len());
+    let mut branches = String::new();
+    for (k, (size, _)) in outputs.iter().enumerate() {
+        match scale(*size) {
+            Some(sc) => {
+                g += &format!("[s{k}]");
+                branches += &format!(";[s{k}]{sc}[o{k}]");
+            }
+            None => g += &format!("[o{k}]"),
+        }
+    }
+    g + &branches
 }
 
 impl SourceFactory for Ffmpeg {
@@ -153,6 +248,22 @@ impl SourceFactory for Ffmpeg {
         // `new_with_path` already adds `-loglevel level+info`; ours repeats it
         // harmlessly, and keeps ffmpeg_args() complete on its own.
         cmd.args(ffmpeg_args(spec));
+        // One pipe per variant: the broker keeps the read end; the write end goes to
+        // the child as fd VARIANT_FD0 + k. Both ends are close-on-exec, so no other
+        // child inherits them; the write ends are first moved above every target fd
+        // so the dup2 calls in the child cannot clobber one another.
+        let mut variant_reads = Vec::with_capacity(spec.variants.len());
+        let mut variant_writes = Vec::with_capacity(spec.variants.len());
+        for _ in &spec.variants {
+            let (r, w) = variant_pipe()?;
+            grow_pipe(&r);
+            variant_reads.push(std::fs::File::from(r));
+            variant_writes.push(w);
+        }
+        let write_fds: Vec<i32> = {
+            use std::os::fd::AsRawFd;
+            variant_writes.iter().map(|w| w.as_raw_fd()).collect()
+        };
         // stdin stays a pipe (ffmpeg-sidecar requires it); `-nostdin` makes ffmpeg
         // ignore it.
         let inner = cmd.as_inner_mut();
@@ -160,54 +271,84 @@ impl SourceFactory for Ffmpeg {
         {
             use std::os::unix::process::CommandExt;
             // SAFETY: runs in the child between fork and exec, where only
-            // async-signal-safe calls are allowed: prctl and pthread_sigmask are.
-            // The broker blocks SIGINT/SIGTERM in all its threads; the child must not
-            // inherit that mask, and must die with the broker.
+            // async-signal-safe calls are allowed: prctl, pthread_sigmask and dup2
+            // are, and iterating the captured Vec does not allocate. The broker blocks
+            // SIGINT/SIGTERM in all its threads; the child must not inherit that mask,
+            // and must die with the broker. Each write fd is ≥ 64 (see variant_pipe)
+            // and the targets are VARIANT_FD0.. (< 64), so dup2 never overwrites a
+            // source still needed; dup2 clears close-on-exec on the target only.
             unsafe {
-                inner.pre_exec(|| {
+                inner.pre_exec(move || {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     let mut set: libc::sigset_t = std::mem::zeroed();
                     libc::sigemptyset(&mut set);
                     libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                    for (k, fd) in write_fds.iter().enumerate() {
+                        if libc::dup2(*fd, VARIANT_FD0 + k as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                     Ok(())
                 });
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start ffmpeg: {e}"))?;
+        let spawned = cmd.spawn();
+        // The child has its copies; ours must go or the readers never see EOF.
+        drop(variant_writes);
+        let mut child = spawned.map_err(|e| format!("cannot start ffmpeg: {e}"))?;
         let pid = child.as_inner().id();
         let stdout = child.take_stdout().ok_or("ffmpeg has no stdout")?;
         let stderr = child.take_stderr().ok_or("ffmpeg has no stderr")?;
         grow_pipe(&stdout);
         let (geo_tx, geo_rx) = mpsc::channel();
         let shared = Arc::new(StderrState::default());
-        let st = shared.clone();
+        let clock = Arc::new(FrameClock::default());
+        let (st, ck) = (shared.clone(), clock.clone());
         let id = spec.id.clone();
-        let pixel_format = spec.pixel_format;
+        let formats: Vec<PixelFormat> = std::iter::once(spec.pixel_format)
+            .chain(spec.variants.iter().map(|v| v.pixel_format))
+            .collect();
+        let hw = spec.hwaccel != HwAccel::None;
         std::thread::Builder::new()
             .name(format!("ffmpeg-log-{id}"))
-            .spawn(move || drain_stderr(stderr, &id, pixel_format, geo_tx, &st))
+            .spawn(move || drain_stderr(stderr, &id, &formats, hw, geo_tx, &st, &ck))
             .map_err(|e| format!("cannot start log thread: {e}"))?;
         let alive = Arc::new(Mutex::new(true));
         Ok(Box::new(FfmpegSource {
             child,
             pid,
             stdout,
+            variants: variant_reads,
+            geos: vec![None; 1 + spec.variants.len()],
             geo_rx,
             shared,
+            clock,
             alive,
         }))
     }
 }
 
+/// A close-on-exec pipe whose write end sits at fd 64 or above.
+fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let high = fcntl(&w, FcntlArg::F_DUPFD_CLOEXEC(64))
+        .map_err(|e| format!("cannot move a pipe descriptor: {e}"))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing
+    // else owns; the OwnedFd takes sole ownership and closes it once.
+    let high = unsafe { OwnedFd::from_raw_fd(high) };
+    Ok((r, high))
+}
+
 /// A bigger pipe means fewer wake-ups per frame (a 640×480 frame is 900 KiB; the
 /// default pipe holds 64 KiB). Best effort.
-fn grow_pipe(stdout: &ChildStdout) {
+fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     #[cfg(target_os = "linux")]
     {
         use nix::fcntl::{fcntl, FcntlArg};
-        let _ = fcntl(stdout, FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(1 << 20));
     }
 }
 
@@ -215,29 +356,69 @@ fn grow_pipe(stdout: &ChildStdout) {
 struct StderrState {
     last_error: Mutex<Option<String>>,
     decode_errors: std::sync::atomic::AtomicU64,
+    /// The first line saying the hardware decoder could not be set up.
+    hwaccel_error: Mutex<Option<String>>,
+}
+
+/// Lines ffmpeg prints when a `-hwaccel` device or decoder cannot be set up.
+const HWACCEL_FAILURES: &[&str] = &[
+    "device creation failed",
+    "device setup failed",
+    "no device available for decoder",
+    "failed setup for format",
+    "hwaccel initialisation returned error",
+    "failed to initialise vaapi",
+    "cannot load libcuda",
+    "cannot load nvcuvid",
+    "failed to create",
+    "unsupported hwaccel",
+    "unrecognized hwaccel",
+];
+
+/// Whether an ffmpeg log line says the hardware decoder is unusable.
+pub fn is_hwaccel_failure(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    HWACCEL_FAILURES.iter().any(|p| l.contains(p))
 }
 
 fn drain_stderr(
     stderr: std::process::ChildStderr,
     id: &str,
-    pixel_format: PixelFormat,
-    geo_tx: mpsc::Sender<Geometry>,
+    formats: &[PixelFormat],
+    hw: bool,
+    geo_tx: mpsc::Sender<(usize, Geometry)>,
     st: &StderrState,
+    clock: &FrameClock,
 ) {
     let mut parser = FfmpegLogParser::new(stderr);
+    let mut showinfo = ShowinfoParser::default();
     loop {
         match parser.parse_next_event() {
             Ok(FfmpegEvent::ParsedOutputStream(s)) => {
-                if let Some(v) = s.video_data() {
-                    let _ = geo_tx.send(Geometry {
-                        width: v.width,
-                        height: v.height,
-                        pixel_format,
-                    });
+                let k = s.parent_index as usize;
+                if let (Some(v), Some(pixel_format)) = (s.video_data(), formats.get(k)) {
+                    let _ = geo_tx.send((
+                        k,
+                        Geometry {
+                            width: v.width,
+                            height: v.height,
+                            pixel_format: *pixel_format,
+                        },
+                    ));
                 }
             }
             Ok(FfmpegEvent::Log(level, line)) => {
+                if let Some((n, pts_ns)) = showinfo.parse(&line) {
+                    clock.record(n, pts_ns, wall_ns());
+                    continue;
+                }
                 let line = redact_text(&line);
+                if hw && is_hwaccel_failure(&line) {
+                    let mut e = st.hwaccel_error.lock().unwrap_or_else(|p| p.into_inner());
+                    if e.is_none() {
+                        *e = Some(short_reason(&line));
+                    }
+                }
                 let lower = line.to_ascii_lowercase();
                 if lower.contains("corrupt")
                     || lower.contains("error while decoding")
@@ -255,8 +436,153 @@ fn drain_stderr(
                     _ => tracing::trace!(stream = id, "ffmpeg: {line}"),
                 }
             }
-            Ok(FfmpegEvent::LogEOF) | Err(_) => return,
+            Ok(FfmpegEvent::LogEOF) => return,
+            // The parser refuses a stream line outside an input/output section
+            // (a filter may print one); skip it rather than lose the rest of the log.
+            Err(_) => {}
             Ok(_) => {}
+        }
+    }
+}
+
+/// The text of an ffmpeg log line without its `[level]` and `[ctx @ 0x..]` prefixes.
+fn short_reason(line: &str) -> String {
+    let mut rest = line.trim();
+    while let Some(r) = rest.strip_prefix('[') {
+        match r.find(']') {
+            Some(end) => rest = r[end + 1..].trim_start(),
+            None => break,
+        }
+    }
+    rest.chars().take(160).collect()
+}
+
+/// Reads `showinfo`'s per-frame lines: the input time base once, then
+/// `n:   0 pts:   3000 pts_time:0.0333 ...` for every frame.
+#[derive(Default)]
+struct ShowinfoParser {
+    /// (num, den) from `config in time_base: num/den`.
+    time_base: Option<(i64, i64)>,
+}
+
+impl ShowinfoParser {
+    /// `Some((n, pts_ns))` for a frame line; `None` for any other line.
+    fn parse(&mut self, line: &str) -> Option<(u64, Option<i64>)> {
+        if !line.contains("Parsed_showinfo") {
+            return None;
+        }
+        if let Some(i) = line.find("config in time_base:") {
+            let tb = line[i + "config in time_base:".len()..].split(',').next()?;
+            let (num, den) = tb.trim().split_once('/')?;
+            let (num, den) = (num.trim().parse().ok()?, den.trim().parse().ok()?);
+            if num > 0 && den > 0 {
+                self.time_base = Some((num, den));
+            }
+            return None;
+        }
+        let i = line.find(" n:")?;
+        let mut words = line[i + 3..].split_whitespace();
+        let n: u64 = words.next()?.parse().ok()?;
+        let value = |key: &str| {
+            let j = line.find(key)?;
+            line[j + key.len()..].split_whitespace().next()
+        };
+        let pts_ns = match (
+            self.time_base,
+            value(" pts:").and_then(|v| v.parse::<i64>().ok()),
+        ) {
+            (Some((num, den)), Some(pts)) => {
+                i64::try_from(i128::from(pts) * i128::from(num) * 1_000_000_000 / i128::from(den))
+                    .ok()
+            }
+            _ => value("pts_time:")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|t| t.is_finite())
+                .map(|t| (t * 1e9).round() as i64),
+        };
+        Some((n, pts_ns))
+    }
+}
+
+/// Each decoded frame's time on the stream's clock, by frame index since ffmpeg
+/// started: filled from ffmpeg's log, read by every output's frame pump.
+///
+/// The wall-clock mapping is anchored at the first frame's arrival (wall clock when
+/// its log line is read) and advanced by pts deltas; it is re-anchored when pts goes
+/// backwards or jumps more than [`REANCHOR_JUMP_NS`] from the previous frame.
+#[derive(Default)]
+pub struct FrameClock {
+    state: Mutex<ClockState>,
+    cv: Condvar,
+}
+
+/// A pts step larger than this (either way) restarts the wall-clock mapping.
+pub const REANCHOR_JUMP_NS: i64 = 5_000_000_000;
+const CLOCK_WINDOW: usize = 256;
+
+#[derive(Default)]
+struct ClockState {
+    /// `(n, time)` at `n % CLOCK_WINDOW`.
+    window: Vec<Option<(u64, Option<StreamTime>)>>,
+    /// Highest n recorded.
+    newest: Option<u64>,
+    /// (pts_ns, wall_ns) of the anchor, and the previous frame's pts.
+    anchor: Option<(i64, u64)>,
+    prev_pts: Option<i64>,
+}
+
+impl FrameClock {
+    /// Records frame `n`'s pts (`None`: not reported), seen at wall clock `now_ns`.
+    pub fn record(&self, n: u64, pts_ns: Option<i64>, now_ns: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.window.is_empty() {
+            s.window = vec![None; CLOCK_WINDOW];
+        }
+        let time = pts_ns.and_then(|pts| {
+            let jump = s
+                .prev_pts
+                .is_some_and(|prev| pts < prev || pts - prev > REANCHOR_JUMP_NS);
+            if s.anchor.is_none() || jump {
+                s.anchor = Some((pts, now_ns));
+            }
+            s.prev_pts = Some(pts);
+            let (apts, awall) = s.anchor?;
+            let wall = i128::from(awall) + i128::from(pts) - i128::from(apts);
+            u64::try_from(wall)
+                .ok()
+                .filter(|w| *w != 0)
+                .map(|wall_ns| StreamTime {
+                    pts_ns: pts,
+                    wall_ns,
+                })
+        });
+        s.window[(n % CLOCK_WINDOW as u64) as usize] = Some((n, time));
+        s.newest = Some(s.newest.map_or(n, |m| m.max(n)));
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Frame `n`'s time. When the log is at most a few frames behind, waits up to
+    /// `wait` for its line; a log that reports nothing costs no waiting.
+    pub fn stream_time(&self, n: u64, wait: Duration) -> Option<StreamTime> {
+        let deadline = Instant::now() + wait;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(Some((m, t))) = s.window.get((n % CLOCK_WINDOW as u64) as usize) {
+                if *m == n {
+                    return *t;
+                }
+            }
+            let close = s.newest.is_some_and(|m| m + 16 >= n);
+            let now = Instant::now();
+            if !close || now >= deadline || s.newest.is_some_and(|m| m > n) {
+                return None;
+            }
+            s = self
+                .cv
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -265,21 +591,39 @@ struct FfmpegSource {
     child: ffmpeg_sidecar::child::FfmpegChild,
     pid: u32,
     stdout: ChildStdout,
-    geo_rx: mpsc::Receiver<Geometry>,
+    /// Read ends of the variants' pipes (taken once by the supervisor).
+    variants: Vec<std::fs::File>,
+    /// Geometry of output k, once ffmpeg reported it.
+    geos: Vec<Option<Geometry>>,
+    geo_rx: mpsc::Receiver<(usize, Geometry)>,
     shared: Arc<StderrState>,
+    clock: Arc<FrameClock>,
     /// True until the child is reaped: a kill after that could hit a reused pid.
     alive: Arc<Mutex<bool>>,
 }
 
-impl RunningSource for FfmpegSource {
-    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, String> {
-        let deadline = Instant::now() + timeout;
+impl FfmpegSource {
+    /// Waits for the geometry of output `k`.
+    fn output_geometry(
+        &mut self,
+        k: usize,
+        deadline: Instant,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Geometry, String> {
         loop {
+            if let Some(g) = self.geos.get(k).copied().flatten() {
+                return Ok(g);
+            }
             if stop() {
                 return Err("stopped".into());
             }
             match self.geo_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(g) => return Ok(g),
+                Ok((i, g)) => {
+                    if let Some(slot) = self.geos.get_mut(i) {
+                        *slot = Some(g);
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(format!(
@@ -293,6 +637,42 @@ impl RunningSource for FfmpegSource {
                 }
             }
         }
+    }
+}
+
+impl RunningSource for FfmpegSource {
+    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, String> {
+        self.output_geometry(0, Instant::now() + timeout, timeout, stop)
+    }
+
+    fn variant_geometries(
+        &mut self,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<Geometry>, String> {
+        let deadline = Instant::now() + timeout;
+        (1..self.geos.len())
+            .map(|k| self.output_geometry(k, deadline, timeout, stop))
+            .collect()
+    }
+
+    fn take_variant_outputs(&mut self) -> Vec<Box<dyn Read + Send>> {
+        std::mem::take(&mut self.variants)
+            .into_iter()
+            .map(|f| Box::new(f) as Box<dyn Read + Send>)
+            .collect()
+    }
+
+    fn clock(&self) -> Option<Arc<FrameClock>> {
+        Some(self.clock.clone())
+    }
+
+    fn hwaccel_error(&self) -> Option<String> {
+        self.shared
+            .hwaccel_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn frames(&mut self) -> &mut dyn Read {
@@ -358,6 +738,8 @@ mod tests {
             pixel_format: PixelFormat::Bgr24,
             transport: Transport::Tcp,
             io_timeout: Duration::from_secs(5),
+            hwaccel: HwAccel::None,
+            variants: Vec::new(),
         }
     }
 
@@ -372,7 +754,12 @@ mod tests {
         );
         assert!(a.windows(2).any(|w| w == ["-rtsp_transport", "tcp"]));
         assert!(a.windows(2).any(|w| w == ["-timeout", "5000000"]));
-        assert!(a.windows(2).any(|w| w == ["-vf", "scale=320:240"]));
+        assert!(a.windows(2).any(|w| w
+            == [
+                "-filter_complex",
+                "[0:v:0]showinfo=checksum=0,scale=320:240[o0]"
+            ]));
+        assert!(!a.contains(&"-hwaccel".to_string()));
         assert!(a.contains(&"-nostdin".to_string()));
         assert_eq!(a.last().unwrap(), "pipe:1");
         assert!(a.windows(2).any(|w| w == ["-pix_fmt", "bgr24"]));
@@ -385,6 +772,107 @@ mod tests {
             .windows(2)
             .any(|w| w == ["-i", "testsrc2=size=320x240:rate=15"]));
         assert!(a.contains(&"-re".to_string()));
-        assert!(!a.contains(&"-vf".to_string()));
+        assert!(a
+            .windows(2)
+            .any(|w| w == ["-filter_complex", "[0:v:0]showinfo=checksum=0[o0]"]));
+    }
+
+    #[test]
+    fn variants_share_one_decode() {
+        let mut sp = spec("rtsp://127.0.0.1:8554/cam", None);
+        sp.hwaccel = HwAccel::Vaapi;
+        sp.variants = vec![
+            OutputSpec {
+                id: "m".into(),
+                size: Some((320, 240)),
+                pixel_format: PixelFormat::Gray,
+            },
+            OutputSpec {
+                id: "r".into(),
+                size: None,
+                pixel_format: PixelFormat::Rgb24,
+            },
+        ];
+        let a = ffmpeg_args(&sp);
+        let hw = a.iter().position(|x| x == "-hwaccel").unwrap();
+        assert_eq!(a[hw + 1], "vaapi");
+        assert!(
+            hw < a.iter().position(|x| x == "-i").unwrap(),
+            "before the input"
+        );
+        let g = a.iter().position(|x| x == "-filter_complex").unwrap();
+        assert_eq!(
+            a[g + 1],
+            "[0:v:0]showinfo=checksum=0,split=3[o0][s1][o2];[s1]scale=320:240[o1]"
+        );
+        assert_eq!(a.iter().filter(|x| *x == "-map").count(), 3);
+        let tail = a[g + 2..].join(" ");
+        assert_eq!(
+            tail,
+            "-map [o0] -fps_mode passthrough -f rawvideo -pix_fmt bgr24 pipe:1 \
+             -map [o1] -fps_mode passthrough -f rawvideo -pix_fmt gray pipe:3 \
+             -map [o2] -fps_mode passthrough -f rawvideo -pix_fmt rgb24 pipe:4"
+        );
+    }
+
+    #[test]
+    fn showinfo_lines_give_pts() {
+        let mut p = ShowinfoParser::default();
+        assert_eq!(p.parse("[info] frame=    1 fps=0.0"), None);
+        assert_eq!(
+            p.parse(
+                "[Parsed_showinfo_0 @ 0x5] [info] config in time_base: 1/90000, frame_rate: 30/1"
+            ),
+            None
+        );
+        assert_eq!(
+            p.parse("[Parsed_showinfo_0 @ 0x5] [info] n:   1 pts:   3000 pts_time:0.0333333 pos: -1 fmt:yuv420p"),
+            Some((1, Some(33_333_333)))
+        );
+        assert_eq!(
+            p.parse("[Parsed_showinfo_0 @ 0x5] [info] color_range:tv color_space:smpte170m"),
+            None
+        );
+        let mut q = ShowinfoParser::default();
+        assert_eq!(
+            q.parse("[Parsed_showinfo_0 @ 0x5] [info] n:  12 pts:  6 pts_time:0.5 pos: -1"),
+            Some((12, Some(500_000_000)))
+        );
+    }
+
+    #[test]
+    fn frame_clock_anchors_and_reanchors() {
+        let c = FrameClock::default();
+        let ms = 1_000_000i64;
+        c.record(0, Some(1_000 * ms), 5_000_000_000);
+        c.record(1, Some(1_033 * ms), 5_100_000_000);
+        c.record(2, None, 5_200_000_000);
+        c.record(3, Some(100 * ms), 5_300_000_000); // backwards: new anchor
+        let t = |n| c.stream_time(n, Duration::ZERO);
+        assert_eq!(t(0).unwrap().wall_ns, 5_000_000_000);
+        assert_eq!(
+            t(1).unwrap().wall_ns,
+            5_033_000_000,
+            "pts delta, not arrival"
+        );
+        assert_eq!(t(1).unwrap().pts_ns, 1_033 * ms);
+        assert_eq!(t(2), None);
+        assert_eq!(t(3).unwrap().wall_ns, 5_300_000_000);
+        assert_eq!(t(99), None, "far ahead of the log: no wait, unknown");
+    }
+
+    #[test]
+    fn hwaccel_failures_are_recognised() {
+        assert!(is_hwaccel_failure(
+            "[error] Device creation failed: -542398533."
+        ));
+        assert!(is_hwaccel_failure(
+            "[h264 @ 0x1] [error] No device available for decoder: device type vaapi needed for codec h264."
+        ));
+        assert!(!is_hwaccel_failure("[error] Connection refused"));
+        assert_eq!(
+            short_reason("[h264 @ 0x1] [error] No device available for decoder"),
+            "No device available for decoder"
+        );
     }
 }

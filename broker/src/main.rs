@@ -13,6 +13,7 @@ use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
 use framebroker_proto::config::Config;
 use framebroker_proto::control::default_socket_path;
+use framebroker_proto::control::{HwAccel, VariantRequest};
 use framebroker_proto::naming::{self, UrlPolicy};
 
 #[derive(Parser)]
@@ -123,6 +124,14 @@ enum StreamsCommand {
         /// Start even if this URL already runs under another id.
         #[arg(long)]
         allow_duplicate: bool,
+        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox (falls back
+        /// to software when the device is missing). Default: the broker's.
+        #[arg(long)]
+        hwaccel: Option<String>,
+        /// Another output of the same decode, its own stream: ID:WIDTHxHEIGHT:FORMAT
+        /// or ID:native:FORMAT (repeatable).
+        #[arg(long = "variant", value_name = "ID:WxH:FORMAT")]
+        variants: Vec<String>,
     },
     /// Stop a stream.
     Rm { id: String },
@@ -241,6 +250,11 @@ impl Settings {
             shm_budget: self.shm_budget_mb << 20,
             idle_grace: Duration::from_millis(self.idle_grace_ms),
             io_timeout: Duration::from_millis(self.io_timeout_ms),
+            default_hwaccel: self
+                .hwaccel
+                .as_deref()
+                .and_then(HwAccel::from_name)
+                .unwrap_or(HwAccel::None),
         }
     }
 
@@ -290,25 +304,6 @@ fn load(
     let settings = Settings::resolve(socket, a, &config);
     naming::validate_prefix(&settings.shm_prefix)?;
     let mut decls = config.streams_with(&settings.url_policy)?;
-    // The file format already has these; the ingest does not yet. Refuse
-    // rather than run something other than what the file asks for.
-    for d in &decls {
-        if !d.variants.is_empty() {
-            bail!(
-                "stream {}: `variants` are not supported by this version of the broker yet; \
-                 remove them (or start another stream with the size and format wanted)",
-                d.id
-            );
-        }
-        if d.hwaccel.as_deref().is_some_and(|h| h != "none") {
-            bail!(
-                "stream {}: hwaccel {:?} is not supported by this version of the broker yet; \
-                 use \"none\" (software decode)",
-                d.id,
-                d.hwaccel.as_deref().unwrap_or_default()
-            );
-        }
-    }
     for s in &a.streams {
         let Some((id, url)) = s.split_once('=') else {
             bail!("--stream takes ID=URL, got {s:?}")
@@ -432,8 +427,23 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             udp,
             on_demand,
             allow_duplicate,
+            hwaccel,
+            variants,
         } => {
             let mut req = StartRequest::new(id, url);
+            req.hwaccel = hwaccel
+                .map(|h| {
+                    HwAccel::from_name(&h).with_context(|| {
+                        format!(
+                            "unknown hwaccel {h:?} (none, auto, vaapi, cuda, qsv, videotoolbox)"
+                        )
+                    })
+                })
+                .transpose()?;
+            req.variants = variants
+                .iter()
+                .map(|v| VariantRequest::parse(v).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?;
             req.width = width;
             req.height = height;
             req.pixel_format = PixelFormat::from_name(&pixel_format).with_context(|| {
@@ -464,6 +474,11 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                     "ID", "STATE", "SIZE", "FORMAT", "READERS"
                 );
                 for s in list {
+                    // A variant shows its parent in place of the URL it shares.
+                    let source = match &s.parent {
+                        Some(p) => format!("(variant of {p})"),
+                        None => s.url.clone(),
+                    };
                     println!(
                         "{:<24} {:<13} {:>11} {:<8} {:>7}  {}",
                         s.id,
@@ -471,7 +486,7 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                         format!("{}x{}", s.width, s.height),
                         s.pixel_format.name(),
                         s.readers,
-                        s.url
+                        source
                     );
                 }
             }
@@ -497,6 +512,10 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                 println!("readers         {}", s.info.readers);
                 println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 println!("bytes/frame     {}", s.bytes_per_frame);
+                if let Some(p) = &s.info.parent {
+                    println!("variant of      {p}");
+                }
+                println!("decoder         {}", s.decoder);
                 println!("ffmpeg pid      {}", s.ffmpeg_pid);
                 println!("last error      {}", s.last_error.as_deref().unwrap_or("-"));
             }

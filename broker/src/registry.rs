@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use framebroker_proto::config::Mode;
-use framebroker_proto::control::{Attachment, ErrorCode, StartRequest, StreamInfo, StreamStats};
+use framebroker_proto::control::{
+    Attachment, ErrorCode, HwAccel, StartRequest, StreamInfo, StreamStats, MAX_VARIANTS,
+};
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
 use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
 use framebroker_proto::ring::{monotonic_ns, RingConfig};
@@ -16,7 +18,7 @@ use framebroker_proto::shm::{self, OwnedSegment};
 use framebroker_proto::{Geometry, StreamState};
 
 use crate::declared::Declared;
-use crate::ffmpeg::{SourceFactory, SourceSpec};
+use crate::ffmpeg::{OutputSpec, SourceFactory, SourceSpec};
 use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
 
 /// A refused request: the code and a message for the caller (no secrets in it).
@@ -64,6 +66,8 @@ pub struct BrokerConfig {
     /// On-demand streams stop this long after their last reader leaves.
     pub idle_grace: Duration,
     pub io_timeout: Duration,
+    /// Decoder of streams whose start request does not name one.
+    pub default_hwaccel: HwAccel,
 }
 
 impl Default for BrokerConfig {
@@ -77,6 +81,7 @@ impl Default for BrokerConfig {
             shm_budget: 4 << 30,
             idle_grace: Duration::from_secs(10),
             io_timeout: Duration::from_secs(5),
+            default_hwaccel: HwAccel::None,
         }
     }
 }
@@ -149,6 +154,31 @@ impl SegmentAllocator for Allocator {
     }
 }
 
+/// `Some((w, h))` for a valid fixed size, `None` for native size; both or neither.
+fn checked_size(
+    id: &str,
+    width: Option<u32>,
+    height: Option<u32>,
+    pixel_format: framebroker_proto::PixelFormat,
+) -> Result<Option<(u32, u32)>, Refusal> {
+    match (width, height) {
+        (None, None) => Ok(None),
+        (Some(w), Some(h)) => {
+            Geometry {
+                width: w,
+                height: h,
+                pixel_format,
+            }
+            .validate()?;
+            Ok(Some((w, h)))
+        }
+        _ => Err(Refusal::new(
+            ErrorCode::InvalidGeometry,
+            format!("{id:?}: give both width and height, or neither (native size)"),
+        )),
+    }
+}
+
 /// Bytes as MiB for messages: whole when exact, else with one decimal (never
 /// rounded down to a number that would contradict the message).
 fn mib(bytes: u64) -> String {
@@ -184,6 +214,34 @@ pub struct Broker {
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Streams the config file declares (see [`crate::declared`]).
     declared: Declared,
+}
+
+/// A request that finds its camera already running gets the running stream,
+/// which must already have every variant the request asks for: silently
+/// handing back a stream without them would leave the caller attaching to ids
+/// that do not exist.
+fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), Refusal> {
+    for w in wanted {
+        if !running.spec.variants.iter().any(|v| v == w) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "stream {:?} already reads this camera without variant {:?} ({}, {}); \
+                     variants are fixed when a stream starts: stop {:?} and start it again \
+                     with every variant wanted",
+                    running.id(),
+                    w.id,
+                    match w.size {
+                        Some((wd, h)) => format!("{wd}x{h}"),
+                        None => "native size".into(),
+                    },
+                    w.pixel_format.name(),
+                    running.id()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Broker {
@@ -228,27 +286,39 @@ impl Broker {
 
     /// Starts a stream, or returns the one running with the same id and URL, or
     /// (unless `allow_duplicate_url`) with the same URL under another id.
+    ///
+    /// Variants in the request become streams of their own (listed with `parent`
+    /// set) fed by the same ffmpeg; everything about them is checked before
+    /// anything starts.
     pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<(StreamInfo, bool), Refusal> {
         naming::validate_stream_id(&req.id)?;
         let source = classify_url(&req.url, &self.cfg.url_policy)?;
-        let size = match (req.width, req.height) {
-            (None, None) => None,
-            (Some(w), Some(h)) => {
-                Geometry {
-                    width: w,
-                    height: h,
-                    pixel_format: req.pixel_format,
-                }
-                .validate()?;
-                Some((w, h))
-            }
-            _ => {
+        let size = checked_size(&req.id, req.width, req.height, req.pixel_format)?;
+        if req.variants.len() > MAX_VARIANTS {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
+                    req.id,
+                    req.variants.len()
+                ),
+            ));
+        }
+        let mut variants = Vec::with_capacity(req.variants.len());
+        for v in &req.variants {
+            naming::validate_stream_id(&v.id)?;
+            if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
                 return Err(Refusal::new(
-                    ErrorCode::InvalidGeometry,
-                    "give both width and height, or neither (native size)",
-                ))
+                    ErrorCode::InvalidId,
+                    format!("variant id {:?} is used twice in the request", v.id),
+                ));
             }
-        };
+            variants.push(OutputSpec {
+                id: v.id.clone(),
+                size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
+                pixel_format: v.pixel_format,
+            });
+        }
         let slots = req.ring_slots.unwrap_or(self.cfg.default_slots);
         if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
@@ -256,15 +326,25 @@ impl Broker {
         let mut streams = self.streams();
         if streams
             .get(&req.id)
-            .is_some_and(|e| e.handle.status().state.is_final())
+            .is_some_and(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
             if let Some(old) = streams.remove(&req.id) {
                 old.handle.request_stop();
+                for v in &old.handle.variants {
+                    streams.remove(v.id());
+                }
             }
         }
         if let Some(e) = streams.get(&req.id) {
+            if let Some(parent) = &e.handle.parent {
+                return Err(Refusal::new(
+                    ErrorCode::AlreadyExists,
+                    format!("{:?} is already a variant of stream {parent:?}", req.id),
+                ));
+            }
             if e.handle.spec.url == req.url {
+                lacks_variants(&e.handle, &variants)?;
                 return Ok((e.handle.info(), false));
             }
             return Err(Refusal::new(
@@ -280,35 +360,51 @@ impl Broker {
                 .values()
                 .find(|e| e.handle.spec.url == req.url && !e.handle.status().state.is_final())
             {
+                lacks_variants(&e.handle, &variants)?;
                 tracing::info!(requested = %req.id, running = e.handle.id(), "URL already running: single ingest");
                 return Ok((e.handle.info(), false));
             }
         }
-        let active = streams
+        if let Some(v) = variants.iter().find(|v| streams.contains_key(&v.id)) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyExists,
+                format!("variant id {:?} is already a stream; pick another id", v.id),
+            ));
+        }
+        // Failed (or stopped) streams stay listed with their last error until
+        // the room is needed; they do not count against the limit, and the
+        // oldest make way below, so the list stays within --max-streams and a
+        // client starting bad URLs cannot grow the broker without bound.
+        let ended: usize = streams
             .values()
-            .filter(|e| !e.handle.status().state.is_final())
-            .count();
-        if active >= self.cfg.max_streams {
-            let ended = streams.len() - active;
+            .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
+            .map(|e| 1 + e.handle.variants.len())
+            .sum();
+        let active = streams.len().saturating_sub(ended);
+        let wanted = 1 + variants.len();
+        if active + wanted > self.cfg.max_streams {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "at most {} streams (raise --max-streams){}",
-                    self.cfg.max_streams,
-                    if ended > 0 {
-                        format!("; {ended} more have failed and can be removed")
-                    } else {
-                        String::new()
-                    }
+                    "at most {} streams, variants included (raise --max-streams); \
+                     {active} running, this request needs {wanted}",
+                    self.cfg.max_streams
                 ),
             ));
         }
-        if let Some((w, h)) = size {
-            // Known size: refuse now rather than fail later, counting the rings of
-            // streams still starting as if they were allocated.
-            let ring_bytes =
-                |bytes: u64, slots: u32| layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
-            let need = ring_bytes(req.pixel_format.frame_bytes(w, h).unwrap_or(0), slots);
+        // Rings of known size (the main stream's and each variant's): refuse now
+        // rather than fail later, counting the rings of streams still starting as if
+        // they were allocated.
+        let ring_bytes =
+            |bytes: u64, slots: u32| layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
+        let need: u64 = std::iter::once((size, req.pixel_format))
+            .chain(variants.iter().map(|v| (v.size, v.pixel_format)))
+            .filter_map(|(size, pf)| {
+                let (w, h) = size?;
+                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), slots))
+            })
+            .fold(0u64, u64::saturating_add);
+        if need > 0 {
             let pending: u64 = streams
                 .values()
                 .filter(|e| {
@@ -330,6 +426,23 @@ impl Broker {
                 ));
             }
         }
+        while streams.len() + wanted > self.cfg.max_streams {
+            let Some(oldest) = streams
+                .values()
+                .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
+                .min_by_key(|e| e.handle.started)
+                .map(|e| e.handle.id().to_string())
+            else {
+                break;
+            };
+            if let Some(old) = streams.remove(&oldest) {
+                old.handle.request_stop();
+                for v in &old.handle.variants {
+                    streams.remove(v.id());
+                }
+            }
+            tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
+        }
         let spec = SourceSpec {
             id: req.id.clone(),
             redacted: redact_url(&req.url),
@@ -339,6 +452,8 @@ impl Broker {
             pixel_format: req.pixel_format,
             transport: req.transport,
             io_timeout: self.cfg.io_timeout,
+            hwaccel: req.hwaccel.unwrap_or(self.cfg.default_hwaccel),
+            variants,
         };
         let handle = Arc::new(StreamHandle::new(spec, slots, req.on_demand));
         let (h, f, a, c) = (
@@ -370,6 +485,16 @@ impl Broker {
             })?;
         tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
         let info = handle.info();
+        for v in &handle.variants {
+            tracing::info!(stream = v.id(), parent = %req.id, "variant added");
+            streams.insert(
+                v.id().to_string(),
+                Entry {
+                    handle: v.clone(),
+                    thread: None,
+                },
+            );
+        }
         streams.insert(
             req.id,
             Entry {
@@ -381,11 +506,30 @@ impl Broker {
     }
 
     /// Stops a stream: its readers see `stopped`, its segment is unlinked.
+    ///
+    /// Stopping a main stream stops its variants; a variant cannot be stopped alone
+    /// (it shares its parent's ffmpeg).
     pub fn stop(&self, id: &str) -> Result<(), Refusal> {
-        let entry = self
-            .streams()
-            .remove(id)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
+        let entry = {
+            let mut streams = self.streams();
+            let e = streams
+                .get(id)
+                .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
+            if let Some(parent) = &e.handle.parent {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "stream {id:?} is a variant of {parent:?} and shares its decode: \
+                         stop {parent:?} (which stops its variants)"
+                    ),
+                ));
+            }
+            let entry = streams.remove(id).expect("looked up above");
+            for v in &entry.handle.variants {
+                streams.remove(v.id());
+            }
+            entry
+        };
         entry.handle.request_stop();
         // The supervisor exits within a moment; shutdown waits for it.
         if let Some(t) = entry.thread {
@@ -412,6 +556,7 @@ impl Broker {
                     generation: 0,
                     readers: 0,
                     on_demand: true,
+                    parent: None,
                 });
             }
         }
@@ -575,11 +720,23 @@ impl Broker {
                 ));
                 h.last_progress_ns.store(now_ns, Ordering::Relaxed);
             }
-            // On-demand streams stop after the grace period without readers.
+            // On-demand streams stop after the grace period without readers (their
+            // variants' readers count: attach and detach of a variant only touch the
+            // variant, so the parent's idle time is kept here).
+            if h.on_demand && h.parent.is_none() && !h.variants.is_empty() {
+                if h.total_readers() > 0 {
+                    h.idle_since_ns.store(0, Ordering::Relaxed);
+                } else if h.ever_live.load(Ordering::Relaxed)
+                    && h.idle_since_ns.load(Ordering::Relaxed) == 0
+                {
+                    h.idle_since_ns.store(now_ns, Ordering::Relaxed);
+                }
+            }
             let since = h.idle_since_ns.load(Ordering::Relaxed);
             if h.on_demand
+                && h.parent.is_none()
                 && since != 0
-                && h.readers.load(Ordering::Relaxed) == 0
+                && h.total_readers() == 0
                 && Duration::from_nanos(now_ns.saturating_sub(since)) > self.cfg.idle_grace
             {
                 idle.push(h.id().to_string());
@@ -642,7 +799,10 @@ mod tests {
     }
 
     impl SourceFactory for Fake {
-        fn spawn(&self, _: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+            if spec.url.contains("denied") {
+                return Err("method DESCRIBE failed: 401 Unauthorized".into());
+            }
             let run = self.runs.fetch_add(1, Ordering::SeqCst) as usize;
             let (width, height) = self.sizes[run.min(self.sizes.len() - 1)];
             let geometry = Geometry {
@@ -699,6 +859,47 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    #[test]
+    fn failed_streams_stay_listed_until_their_room_is_needed() {
+        let (b, _) = broker(vec![(16, 8)]);
+        let b = {
+            // Same broker, with room for three streams.
+            let mut cfg = b.cfg.clone();
+            b.shutdown();
+            cfg.max_streams = 3;
+            Broker::new(cfg, b.factory.clone())
+        };
+        let failed = |id: &str| {
+            wait(|| {
+                b.stats(id)
+                    .is_ok_and(|s| s.info.state == StreamState::Failed)
+            })
+        };
+        b.start(StartRequest::new("live", "testsrc://ok")).unwrap();
+        for id in ["bad1", "bad2"] {
+            b.start(StartRequest::new(id, format!("rtsp://h/{id}/denied")))
+                .unwrap();
+            assert!(failed(id), "{id} fails for good");
+        }
+        // Listed with their error, though at the limit.
+        let ids = |b: &Broker| b.list().into_iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(&b), ["bad1", "bad2", "live"]);
+        assert!(b.stats("bad1").unwrap().last_error.unwrap().contains("401"));
+        // A new stream takes the room of the oldest failed one, never more.
+        b.start(StartRequest::new("new", "testsrc://new")).unwrap();
+        assert_eq!(ids(&b), ["bad2", "live", "new"]);
+        // With only live streams at the limit, the next is refused, and the
+        // refusal changes nothing.
+        b.start(StartRequest::new("new2", "testsrc://new2"))
+            .unwrap();
+        let e = b
+            .start(StartRequest::new("new3", "testsrc://new3"))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::LimitExceeded, "{}", e.message);
+        assert_eq!(ids(&b), ["live", "new", "new2"]);
+        b.shutdown();
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use framebroker_proto::control::{Attachment, StreamInfo, StreamStats};
+use framebroker_proto::control::{Attachment, HwAccel, StreamInfo, StreamStats};
 use framebroker_proto::naming;
 use framebroker_proto::ring::{monotonic_ns, wall_ns, Region, RingConfig, RingWriter};
 use framebroker_proto::shm::OwnedSegment;
 use framebroker_proto::{Geometry, RingStatus, StreamState};
 
-use crate::ffmpeg::{KillHandle, SourceFactory, SourceSpec};
+use crate::ffmpeg::{FrameClock, KillHandle, SourceFactory, SourceSpec};
 
 /// Settings every supervisor shares.
 #[derive(Clone, Debug)]
@@ -99,6 +99,8 @@ pub struct Status {
     pub reconnects: u64,
     pub ffmpeg_pid: u32,
     pub fps: f64,
+    /// What decodes, as the stats say it (see [`StreamStats::decoder`]).
+    pub decoder: String,
 }
 
 /// One stream, shared between its supervisor thread, the ticker and the control
@@ -107,6 +109,10 @@ pub struct StreamHandle {
     pub spec: SourceSpec,
     pub slot_count: u32,
     pub on_demand: bool,
+    /// For a variant: the id of the main stream whose decode feeds it.
+    pub parent: Option<String>,
+    /// For a main stream: its variants (each also registered as a stream).
+    pub variants: Vec<Arc<StreamHandle>>,
     pub started: Instant,
     pub status: Mutex<Status>,
     pub readers: AtomicU32,
@@ -129,10 +135,32 @@ pub struct StreamHandle {
 
 impl StreamHandle {
     pub fn new(spec: SourceSpec, slot_count: u32, on_demand: bool) -> Self {
+        let variants = spec
+            .variants
+            .iter()
+            .map(|v| {
+                let vspec = SourceSpec {
+                    id: v.id.clone(),
+                    size: v.size,
+                    pixel_format: v.pixel_format,
+                    variants: Vec::new(),
+                    ..spec.clone()
+                };
+                let mut h = StreamHandle::new(vspec, slot_count, on_demand);
+                h.parent = Some(spec.id.clone());
+                Arc::new(h)
+            })
+            .collect();
+        let decoder = match spec.hwaccel {
+            HwAccel::None => "software".to_string(),
+            h => h.name().to_string(),
+        };
         StreamHandle {
             spec,
             slot_count,
             on_demand,
+            parent: None,
+            variants,
             started: Instant::now(),
             status: Mutex::new(Status {
                 state: StreamState::Starting,
@@ -145,6 +173,7 @@ impl StreamHandle {
                 reconnects: 0,
                 ffmpeg_pid: 0,
                 fps: 0.0,
+                decoder,
             }),
             readers: AtomicU32::new(0),
             frames_written: AtomicU64::new(0),
@@ -224,6 +253,34 @@ impl StreamHandle {
         }
     }
 
+    /// Sets the state of the stream and its variants (a variant turns `live` on
+    /// its own first frame, not when the main output does).
+    fn set_state_all(&self, state: StreamState) {
+        self.set_state(state);
+        for v in &self.variants {
+            if state != StreamState::Live {
+                v.set_state(state);
+            }
+        }
+    }
+
+    fn set_decoder(&self, decoder: &str) {
+        self.status().decoder = decoder.to_string();
+        for v in &self.variants {
+            v.status().decoder = decoder.to_string();
+        }
+    }
+
+    /// Readers of this stream and of its variants (what keeps an on-demand stream).
+    pub fn total_readers(&self) -> u32 {
+        self.readers.load(Ordering::Relaxed)
+            + self
+                .variants
+                .iter()
+                .map(|v| v.readers.load(Ordering::Relaxed))
+                .sum::<u32>()
+    }
+
     pub fn info(&self) -> StreamInfo {
         let s = self.status();
         let g = s.geometry;
@@ -237,6 +294,7 @@ impl StreamHandle {
             generation: s.generation,
             readers: self.readers.load(Ordering::Relaxed),
             on_demand: self.on_demand,
+            parent: self.parent.clone(),
         }
     }
 
@@ -253,6 +311,7 @@ impl StreamHandle {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             bytes_per_frame: s.geometry.map_or(0, |g| g.frame_bytes()),
             ffmpeg_pid: s.ffmpeg_pid,
+            decoder: s.decoder.clone(),
         }
     }
 
@@ -304,7 +363,10 @@ pub trait SegmentAllocator: Send + Sync {
     fn release(&self, bytes: u64);
 }
 
-/// The supervisor loop of one stream; returns when the stream is stopped or failed.
+type Writer = RingWriter<Arc<OwnedSegment>>;
+
+/// The supervisor loop of one stream (and its variants); returns when the stream
+/// is stopped or failed.
 pub fn run(
     handle: Arc<StreamHandle>,
     factory: Arc<dyn SourceFactory>,
@@ -313,20 +375,49 @@ pub fn run(
 ) {
     let id = handle.id().to_string();
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
-    let mut writer: Option<RingWriter<Arc<OwnedSegment>>> = None;
+    let mut writer: Option<Writer> = None;
+    let mut variant_writers: Vec<Option<Writer>> = handle.variants.iter().map(|_| None).collect();
     let mut permanent_failures = 0;
     let mut final_state = StreamState::Stopped;
+    // Set once the hardware decoder proved unusable: software from then on.
+    let mut software = handle.spec.hwaccel == HwAccel::None;
+    let mut attempt = 0u64;
     while !handle.stopping() {
         let run_start = Instant::now();
         handle
             .last_progress_ns
             .store(monotonic_ns(), Ordering::Relaxed);
-        let outcome = run_once(&handle, &*factory, &*alloc, &cfg, &mut writer);
+        let mut ctx = RunCtx {
+            handle: &handle,
+            factory: &*factory,
+            alloc: &*alloc,
+            cfg: &cfg,
+            writer: &mut writer,
+            variant_writers: &mut variant_writers,
+            software,
+        };
+        let outcome = run_once(&mut ctx);
+        attempt += 1;
         if handle.stopping() {
             break;
         }
         let error = match outcome {
-            RunOutcome::Ended { frames, error } => {
+            RunOutcome::Ended {
+                frames,
+                error,
+                hwaccel_error,
+            } => {
+                if frames == 0 && !software {
+                    if let Some(reason) =
+                        hwaccel_fallback(hwaccel_error.as_deref(), error.as_deref(), attempt == 1)
+                    {
+                        let name = handle.spec.hwaccel.name();
+                        tracing::warn!(stream = %id, "hardware decoder {name} unavailable ({reason}); decoding in software");
+                        handle.set_decoder(&format!("software ({name} unavailable: {reason})"));
+                        software = true;
+                        continue; // at once: this is not the camera's fault
+                    }
+                }
                 if frames > 0 {
                     permanent_failures = 0;
                 } else if error.as_deref().is_some_and(is_permanent) {
@@ -356,11 +447,23 @@ pub fn run(
             s.reconnects += 1;
             s.last_error = Some(error.clone());
         }
-        handle.set_state(StreamState::Reconnecting);
+        handle.set_state_all(StreamState::Reconnecting);
         tracing::warn!(stream = %id, "source ended ({error}); reconnecting in {delay:?}");
         handle.sleep_unless_stopped(delay);
     }
-    handle.set_state(final_state);
+    if final_state == StreamState::Failed {
+        let why = handle.status().last_error.clone();
+        for v in &handle.variants {
+            v.status().last_error = why.clone();
+        }
+    }
+    handle.set_state_all(final_state);
+    for (v, w) in handle.variants.iter().zip(variant_writers.iter_mut()) {
+        *v.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(w) = w.take() {
+            alloc.release(w.region().len() as u64);
+        }
+    }
     *handle.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
     if let Some(w) = writer.take() {
         alloc.release(w.region().len() as u64);
@@ -369,92 +472,252 @@ pub fn run(
     tracing::info!(stream = %id, state = %final_state, "stream ended");
 }
 
+/// Whether a run that produced no frame with a hardware decoder should be retried
+/// in software, and the short reason: ffmpeg said the device failed, or the first
+/// attempt ended early for a reason that is not the camera's.
+fn hwaccel_fallback(hw_error: Option<&str>, error: Option<&str>, first: bool) -> Option<String> {
+    if let Some(e) = hw_error {
+        return Some(e.to_string());
+    }
+    let e = error?;
+    let lower = e.to_ascii_lowercase();
+    let camera = is_permanent(e)
+        || [
+            "connection refused",
+            "timed out",
+            "network is unreachable",
+            "no route to host",
+            "connection reset",
+            "stalled",
+            "stop requested",
+            "end of file",
+        ]
+        .iter()
+        .any(|p| lower.contains(p));
+    (first && !camera).then(|| e.chars().take(160).collect())
+}
+
 enum RunOutcome {
-    Ended { frames: u64, error: Option<String> },
+    Ended {
+        frames: u64,
+        error: Option<String>,
+        /// What the source said about an unusable hardware decoder.
+        hwaccel_error: Option<String>,
+    },
     Fatal(String),
 }
 
-fn run_once(
+struct RunCtx<'a> {
+    handle: &'a StreamHandle,
+    factory: &'a dyn SourceFactory,
+    alloc: &'a dyn SegmentAllocator,
+    cfg: &'a SupervisorConfig,
+    writer: &'a mut Option<Writer>,
+    variant_writers: &'a mut Vec<Option<Writer>>,
+    software: bool,
+}
+
+/// Makes sure `writer` is a ring of `geometry` for `handle`: keeps the current one
+/// when the geometry is the same, else creates a new segment (new generation) and
+/// marks the old one `stopped` so its readers re-attach.
+fn ensure_ring(
     handle: &StreamHandle,
-    factory: &dyn SourceFactory,
     alloc: &dyn SegmentAllocator,
-    cfg: &SupervisorConfig,
-    writer: &mut Option<RingWriter<Arc<OwnedSegment>>>,
-) -> RunOutcome {
+    writer: &mut Option<Writer>,
+    geometry: Geometry,
+) -> Result<(), String> {
+    geometry
+        .validate()
+        .map_err(|e| format!("source geometry refused: {e}"))?;
+    let same = writer.as_ref().is_some_and(|w| {
+        let h = w.header();
+        h.width == geometry.width
+            && h.height == geometry.height
+            && h.pixel_format == geometry.pixel_format as u32
+    });
+    if same {
+        return Ok(());
+    }
     let id = handle.id();
-    let mut source = match factory.spawn(&handle.spec) {
+    let (seg, config) = alloc.allocate(id, geometry, handle.slot_count)?;
+    let w = RingWriter::create(seg.clone(), &config)
+        .map_err(|e| format!("cannot initialise the ring: {e}"))?;
+    if let Some(old) = writer.replace(w) {
+        old.status().set_state(StreamState::Stopped);
+        alloc.release(old.region().len() as u64);
+    }
+    *handle.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(seg.clone());
+    let mut s = handle.status();
+    s.geometry = Some(geometry);
+    s.segment = Some(seg.name().to_string());
+    s.generation = config.generation;
+    s.segment_size = seg_len(&seg);
+    tracing::info!(
+        stream = id,
+        segment = seg.name(),
+        "{}x{} {}",
+        geometry.width,
+        geometry.height,
+        geometry.pixel_format
+    );
+    Ok(())
+}
+
+/// How long a frame may wait for its stream-clock line from ffmpeg's log.
+const CLOCK_WAIT: Duration = Duration::from_millis(50);
+
+/// Where a pump reads frames: the source itself (main output, with its decode
+/// error count) or a variant's pipe.
+trait FrameInput {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Decode errors reported so far.
+    fn decode_errors(&self) -> u64 {
+        0
+    }
+}
+
+impl FrameInput for Box<dyn crate::ffmpeg::RunningSource> {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.frames().read_exact(buf)
+    }
+    fn decode_errors(&self) -> u64 {
+        crate::ffmpeg::RunningSource::decode_errors(&**self)
+    }
+}
+
+impl FrameInput for Box<dyn std::io::Read + Send> {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_exact(buf)
+    }
+}
+
+/// Reads frames of one output into its ring until the output ends; returns the
+/// number of frames. `on_frame(n, writer, decode_errors)` runs after each
+/// published frame.
+fn pump(
+    w: &mut Writer,
+    input: &mut dyn FrameInput,
+    clock: Option<&FrameClock>,
+    mut on_frame: impl FnMut(u64, &Writer, u64),
+) -> u64 {
+    let mut frames = 0u64;
+    loop {
+        let mut slot = w.begin_frame();
+        match input.read_frame(slot.payload_mut()) {
+            Ok(()) => {
+                let (wall, mono) = (wall_ns(), monotonic_ns());
+                let stream = clock.and_then(|c| c.stream_time(frames, CLOCK_WAIT));
+                slot.commit_with(wall, mono, stream);
+                frames += 1;
+                on_frame(frames, w, input.decode_errors());
+            }
+            Err(e) => {
+                drop(slot); // abandoned: marked empty
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!("read from ffmpeg: {e}");
+                }
+                return frames;
+            }
+        }
+    }
+}
+
+fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
+    let handle = ctx.handle;
+    let id = handle.id();
+    let spec = if ctx.software && handle.spec.hwaccel != HwAccel::None {
+        SourceSpec {
+            hwaccel: HwAccel::None,
+            ..handle.spec.clone()
+        }
+    } else {
+        handle.spec.clone()
+    };
+    let mut source = match ctx.factory.spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
             return RunOutcome::Ended {
                 frames: 0,
                 error: Some(e),
+                hwaccel_error: None,
             }
         }
     };
     handle.status().ffmpeg_pid = source.pid();
     *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = Some(source.kill_handle());
-    tracing::info!(stream = id, pid = source.pid(), url = %handle.spec.redacted, "source started");
+    tracing::info!(stream = id, pid = source.pid(), url = %handle.spec.redacted, hwaccel = %spec.hwaccel, "source started");
 
     let outcome = (|| {
-        let geometry = match source.geometry(cfg.probe_timeout, &|| handle.stopping()) {
+        let ended = |error: String| RunOutcome::Ended {
+            frames: 0,
+            error: Some(error),
+            hwaccel_error: None,
+        };
+        let geometry = match source.geometry(ctx.cfg.probe_timeout, &|| handle.stopping()) {
             Ok(g) => g,
-            Err(e) => {
-                return RunOutcome::Ended {
-                    frames: 0,
-                    error: Some(e),
+            Err(e) => return ended(e),
+        };
+        if let Err(e) = ensure_ring(handle, ctx.alloc, ctx.writer, geometry) {
+            return RunOutcome::Fatal(e);
+        }
+        let mut outputs = Vec::new();
+        if !handle.variants.is_empty() {
+            let geos = match source.variant_geometries(ctx.cfg.probe_timeout, &|| handle.stopping())
+            {
+                Ok(g) => g,
+                Err(e) => return ended(e),
+            };
+            outputs = source.take_variant_outputs();
+            if geos.len() != handle.variants.len() || outputs.len() != handle.variants.len() {
+                return RunOutcome::Fatal(format!(
+                    "internal error: the source has {} variant outputs, the stream {}",
+                    outputs.len(),
+                    handle.variants.len()
+                ));
+            }
+            for ((v, w), g) in handle
+                .variants
+                .iter()
+                .zip(ctx.variant_writers.iter_mut())
+                .zip(geos)
+            {
+                if let Err(e) = ensure_ring(v, ctx.alloc, w, g) {
+                    return RunOutcome::Fatal(format!("variant {}: {e}", v.id()));
                 }
             }
-        };
-        if let Err(e) = geometry.validate() {
-            return RunOutcome::Fatal(format!("source geometry refused: {e}"));
         }
-        let same = writer.as_ref().is_some_and(|w| {
-            let h = w.header();
-            h.width == geometry.width
-                && h.height == geometry.height
-                && h.pixel_format == geometry.pixel_format as u32
-        });
-        if !same {
-            // New (or first) geometry: a new segment with a new generation; the old
-            // one says `stopped` so its readers re-attach.
-            let (seg, config) = match alloc.allocate(id, geometry, handle.slot_count) {
-                Ok(x) => x,
-                Err(e) => return RunOutcome::Fatal(e),
-            };
-            let w = match RingWriter::create(seg.clone(), &config) {
-                Ok(w) => w,
-                Err(e) => return RunOutcome::Fatal(format!("cannot initialise the ring: {e}")),
-            };
-            if let Some(old) = writer.replace(w) {
-                old.status().set_state(StreamState::Stopped);
-                alloc.release(old.region().len() as u64);
+        let clock = source.clock();
+        let kill = source.kill_handle();
+        let w = ctx.writer.as_mut().expect("writer set above");
+        let variant_writers = &mut *ctx.variant_writers;
+        let frames = std::thread::scope(|scope| {
+            for ((v, w), mut input) in handle
+                .variants
+                .iter()
+                .zip(variant_writers.iter_mut())
+                .zip(outputs)
+            {
+                let w = w.as_mut().expect("variant writer set above");
+                let clock = clock.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("variant-{}", v.id()))
+                    .spawn_scoped(scope, move || {
+                        pump(w, &mut input, clock.as_deref(), |n, _, _| {
+                            v.frames_written.fetch_add(1, Ordering::Relaxed);
+                            v.last_progress_ns.store(monotonic_ns(), Ordering::Relaxed);
+                            if n == 1 {
+                                v.set_state(StreamState::Live);
+                            }
+                        });
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(stream = v.id(), "cannot start the variant's reader: {e}");
+                }
             }
-            *handle.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(seg.clone());
-            let mut s = handle.status();
-            s.geometry = Some(geometry);
-            s.segment = Some(seg.name().to_string());
-            s.generation = config.generation;
-            s.segment_size = seg_len(&seg);
-            tracing::info!(
-                stream = id,
-                segment = seg.name(),
-                "{}x{} {}",
-                geometry.width,
-                geometry.height,
-                geometry.pixel_format
-            );
-        }
-        let w = writer.as_mut().expect("writer set above");
-        let mut frames = 0u64;
-        let mut decode_errors = 0;
-        loop {
-            let mut slot = w.begin_frame();
-            match source.frames().read_exact(slot.payload_mut()) {
-                Ok(()) => {
-                    slot.commit(wall_ns(), monotonic_ns());
-                    frames += 1;
+            let mut decode_errors = 0;
+            let frames = {
+                pump(w, &mut source, clock.as_deref(), |n, w, d| {
                     // Corrupt input the decoder reported (concealed, but damaged).
-                    let d = source.decode_errors();
                     if d > decode_errors {
                         handle
                             .frames_dropped
@@ -466,31 +729,31 @@ fn run_once(
                     handle
                         .last_progress_ns
                         .store(monotonic_ns(), Ordering::Relaxed);
-                    if frames == 1 {
+                    if n == 1 {
                         handle.set_state(StreamState::Live);
                         // An on-demand stream's idle grace counts from when it can
                         // first be read, not from a slow start (once: a flapping
                         // source must not keep an unread stream alive).
                         if !handle.ever_live.swap(true, Ordering::Relaxed)
-                            && handle.readers.load(Ordering::Relaxed) == 0
+                            && handle.total_readers() == 0
                         {
                             handle
                                 .idle_since_ns
                                 .store(monotonic_ns(), Ordering::Relaxed);
                         }
                     }
-                }
-                Err(e) => {
-                    drop(slot); // abandoned: marked empty
-                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                        tracing::debug!(stream = id, "read from ffmpeg: {e}");
-                    }
-                    return RunOutcome::Ended {
-                        frames,
-                        error: None,
-                    };
-                }
+                })
+            };
+            if !handle.variants.is_empty() {
+                // The main output ended: make sure the variants' pipes end too.
+                kill();
             }
+            frames
+        });
+        RunOutcome::Ended {
+            frames,
+            error: None,
+            hwaccel_error: None,
         }
     })();
     *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -503,12 +766,16 @@ fn run_once(
     handle.status().ffmpeg_pid = 0;
     tracing::debug!(stream = id, "ffmpeg exited: {how}");
     match outcome {
-        RunOutcome::Ended { frames, error } => {
+        RunOutcome::Ended { frames, error, .. } => {
             let error = killed_for
                 .or(error)
                 .or_else(|| source.last_error())
                 .or_else(|| Some(format!("ffmpeg exited ({how})")));
-            RunOutcome::Ended { frames, error }
+            RunOutcome::Ended {
+                frames,
+                error,
+                hwaccel_error: source.hwaccel_error(),
+            }
         }
         fatal => fatal,
     }

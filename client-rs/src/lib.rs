@@ -26,8 +26,8 @@ mod subscription;
 pub use client::Client;
 pub use error::Error;
 pub use framebroker_proto::control::{
-    Attachment, StartRequest, StreamInfo, StreamStats, Transport,
+    Attachment, HwAccel, StartRequest, StreamInfo, StreamStats, Transport, VariantRequest,
 };
-pub use framebroker_proto::{FrameMeta, Geometry, PixelFormat, ReadMode, StreamState};
+pub use framebroker_proto::{FrameMeta, Geometry, PixelFormat, ReadMode, StreamState, StreamTime};
 pub use reader::{Frame, Reader};
 pub use subscription::Subscription;

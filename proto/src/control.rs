@@ -19,7 +19,7 @@ use crate::layout::{PixelFormat, StreamState};
 use crate::Error;
 
 /// Version of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// `b"FBCP"` as a little-endian u32: the first field of every Hello.
 pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"FBCP");
 /// Largest frame (the bytes after the length) either side accepts. Checked before
@@ -80,6 +80,118 @@ pub struct StartRequest {
     pub allow_duplicate_url: bool,
     /// Stop the stream once its last reader detaches (after the broker's grace period).
     pub on_demand: bool,
+    /// Hardware decoder; `None`: the broker's default (software unless configured).
+    /// Falls back to software decode when the device is missing (see the stats'
+    /// `decoder`).
+    pub hwaccel: Option<HwAccel>,
+    /// Further outputs of the same decode, each its own stream with its own ring
+    /// (at most [`MAX_VARIANTS`]).
+    pub variants: Vec<VariantRequest>,
+}
+
+/// Most variants one start request may ask for.
+pub const MAX_VARIANTS: usize = 8;
+
+/// One more output of a stream's single decode: its own id, size and format, its
+/// own ring, listed as a stream whose `parent` is the main stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantRequest {
+    /// Stream id of the variant (same rules as any stream id).
+    pub id: String,
+    /// Output size; both `None`: the camera's own size.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub pixel_format: PixelFormat,
+}
+
+impl VariantRequest {
+    /// A variant of `width`×`height` (native size when `None`) in `pixel_format`.
+    pub fn new(id: impl Into<String>, size: Option<(u32, u32)>, pixel_format: PixelFormat) -> Self {
+        VariantRequest {
+            id: id.into(),
+            width: size.map(|s| s.0),
+            height: size.map(|s| s.1),
+            pixel_format,
+        }
+    }
+
+    /// Parses the CLI form `ID:WxH:FORMAT` or `ID:native:FORMAT` (the format may be
+    /// left out: bgr24).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(':');
+        let id = parts.next().unwrap_or_default();
+        let size = parts.next().unwrap_or("native");
+        let format = parts.next().unwrap_or("bgr24");
+        if id.is_empty() || parts.next().is_some() {
+            return Err(format!(
+                "variant {text:?}: expected ID:WIDTHxHEIGHT:FORMAT or ID:native:FORMAT"
+            ));
+        }
+        let pixel_format = PixelFormat::from_name(format).ok_or_else(|| {
+            format!(
+                "variant {text:?}: unknown pixel format {format:?} (one of {})",
+                PixelFormat::ALL.map(|f| f.name()).join(", ")
+            )
+        })?;
+        let size = if size == "native" {
+            None
+        } else {
+            let (w, h) = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .ok_or_else(|| {
+                    format!("variant {text:?}: size {size:?} is not WIDTHxHEIGHT or native")
+                })?;
+            Some((w, h))
+        };
+        Ok(VariantRequest::new(id, size, pixel_format))
+    }
+}
+
+/// Hardware decoders, named as ffmpeg's `-hwaccel` spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HwAccel {
+    /// Software decode.
+    None,
+    /// Whatever ffmpeg finds first (software when nothing works).
+    Auto,
+    Vaapi,
+    Cuda,
+    Qsv,
+    VideoToolbox,
+}
+
+impl HwAccel {
+    pub const ALL: [HwAccel; 6] = [
+        HwAccel::None,
+        HwAccel::Auto,
+        HwAccel::Vaapi,
+        HwAccel::Cuda,
+        HwAccel::Qsv,
+        HwAccel::VideoToolbox,
+    ];
+
+    /// The name ffmpeg's `-hwaccel` and our CLI and config use.
+    pub fn name(self) -> &'static str {
+        match self {
+            HwAccel::None => "none",
+            HwAccel::Auto => "auto",
+            HwAccel::Vaapi => "vaapi",
+            HwAccel::Cuda => "cuda",
+            HwAccel::Qsv => "qsv",
+            HwAccel::VideoToolbox => "videotoolbox",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+impl std::fmt::Display for HwAccel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl StartRequest {
@@ -95,6 +207,8 @@ impl StartRequest {
             transport: Transport::Tcp,
             allow_duplicate_url: false,
             on_demand: false,
+            hwaccel: None,
+            variants: Vec::new(),
         }
     }
 }
@@ -151,6 +265,8 @@ pub struct StreamInfo {
     pub generation: u64,
     pub readers: u32,
     pub on_demand: bool,
+    /// For a variant: the id of the main stream whose decode feeds it.
+    pub parent: Option<String>,
 }
 
 /// Counters of one stream.
@@ -171,6 +287,9 @@ pub struct StreamStats {
     pub bytes_per_frame: u64,
     /// Process id of the running ffmpeg (0 when none).
     pub ffmpeg_pid: u32,
+    /// Who decodes: `software`, a hardware decoder's name (`vaapi`, …), or
+    /// `software (vaapi unavailable: <reason>)` after a fallback.
+    pub decoder: String,
 }
 
 /// Everything a reader needs to map a stream's ring.
@@ -371,9 +490,32 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            (
+                proptest::option::of(0usize..6),
+                proptest::collection::vec(
+                    (
+                        ".{0,20}",
+                        proptest::option::of(any::<u32>()),
+                        proptest::option::of(any::<u32>()),
+                        0usize..5,
+                    ),
+                    0..3,
+                ),
+            ),
         )
             .prop_map(
-                |(id, url, width, height, pf, ring_slots, udp, allow_duplicate_url, on_demand)| {
+                |(
+                    id,
+                    url,
+                    width,
+                    height,
+                    pf,
+                    ring_slots,
+                    udp,
+                    allow_duplicate_url,
+                    on_demand,
+                    (hw, variants),
+                )| {
                     StartRequest {
                         id,
                         url,
@@ -384,6 +526,16 @@ mod tests {
                         transport: if udp { Transport::Udp } else { Transport::Tcp },
                         allow_duplicate_url,
                         on_demand,
+                        hwaccel: hw.map(|h| HwAccel::ALL[h]),
+                        variants: variants
+                            .into_iter()
+                            .map(|(id, width, height, pf)| VariantRequest {
+                                id,
+                                width,
+                                height,
+                                pixel_format: PixelFormat::ALL[pf],
+                            })
+                            .collect(),
                     }
                 },
             )
@@ -411,6 +563,38 @@ mod tests {
             write_frame(&mut buf, &Request::Start(req)).unwrap();
             let cut = cut.min(buf.len() - 1);
             prop_assert!(read_frame::<Request>(&mut &buf[..buf.len() - cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn hwaccel_names_round_trip() {
+        for h in HwAccel::ALL {
+            assert_eq!(HwAccel::from_name(h.name()), Some(h));
+        }
+        assert_eq!(HwAccel::from_name("VAAPI"), None);
+    }
+
+    #[test]
+    fn variant_cli_form() {
+        let v = VariantRequest::parse("motion:320x240:gray").unwrap();
+        assert_eq!(
+            v,
+            VariantRequest::new("motion", Some((320, 240)), PixelFormat::Gray)
+        );
+        let v = VariantRequest::parse("rec:native:rgb24").unwrap();
+        assert_eq!(v, VariantRequest::new("rec", None, PixelFormat::Rgb24));
+        assert_eq!(
+            VariantRequest::parse("x").unwrap(),
+            VariantRequest::new("x", None, PixelFormat::Bgr24)
+        );
+        for bad in [
+            "",
+            ":320x240:gray",
+            "m:320:gray",
+            "m:320x240:yuv",
+            "m:1x2:gray:x",
+        ] {
+            assert!(VariantRequest::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! segment is published are atomics; the rest are written once, before the magic
 //! is stored with Release ordering, and never again.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the framebroker shared-memory layout is little-endian only");
@@ -291,8 +291,18 @@ pub struct SlotHeader {
     /// CRC-32 (IEEE) of the payload when the header has [`FLAG_CHECKSUM`], else 0.
     pub checksum: AtomicU32,
     pub _reserved0: u32,
-    pub _reserved1: [u8; 16],
+    /// Presentation time of the frame on the stream's own clock (ffmpeg's pts with
+    /// `-copyts`), ns; [`PTS_UNKNOWN`] when ffmpeg did not report it. Only valid
+    /// when `stream_ns` is not 0.
+    pub pts_ns: AtomicI64,
+    /// Capture time on the stream's clock mapped onto the wall clock, ns since the
+    /// Unix epoch; 0 when unknown (then `pts_ns` means nothing either). See
+    /// `proto/doc/layout.md` for what this clock is.
+    pub stream_ns: AtomicU64,
 }
+
+/// `pts_ns` of a slot whose frame has no known presentation time.
+pub const PTS_UNKNOWN: i64 = i64::MIN;
 
 /// Byte offsets of every header field, for other languages and for the docs.
 pub mod offsets {
@@ -329,6 +339,8 @@ pub mod offsets {
     pub const SLOT_MONO_NS: usize = offset_of!(SlotHeader, mono_ns);
     pub const SLOT_LEN: usize = offset_of!(SlotHeader, len);
     pub const SLOT_CHECKSUM: usize = offset_of!(SlotHeader, checksum);
+    pub const SLOT_PTS_NS: usize = offset_of!(SlotHeader, pts_ns);
+    pub const SLOT_STREAM_NS: usize = offset_of!(SlotHeader, stream_ns);
 
     /// Every named offset, for the layout test and the Python cross-check.
     pub const ALL: &[(&str, usize)] = &[
@@ -361,6 +373,8 @@ pub mod offsets {
         ("SLOT_MONO_NS", SLOT_MONO_NS),
         ("SLOT_LEN", SLOT_LEN),
         ("SLOT_CHECKSUM", SLOT_CHECKSUM),
+        ("SLOT_PTS_NS", SLOT_PTS_NS),
+        ("SLOT_STREAM_NS", SLOT_STREAM_NS),
     ];
 }
 
@@ -402,6 +416,8 @@ const _: () = {
     assert!(offsets::SLOT_MONO_NS == 24);
     assert!(offsets::SLOT_LEN == 32);
     assert!(offsets::SLOT_CHECKSUM == 40);
+    assert!(offsets::SLOT_PTS_NS == 48);
+    assert!(offsets::SLOT_STREAM_NS == 56);
     assert!(HEADER_PAGE % PAYLOAD_ALIGN == 0);
     assert!(SLOT_HEADER % PAYLOAD_ALIGN == 0);
 };

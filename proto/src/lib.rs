@@ -27,4 +27,6 @@ pub mod sync;
 
 pub use error::Error;
 pub use layout::{Geometry, PixelFormat, StreamState};
-pub use ring::{FrameMeta, ReadMode, RingConfig, RingInfo, RingReader, RingStatus, RingWriter};
+pub use ring::{
+    FrameMeta, ReadMode, RingConfig, RingInfo, RingReader, RingStatus, RingWriter, StreamTime,
+};

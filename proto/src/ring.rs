@@ -161,6 +161,25 @@ pub struct FrameMeta {
     pub missed: u64,
     /// CRC-32 of the payload (when the segment has checksums, else 0).
     pub checksum: u32,
+    /// When the stream's own clock says the frame was captured, if ffmpeg reported it.
+    pub stream_time: Option<StreamTime>,
+}
+
+/// A frame's time on the stream's own clock (see `proto/doc/layout.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTime {
+    /// Presentation time, ns on the stream's clock.
+    pub pts_ns: i64,
+    /// That time mapped onto the wall clock, ns since the Unix epoch (never 0).
+    pub wall_ns: u64,
+}
+
+impl StreamTime {
+    fn load(slot: &SlotHeader) -> Option<Self> {
+        let wall_ns = slot.stream_ns.load(Ordering::Relaxed);
+        let pts_ns = slot.pts_ns.load(Ordering::Relaxed);
+        (wall_ns != 0 && pts_ns != layout::PTS_UNKNOWN).then_some(StreamTime { pts_ns, wall_ns })
+    }
 }
 
 fn header<R: Region + ?Sized>(mem: &R) -> &Header {
@@ -414,7 +433,12 @@ impl<R: RegionMut> FrameGuard<'_, R> {
     }
 
     /// Publishes the frame: metadata, sequence even, `last_frame`, one wake.
-    pub fn commit(mut self, wall_ns: u64, mono_ns: u64) -> u64 {
+    pub fn commit(self, wall_ns: u64, mono_ns: u64) -> u64 {
+        self.commit_with(wall_ns, mono_ns, None)
+    }
+
+    /// [`commit`](Self::commit) with the frame's time on the stream's clock.
+    pub fn commit_with(mut self, wall_ns: u64, mono_ns: u64, stream: Option<StreamTime>) -> u64 {
         let crc = if self.writer.checksum {
             crc32fast::hash(self.payload_mut())
         } else {
@@ -428,6 +452,9 @@ impl<R: RegionMut> FrameGuard<'_, R> {
         slot.mono_ns.store(mono_ns, Ordering::Relaxed);
         slot.len.store(w.frame_bytes, Ordering::Relaxed);
         slot.checksum.store(crc, Ordering::Relaxed);
+        let (pts, stream_ns) = stream.map_or((layout::PTS_UNKNOWN, 0), |t| (t.pts_ns, t.wall_ns));
+        slot.pts_ns.store(pts, Ordering::Relaxed);
+        slot.stream_ns.store(stream_ns, Ordering::Relaxed);
         seqlock::write_end(&slot.seq, self.odd);
         let h = header(&w.mem);
         // SYNC: pairs with the Acquire load of `last_frame` by readers: seeing `number`
@@ -629,6 +656,7 @@ impl<R: Region> RingReader<R> {
             len: len as u64,
             missed: 0,
             checksum: slot.checksum.load(Ordering::Relaxed),
+            stream_time: StreamTime::load(slot),
         };
         seqlock::read_validate(&slot.seq, stamp).then_some(meta)
     }
@@ -653,6 +681,7 @@ impl<R: Region> RingReader<R> {
             len: len as u64,
             missed: 0,
             checksum: slot.checksum.load(Ordering::Relaxed),
+            stream_time: StreamTime::load(slot),
         };
         let payload = slot_ptr(&self.mem, self.info.slot_stride, index);
         // SAFETY: the payload lies inside the mapped region for `len` bytes and stays
@@ -864,6 +893,22 @@ mod tests {
         assert!(i.checksum);
         assert_eq!(r.state(), StreamState::Starting);
         assert_eq!(r.last_frame(), 0);
+    }
+
+    #[test]
+    fn stream_time_travels_with_the_frame() {
+        let (mut w, mem) = ring(8, 4, 4);
+        let mut r = RingReader::open(&*mem).unwrap();
+        let mut buf = vec![0; 32];
+        let t = StreamTime {
+            pts_ns: -5,
+            wall_ns: 1_000,
+        };
+        let g = w.begin_frame();
+        g.commit_with(1, 2, Some(t));
+        assert_eq!(r.try_next(&mut buf).unwrap().unwrap().stream_time, Some(t));
+        w.publish(&frame(2, 32), 3, 4).unwrap();
+        assert_eq!(r.try_next(&mut buf).unwrap().unwrap().stream_time, None);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! `FRAMEBROKER_BLESS=1` to rewrite them (and bump the version that changed).
 
 use framebroker_proto::control::{
-    self, Attachment, ErrorCode, Request, Response, StartRequest, StreamInfo, StreamStats,
-    Transport,
+    self, Attachment, ErrorCode, HwAccel, Request, Response, StartRequest, StreamInfo, StreamStats,
+    Transport, VariantRequest,
 };
 use framebroker_proto::layout::{self, offsets, PixelFormat, StreamState};
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ fn info() -> StreamInfo {
         generation: 3,
         readers: 2,
         on_demand: false,
+        parent: None,
     }
 }
 
@@ -37,6 +38,11 @@ fn requests() -> Vec<(&'static str, Request)> {
     full.transport = Transport::Udp;
     full.allow_duplicate_url = true;
     full.on_demand = true;
+    full.hwaccel = Some(HwAccel::Vaapi);
+    full.variants = vec![
+        VariantRequest::new("cam-1-motion", Some((320, 240)), PixelFormat::Gray),
+        VariantRequest::new("cam-1-rgb", None, PixelFormat::Rgb24),
+    ];
     vec![
         ("hello", control::hello("framebroker-py/0.1.0")),
         (
@@ -86,6 +92,14 @@ fn responses() -> Vec<(&'static str, Response)> {
                         on_demand: true,
                         ..info()
                     },
+                    StreamInfo {
+                        id: "cam-1-motion".into(),
+                        width: 320,
+                        height: 240,
+                        pixel_format: PixelFormat::Gray,
+                        parent: Some("cam-1".into()),
+                        ..info()
+                    },
                 ],
             },
         ),
@@ -102,6 +116,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                     uptime_ms: 3_600_000,
                     bytes_per_frame: 921_600,
                     ffmpeg_pid: 4242,
+                    decoder: "software (vaapi unavailable: Device creation failed)".into(),
                 },
             },
         ),
@@ -248,6 +263,7 @@ fn layout_constants_match_golden() {
             "max_slots": layout::MAX_SLOTS,
             "max_dimension": layout::MAX_DIMENSION,
             "flag_checksum": layout::FLAG_CHECKSUM,
+            "pts_unknown": layout::PTS_UNKNOWN,
             "heartbeat_interval_ms": layout::HEARTBEAT_INTERVAL_MS,
             "heartbeat_stale_ms": layout::HEARTBEAT_STALE_MS,
             "slot_stride_640x480_bgr24": layout::slot_stride(921_600),

@@ -1,5 +1,5 @@
 //! The config file end to end: streams at boot, on-demand streams, reload on
-//! SIGHUP, refused files, environment and flag precedence. Real broker, real
+//! SIGHUP, refused files, variants and hwaccel, environment and flag precedence. Real broker, real
 //! ffmpeg, real RTSP camera.
 
 use std::path::Path;
@@ -297,31 +297,6 @@ fn a_bad_file_at_start_names_file_line_and_key_and_exits() {
     assert!(err.contains("shm_budget_mb"), "{err}");
     assert!(!sock.exists(), "nothing started");
 
-    // Keys the format has and this broker cannot honour yet are refused by name.
-    for (extra, word) in [
-        (
-            "variants = [ { id = \"small\", width = 64, height = 48, pixel_format = \"gray\" } ]",
-            "variants",
-        ),
-        ("hwaccel = \"vaapi\"", "hwaccel"),
-    ] {
-        write(
-            &cfg,
-            &format!("[[streams]]\nid = \"a\"\nurl = \"rtsp://127.0.0.1:9/x\"\n{extra}\n"),
-        );
-        let out = Command::new(broker_bin())
-            .args(["serve", "--socket"])
-            .arg(&sock)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(err.contains("stream a") && err.contains(word), "{err}");
-        assert!(!sock.exists(), "nothing started");
-    }
-
     let missing = dir.path().join("missing.toml");
     let out = Command::new(broker_bin())
         .args(["serve", "--config"])
@@ -333,6 +308,82 @@ fn a_bad_file_at_start_names_file_line_and_key_and_exits() {
     assert!(
         err.contains("missing.toml") && err.contains("cannot read"),
         "{err}"
+    );
+}
+
+#[test]
+fn variants_and_hwaccel_in_the_file_run_from_one_decode() {
+    let cam = Camera::start(320, 240, 15, "smpte").unwrap();
+    let dir = TempDir::new("cfg").unwrap();
+    let prefix = format!("{}-", unique("fbc"));
+    let cfg = dir.path().join("framebroker.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"
+[broker]
+shm_prefix = "{prefix}"
+
+[[streams]]
+id = "gate"
+url = "{url}"
+hwaccel = "vaapi"
+variants = [
+  {{ id = "gate_small", width = 160, height = 120, pixel_format = "gray" }},
+  {{ id = "gate_rgb", pixel_format = "rgb24" }},
+]
+"#,
+            url = cam.url
+        ),
+    );
+    let b = Broker::start_configured(&cfg, &prefix, &[], &[]).unwrap();
+    let c = b.client();
+    for (id, (w, h), fmt) in [
+        ("gate", (320, 240), "bgr24"),
+        ("gate_small", (160, 120), "gray"),
+        ("gate_rgb", (320, 240), "rgb24"),
+    ] {
+        let mut r = c
+            .attach_wait(id, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{id}: {e}; log:\n{}", b.log_text()));
+        assert_eq!((r.width(), r.height()), (w, h), "{id}");
+        assert_eq!(r.pixel_format().name(), fmt, "{id}");
+        assert!(
+            frames_in(&mut r, Duration::from_secs(2)) >= 3,
+            "{id}: frames flow"
+        );
+    }
+    let list = c.list().unwrap();
+    for v in ["gate_small", "gate_rgb"] {
+        let s = list.iter().find(|s| s.id == v).unwrap();
+        assert_eq!(s.parent.as_deref(), Some("gate"), "{v}");
+    }
+    // The file's hwaccel reached ffmpeg: it runs on the device, or the stream
+    // fell back to software and says why. Either way, one ffmpeg for three rings.
+    let decoder = c.stats("gate").unwrap().decoder;
+    assert!(decoder.contains("vaapi"), "decoder: {decoder:?}");
+    assert_eq!(c.stats("gate_small").unwrap().decoder, decoder);
+    let ffmpegs = framebroker_tests::processes_with_arg("ffmpeg", &cam.url);
+    assert_eq!(ffmpegs.len(), 1, "one decode: {ffmpegs:?}");
+
+    // The command line shows the family and the decoder.
+    let run = |args: &[&str]| {
+        let out = Command::new(broker_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&b.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {:?}", out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ls = run(&["streams", "ls"]);
+    assert!(ls.contains("(variant of gate)"), "{ls}");
+    let stats = run(&["streams", "stats", "gate_small"]);
+    assert!(stats.contains("variant of      gate"), "{stats}");
+    assert!(
+        stats.contains(&format!("decoder         {decoder}")),
+        "{stats}"
     );
 }
 

@@ -199,8 +199,9 @@ impl Model {
         let streams = broker.list();
         assert!(
             streams.len() <= MAX_STREAMS,
-            "{} streams listed with --max-streams {MAX_STREAMS} (after {after})",
-            streams.len()
+            "{} streams listed with --max-streams {MAX_STREAMS} (after {after}): {:?}",
+            streams.len(),
+            streams.iter().map(|s| (&s.id, s.state, &s.parent)).collect::<Vec<_>>()
         );
         for info in &streams {
             let expected = self.current_readers(&info.id);
