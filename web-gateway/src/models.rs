@@ -42,6 +42,9 @@ pub struct StreamView {
     /// Reader sessions the broker counts (the gateway is one while it streams).
     pub readers: u32,
     pub on_demand: bool,
+    /// For a variant (another size or format of the same decode): its main stream.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 impl From<&StreamInfo> for StreamView {
@@ -56,6 +59,7 @@ impl From<&StreamInfo> for StreamView {
             generation: s.generation,
             readers: s.readers,
             on_demand: s.on_demand,
+            parent: s.parent.clone(),
         }
     }
 }
@@ -117,6 +121,10 @@ pub struct StatsView {
     pub last_error: Option<String>,
     pub uptime_ms: u64,
     pub bytes_per_frame: u64,
+    /// What decodes: `software`, the hwaccel's name, or
+    /// `software (<hwaccel> unavailable: <reason>)` after a fallback.
+    #[serde(default)]
+    pub decoder: String,
     /// WebSocket + MJPEG + in-flight HTTP clients of the gateway (the original's name).
     pub client_count: u64,
     pub gateway: GatewayCounters,
@@ -133,6 +141,7 @@ impl StatsView {
             last_error: s.last_error.as_deref().map(crate::errors::redact),
             uptime_ms: s.uptime_ms,
             bytes_per_frame: s.bytes_per_frame,
+            decoder: s.decoder.clone(),
             client_count: gateway.ws_clients + gateway.mjpeg_clients + gateway.http_in_flight,
             gateway,
         }
