@@ -38,9 +38,11 @@ from ._protocol import (
     Attachment,
     BrokerClient,
     ErrorCode,
+    HwAccel,
     StreamInfo,
     StreamStats,
     Transport,
+    VariantRequest,
     default_socket_path,
 )
 from ._ring import FrameMeta, Ring, RingInfo
@@ -91,6 +93,7 @@ __all__ = [
     "FrameMeta",
     "FrameOverwritten",
     "FrameTooLarge",
+    "HwAccel",
     "OpenCVUnavailable",
     "PixelFormat",
     "ProtocolError",
@@ -106,6 +109,7 @@ __all__ = [
     "StreamStats",
     "Transport",
     "UnsupportedVersion",
+    "VariantRequest",
     "VideoCapture",
     "WriterGone",
     "default_socket_path",

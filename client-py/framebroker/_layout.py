@@ -30,6 +30,8 @@ DEFAULT_SLOTS = 4
 MAX_DIMENSION = 8192
 #: Header flag: every slot carries a CRC-32 (zlib's) of its payload.
 FLAG_CHECKSUM = 1
+#: ``pts_ns`` of a slot whose frame has no known presentation time (``i64::MIN``).
+PTS_UNKNOWN = -(1 << 63)
 #: The writer refreshes ``heartbeat_ns`` at least this often.
 HEARTBEAT_INTERVAL_MS = 100
 #: A heartbeat older than this means the writer (the broker) is gone.
@@ -67,6 +69,10 @@ SLOT_WALL_NS_OFF = 16
 SLOT_MONO_NS_OFF = 24
 SLOT_LEN_OFF = 32
 SLOT_CHECKSUM_OFF = 40
+#: i64: presentation time on the stream's clock, ns (valid only when stream_ns != 0).
+SLOT_PTS_NS_OFF = 48
+#: u64: stream-clock capture time mapped onto the wall clock, ns; 0 = unknown.
+SLOT_STREAM_NS_OFF = 56
 
 #: Every offset under the name ``layout.rs`` exports it with (``offsets::ALL``).
 OFFSETS = {
@@ -99,6 +105,8 @@ OFFSETS = {
     "SLOT_MONO_NS": SLOT_MONO_NS_OFF,
     "SLOT_LEN": SLOT_LEN_OFF,
     "SLOT_CHECKSUM": SLOT_CHECKSUM_OFF,
+    "SLOT_PTS_NS": SLOT_PTS_NS_OFF,
+    "SLOT_STREAM_NS": SLOT_STREAM_NS_OFF,
 }
 
 

@@ -214,15 +214,14 @@ class LocalStream:
         a later call re-attaches when they are back."""
         ring = self.ring
         if ring is not None:  # fast path: a frame is already there
-            dst = out if out is not None and ring.fits(out) else ring.new_array()
             try:
-                m = ring.try_next(dst) if sequential else ring.try_latest(dst)
+                got = ring.read_into(out, sequential)
             except (Contended, ChecksumMismatch) as e:
                 self.failure = str(e)
                 log.warning("%s", e)
                 return None
-            if m is not None:
-                return m, dst
+            if got is not None:
+                return got
         self.failure = None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for _ in range(3):  # at most: re-attach after an end, then read

@@ -40,7 +40,7 @@ from ._layout import PixelFormat, StreamState
 log = logging.getLogger("framebroker.protocol")
 
 #: Version of the messages below.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: ``b"FBCP"`` as a little-endian u32: the first field of every Hello.
 PROTOCOL_MAGIC = int.from_bytes(b"FBCP", "little")
 #: Largest frame body either side accepts.
@@ -56,6 +56,28 @@ class Transport(enum.IntEnum):
 
     TCP = 0
     UDP = 1
+
+
+class HwAccel(enum.IntEnum):
+    """Hardware decoders, named as ffmpeg's ``-hwaccel`` spells them (``.value``
+    is the wire index; :meth:`ffmpeg_name` the name)."""
+
+    NONE = 0
+    AUTO = 1
+    VAAPI = 2
+    CUDA = 3
+    QSV = 4
+    VIDEO_TOOLBOX = 5
+
+    def ffmpeg_name(self) -> str:
+        return "videotoolbox" if self is HwAccel.VIDEO_TOOLBOX else self.name.lower()
+
+    @classmethod
+    def from_name(cls, name: str) -> "HwAccel":
+        for h in cls:
+            if h.ffmpeg_name() == name:
+                return h
+        raise ValueError(f"unknown hwaccel {name!r} (one of {', '.join(h.ffmpeg_name() for h in cls)})")
 
 
 class ErrorCode(enum.IntEnum):
@@ -87,6 +109,16 @@ class HelloRequest:
 
 
 @dataclass(frozen=True)
+class VariantRequest:
+    """One more output of a stream's single decode, listed as its own stream."""
+
+    id: str
+    width: Optional[int] = None
+    height: Optional[int] = None
+    pixel_format: PixelFormat = PixelFormat.BGR24
+
+
+@dataclass(frozen=True)
 class StartRequest:
     """``Request::Start``: start a stream, or get the one already running this URL."""
 
@@ -99,6 +131,8 @@ class StartRequest:
     transport: Transport = Transport.TCP
     allow_duplicate_url: bool = False
     on_demand: bool = False
+    hwaccel: Optional[HwAccel] = None
+    variants: Tuple[VariantRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +174,8 @@ class StreamInfo:
     generation: int
     readers: int
     on_demand: bool
+    #: For a variant: the main stream whose decode feeds it.
+    parent: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +189,8 @@ class StreamStats:
     uptime_ms: int
     bytes_per_frame: int
     ffmpeg_pid: int
+    #: ``software``, a hardware decoder's name, or ``software (vaapi unavailable: ...)``.
+    decoder: str = "software"
 
 
 @dataclass(frozen=True)
@@ -445,19 +483,24 @@ class _Struct(_Codec):
 
 _STREAM_INFO = _Struct(
     StreamInfo,
-    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL],
+    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL, _Opt(STR)],
 )
 
 _STREAM_STATS = _Struct(
-    StreamStats, [_STREAM_INFO, F64, U64, U64, U64, _Opt(STR), U64, U64, U32]
+    StreamStats, [_STREAM_INFO, F64, U64, U64, U64, _Opt(STR), U64, U64, U32, STR]
 )
+
+_VARIANT = _Struct(VariantRequest, [STR, _Opt(U32), _Opt(U32), _Enum(PixelFormat)])
 
 #: The wire schema of every message type, in field order.
 SCHEMAS: Dict[type, _Struct] = {
     HelloRequest: _Struct(HelloRequest, [U32, U32, STR]),
     StartRequest: _Struct(
         StartRequest,
-        [STR, STR, _Opt(U32), _Opt(U32), _Enum(PixelFormat), _Opt(U32), _Enum(Transport), BOOL, BOOL],
+        [
+            STR, STR, _Opt(U32), _Opt(U32), _Enum(PixelFormat), _Opt(U32), _Enum(Transport), BOOL,
+            BOOL, _Opt(_Enum(HwAccel)), _Vec(_VARIANT),
+        ],
     ),
     StopRequest: _Struct(StopRequest, [STR]),
     ListRequest: _Struct(ListRequest, []),
@@ -466,6 +509,7 @@ SCHEMAS: Dict[type, _Struct] = {
     DetachRequest: _Struct(DetachRequest, [STR]),
     StreamInfo: _STREAM_INFO,
     StreamStats: _STREAM_STATS,
+    VariantRequest: _VARIANT,
     Attachment: _Struct(
         Attachment, [STR, STR, U64, U32, U32, _Enum(PixelFormat), U64, U32, U64]
     ),
@@ -766,12 +810,16 @@ class BrokerClient:
         transport: Transport = Transport.TCP,
         allow_duplicate_url: bool = False,
         on_demand: bool = False,
+        hwaccel: Optional[HwAccel] = None,
+        variants: Sequence[VariantRequest] = (),
     ) -> Started:
         """Starts a stream, or returns the one already running this URL
-        (``Started.created`` is then false and ``Started.stream.id`` may differ)."""
+        (``Started.created`` is then false and ``Started.stream.id`` may differ).
+        ``variants`` are further outputs of the same decode, each its own stream."""
         req = StartRequest(
             id, url, width, height, PixelFormat(pixel_format), ring_slots, Transport(transport),
-            allow_duplicate_url, on_demand,
+            allow_duplicate_url, on_demand, None if hwaccel is None else HwAccel(hwaccel),
+            tuple(variants),
         )
         return self._expect(req, Started, f"start stream {id}")
 

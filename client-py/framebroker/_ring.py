@@ -12,11 +12,20 @@ payload with ``numpy.copyto`` into an array the caller owns, re-read ``seq``;
 a change means the frame was overwritten during the copy, and it is retried.
 
 Memory ordering: the header words are read with single aligned 8- or 4-byte
-loads (``ndarray.item``). On x86-64 (total store order) loads are not reordered
-with each other, which gives the Acquire loads and fence the protocol asks for.
-Python has no way to emit a fence on aarch64; there the reader relies on the
-barriers around numpy's copy (it releases and re-takes the GIL for large
-copies), which is the best pure Python can do.
+loads (indexing a ``memoryview`` cast to ``Q``/``I``, which loads the whole word
+at once). On x86-64 (total store order) loads are not reordered with each
+other, which gives the Acquire loads and fence the protocol asks for. Python
+has no way to emit a fence on aarch64; there the reader relies on the barriers
+around numpy's copy (it releases and re-takes the GIL for large copies), which
+is the best pure Python can do.
+
+The read path is the hot path of every client: each attribute lookup, call and
+temporary object costs, and more so right after the reader wakes up with cold
+caches. So a read is a handful of ``memoryview`` word loads and one copy. On
+x86-64, frames up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview``
+slice assignment (a plain ``memcpy``, far less set-up than ``numpy.copyto``);
+larger frames go through ``numpy.copyto``, which releases the GIL while it
+copies so other threads are not held up for the whole copy.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import platform
 import stat
 import sys
 import time
@@ -51,6 +61,26 @@ log = logging.getLogger("framebroker.ring")
 SHM_DIR = "/dev/shm"
 #: Attempts at one frame before giving up (the writer lapping the ring under us).
 _RETRIES = 64
+#: Loads are not reordered with other loads here (total store order), so a
+#: ``memcpy`` between two word loads needs no fence (see the module docstring).
+_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+#: Largest frame copied by ``memoryview`` slice assignment, which holds the GIL
+#: while it copies (about 60 µs for 2 MiB); larger ones use ``numpy.copyto``.
+_MV_COPY_MAX = 2 << 20
+#: Word indexes (u64) of header fields, and of slot fields relative to the slot's
+#: first word: the read path indexes ``memoryview``\ s with these.
+_LAST_FRAME_W = L.LAST_FRAME_OFF // 8
+_SEQ_W = L.SLOT_SEQ_OFF // 8
+_NUMBER_W = L.SLOT_FRAME_OFF // 8
+_WALL_W = L.SLOT_WALL_NS_OFF // 8
+_MONO_W = L.SLOT_MONO_NS_OFF // 8
+_LEN_W = L.SLOT_LEN_OFF // 8
+_CHECKSUM_D = L.SLOT_CHECKSUM_OFF // 4
+_PTS_W = L.SLOT_PTS_NS_OFF // 8
+_STREAM_W = L.SLOT_STREAM_NS_OFF // 8
+#: ``PTS_UNKNOWN`` as the u64 word the slot holds, and the largest i64.
+_PTS_UNKNOWN_U64 = L.PTS_UNKNOWN & ((1 << 64) - 1)
+_I64_MAX = (1 << 63) - 1
 
 T = TypeVar("T")
 
@@ -101,6 +131,23 @@ class FrameMeta(NamedTuple):
     missed: int
     #: CRC-32 of the payload when the segment carries checksums, else 0.
     checksum: int
+    #: Presentation time on the stream's own clock, ns; ``None`` when unknown.
+    pts_ns: Optional[int] = None
+    #: Capture time on the stream's clock mapped onto the wall clock, ns since the
+    #: Unix epoch (see proto/doc/layout.md); ``None`` when unknown.
+    stream_ns: Optional[int] = None
+
+
+def _stream_clock(pts: int, stream_ns: int) -> Tuple[Optional[int], Optional[int]]:
+    """The slot's raw ``pts_ns`` (as u64) and ``stream_ns``; both ``None`` when unknown."""
+    if stream_ns == 0 or pts == 1 << 63:
+        return None, None
+    return (pts - (1 << 64) if pts >= 1 << 63 else pts), stream_ns
+
+
+#: Builds a :class:`FrameMeta` from a tuple in one C call (its own ``__new__`` is
+#: Python code).
+_new_meta = tuple.__new__
 
 
 def segment_path(name: str) -> str:
@@ -252,20 +299,11 @@ class Ring:
 
     def _make_views(self, mm: mmap.mmap) -> None:
         i = self.info
-        # Every view derives from one np.frombuffer array, which holds a buffer export
-        # on the mmap: while any view (ours or one handed to the caller) lives, the
-        # mmap refuses to close, so nothing can be unmapped under a view.
+        # Every array view derives from one np.frombuffer array, which holds a buffer
+        # export on the mmap: while any view (ours or one handed to the caller) lives,
+        # the mmap refuses to close, so nothing can be unmapped under a view.
         # (np.ndarray(buffer=mm) alone would not hold the export.)
         raw = np.frombuffer(mm, dtype=np.uint8)
-        self._h64 = raw[: L.HEADER_PAGE].view(np.uint64)
-        self._h32 = raw[: L.HEADER_PAGE].view(np.uint32)
-        # Slot headers as rows of 8 u64 (and 16 u32), one row per slot.
-        self._s64 = np.ndarray(
-            (i.slot_count, L.SLOT_HEADER // 8), np.uint64, raw, L.HEADER_PAGE, (i.slot_stride, 8)
-        )
-        self._s32 = np.ndarray(
-            (i.slot_count, L.SLOT_HEADER // 4), np.uint32, raw, L.HEADER_PAGE, (i.slot_stride, 4)
-        )
         # Payloads shaped as frames (rows packed, no padding), one per slot.
         shape = self._shape = i.frame_shape
         inner = [1] * len(shape)
@@ -280,38 +318,56 @@ class Ring:
         )
         # One ready-made view per slot: indexing a 4-d array costs microseconds per read.
         self._slot_frames = list(self._frames)
+        # The same memory as memoryviews, for the read path: the whole segment as
+        # u64 and u32 words (one aligned load per index), and each payload as bytes.
+        # Each holds a buffer export on the mmap too, and is dropped in close().
+        mv = memoryview(mm)[: i.segment_size]
+        self._w64 = mv.cast("Q")
+        self._w32 = mv.cast("I")
+        self._payloads = [
+            mv[off : off + i.frame_bytes]
+            for off in range(L.HEADER_PAGE + L.SLOT_HEADER, i.segment_size, i.slot_stride)
+        ]
+        del mv
+        #: Word index of each slot's header in ``_w64``.
+        self._slot_w = [(L.HEADER_PAGE + k * i.slot_stride) // 8 for k in range(i.slot_count)]
+        self._mv_copy = _TSO and i.frame_bytes <= _MV_COPY_MAX
+        #: Whether frames are BGR already (what OpenCV users get without conversion).
+        self.bgr24 = i.pixel_format is PixelFormat.BGR24
+        self._frame_bytes = i.frame_bytes
         self._checked_dst: Optional[np.ndarray] = None
+        self._checked_mv: Optional[memoryview] = None
         self._slots = i.slot_count
-        self._base = int(self._h32.ctypes.data)
+        self._base = int(raw.ctypes.data)
 
     # -- header words
 
     def last_frame(self) -> int:
         """Number of the newest published frame (0: none yet)."""
-        return int(self._h64.item(L.LAST_FRAME_OFF // 8))
+        return self._w64[_LAST_FRAME_W]  # type: ignore[no-any-return]
 
     def heartbeat_ns(self) -> int:
-        return int(self._h64.item(L.HEARTBEAT_NS_OFF // 8))
+        return self._w64[L.HEARTBEAT_NS_OFF // 8]  # type: ignore[no-any-return]
 
     def heartbeat_age_s(self) -> float:
         return max(monotonic_ns() - self.heartbeat_ns(), 0) / 1e9
 
     def state(self) -> StreamState:
-        v = int(self._h32.item(L.STATE_OFF // 4))
+        v = self._w32[L.STATE_OFF // 4]
         try:
             return StreamState(v)
         except ValueError:
             return StreamState.FAILED
 
     def wake_word(self) -> int:
-        return int(self._h32.item(L.WAKE_OFF // 4))
+        return self._w32[L.WAKE_OFF // 4]  # type: ignore[no-any-return]
 
     def fps(self) -> float:
         """Measured input rate the broker publishes (0 until measured)."""
-        return int(self._h32.item(L.FPS_MILLI_OFF // 4)) / 1000.0
+        return self._w32[L.FPS_MILLI_OFF // 4] / 1000.0  # type: ignore[no-any-return]
 
     def frames_dropped(self) -> int:
-        return int(self._h64.item(L.FRAMES_DROPPED_OFF // 8))
+        return self._w64[L.FRAMES_DROPPED_OFF // 8]  # type: ignore[no-any-return]
 
     @property
     def closed(self) -> bool:
@@ -325,8 +381,8 @@ class Ring:
 
     def fits(self, dst: np.ndarray) -> bool:
         """Whether ``dst`` can receive a frame: writable, C-contiguous uint8 of the
-        frame's shape. (The last array that fitted is remembered: the check is on
-        the hot path of every read.)"""
+        frame's shape. (The last array that fitted is remembered, with a byte view
+        of it for the copy: the check is on the hot path of every read.)"""
         if dst is self._checked_dst and dst.shape == self._shape:
             return True
         ok = (
@@ -337,6 +393,7 @@ class Ring:
         )
         if ok:
             self._checked_dst = dst
+            self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
         return ok
 
     def _check_dst(self, dst: np.ndarray) -> None:
@@ -346,69 +403,84 @@ class Ring:
                 f"got {dst.dtype} {dst.shape}"
             )
 
-    def _read_slot(self, number: int, dst: np.ndarray, missed: int) -> Optional[FrameMeta]:
-        """One attempt at frame ``number``; ``None`` when the slot holds another
-        frame, is being written, or was overwritten during the copy."""
-        idx = number % self._slots
-        s64 = self._s64
-        s1 = s64.item(idx, 0)
-        if s1 & 1:
-            return None
-        if s64.item(idx, 1) != number:
-            return None
-        np.copyto(dst, self._slot_frames[idx])
-        wall, mono, ln = s64.item(idx, 2), s64.item(idx, 3), s64.item(idx, 4)
-        crc = self._s32.item(idx, L.SLOT_CHECKSUM_OFF // 4)
-        if s64.item(idx, 0) != s1:
-            return None
-        return FrameMeta(number, wall, mono, min(ln, self.info.frame_bytes), missed, crc)
-
     def _verify(self, meta: FrameMeta, dst: np.ndarray) -> None:
         if self.verify_checksum and self.info.checksum:
             crc = zlib.crc32(dst.data.cast("B")) & 0xFFFFFFFF
             if crc != meta.checksum:
                 raise ChecksumMismatch(self.info.stream_id, meta.number, meta.checksum, crc)
 
-    def _next_wanted(self, last: int) -> Optional[int]:
-        want = self.cursor + 1
-        if want > last:
-            return None
-        oldest_safe = max(last + 2 - self.info.slot_count, 1)
-        return max(want, oldest_safe)
-
     def has_new_frame(self) -> bool:
         """Whether :meth:`try_latest` (or :meth:`try_next`) would find a frame now."""
-        return self.last_frame() > self.cursor
+        return self._w64[_LAST_FRAME_W] > self.cursor  # type: ignore[no-any-return]
+
+    def read_into(
+        self, out: Optional[np.ndarray], sequential: bool = False
+    ) -> Optional[Tuple[FrameMeta, np.ndarray]]:
+        """The newest frame not returned yet (with ``sequential``: the next one in
+        order, or the oldest still in the ring when the reader fell behind), copied
+        into ``out`` when it :meth:`fits`, else into a new array. Returns the
+        metadata and the array, or ``None`` when there is no such frame. Never waits.
+
+        This is the read path of every client, written out in one function: a few
+        word loads around one copy (see the module docstring)."""
+        dst = out
+        if dst is None or (dst is not self._checked_dst and not self.fits(dst)):
+            dst = self.new_array()
+            self.fits(dst)  # remembers it, and a byte view of it for the copy
+        w = self._w64
+        for _ in range(_RETRIES):
+            last = w[_LAST_FRAME_W]
+            cursor = self.cursor
+            if last <= cursor:
+                return None
+            want = last
+            if sequential and cursor + 1 < last:
+                want = max(cursor + 1, last + 2 - self._slots)
+            idx = want % self._slots
+            o = self._slot_w[idx]
+            # Seqlock read: even sequence, the wanted frame, copy, same sequence after.
+            s1 = w[o + _SEQ_W]
+            if s1 & 1 or w[o + _NUMBER_W] != want:
+                continue
+            if self._mv_copy:
+                self._checked_mv[:] = self._payloads[idx]  # type: ignore[index]
+            else:
+                np.copyto(dst, self._slot_frames[idx])
+            wall, mono, ln = w[o + _WALL_W], w[o + _MONO_W], w[o + _LEN_W]
+            crc = self._w32[2 * o + _CHECKSUM_D]
+            pts, sns = w[o + _PTS_W], w[o + _STREAM_W]
+            if w[o + _SEQ_W] != s1:
+                continue  # overwritten during the copy
+            # _stream_clock(pts, sns), written out: a call costs more than the test.
+            if sns == 0 or pts == _PTS_UNKNOWN_U64:
+                pts = sns = None
+            elif pts > _I64_MAX:
+                pts -= 1 << 64
+            fb = self._frame_bytes
+            meta = _new_meta(
+                FrameMeta, (want, wall, mono, ln if ln < fb else fb, want - cursor - 1, crc, pts, sns)
+            )
+            self.cursor = want
+            if self.verify_checksum:
+                self._verify(meta, dst)
+            return meta, dst
+        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
 
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
-        """The newest frame not returned yet, copied into ``dst``; ``None`` when
-        there is none. Never waits."""
-        self._check_dst(dst)
-        for _ in range(_RETRIES):
-            last = self.last_frame()
-            if last <= self.cursor:
-                return None
-            m = self._read_slot(last, dst, last - self.cursor - 1)
-            if m is not None:
-                self.cursor = last
-                self._verify(m, dst)
-                return m
-        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+        """The newest frame not returned yet, copied into ``dst`` (which must
+        :meth:`fit <fits>`); ``None`` when there is none. Never waits."""
+        if dst is not self._checked_dst:
+            self._check_dst(dst)
+        got = self.read_into(dst)
+        return None if got is None else got[0]
 
     def try_next(self, dst: np.ndarray) -> Optional[FrameMeta]:
         """The next frame in order, or the oldest still in the ring when the reader
         fell behind (``missed`` counts the lost ones). Never waits."""
-        self._check_dst(dst)
-        for _ in range(_RETRIES):
-            want = self._next_wanted(self.last_frame())
-            if want is None:
-                return None
-            m = self._read_slot(want, dst, want - self.cursor - 1)
-            if m is not None:
-                self.cursor = want
-                self._verify(m, dst)
-                return m
-        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+        if dst is not self._checked_dst:
+            self._check_dst(dst)
+        got = self.read_into(dst, sequential=True)
+        return None if got is None else got[0]
 
     def latest(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
         """Blocks until :meth:`try_latest` has a frame; raises :class:`ReadTimeout`,
@@ -435,25 +507,29 @@ class Ring:
         says so afterwards."""
 
         def attempt() -> Optional[Tuple[FrameMeta, np.ndarray, int]]:
+            w = self._w64
             for _ in range(_RETRIES):
-                last = self.last_frame()
-                if sequential:
-                    want = self._next_wanted(last)
-                    if want is None:
-                        return None
-                elif last > self.cursor:
-                    want = last
-                else:
+                last = w[_LAST_FRAME_W]
+                cursor = self.cursor
+                if last <= cursor:
                     return None
-                idx = want % self.info.slot_count
-                s1 = self._s64.item(idx, 0)
-                if s1 & 1 or self._s64.item(idx, 1) != want:
+                want = last
+                if sequential and cursor + 1 < last:
+                    want = max(cursor + 1, last + 2 - self._slots)
+                idx = want % self._slots
+                o = self._slot_w[idx]
+                s1 = w[o + _SEQ_W]
+                if s1 & 1 or w[o + _NUMBER_W] != want:
                     continue
-                wall, mono, ln = (self._s64.item(idx, k) for k in (2, 3, 4))
-                crc = self._s32.item(idx, L.SLOT_CHECKSUM_OFF // 4)
-                if self._s64.item(idx, 0) != s1:
+                wall, mono, ln = w[o + _WALL_W], w[o + _MONO_W], w[o + _LEN_W]
+                crc = self._w32[2 * o + _CHECKSUM_D]
+                pts, sns = w[o + _PTS_W], w[o + _STREAM_W]
+                if w[o + _SEQ_W] != s1:
                     continue
-                meta = FrameMeta(want, int(wall), int(mono), int(ln), want - self.cursor - 1, int(crc))
+                fb = self._frame_bytes
+                meta = FrameMeta(
+                    want, wall, mono, ln if ln < fb else fb, want - cursor - 1, crc, *_stream_clock(pts, sns)
+                )
                 self.cursor = want
                 return meta, self._slot_frames[idx], _stamp(idx, s1)
             raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
@@ -465,7 +541,7 @@ class Ring:
         if self._mm is None:
             return False
         idx, seq = stamp >> 64, stamp & ((1 << 64) - 1)
-        return bool(self._s64.item(idx, 0) == seq)
+        return bool(self._w64[self._slot_w[idx] + _SEQ_W] == seq)
 
     def _wait_for(self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]]) -> T:
         if self._mm is None:
@@ -508,9 +584,10 @@ class Ring:
         alive keep the mapping until they are garbage-collected."""
         mm, self._mm = self._mm, None
         # Views first: an mmap with exported buffers cannot be closed.
-        self._h64 = self._h32 = self._s64 = self._s32 = self._frames = None  # type: ignore[assignment]
+        self._w64 = self._w32 = self._frames = None  # type: ignore[assignment]
         self._slot_frames = []
-        self._checked_dst = None
+        self._payloads = []
+        self._checked_dst = self._checked_mv = None
         if mm is not None:
             try:
                 mm.close()

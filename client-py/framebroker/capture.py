@@ -365,6 +365,21 @@ class VideoCapture:
         timeout, stream stopped, broker gone (a later read re-attaches)."""
         if self._cv is not None:
             return self._cv.read() if image is None else self._cv.read(image)  # type: ignore[no-any-return]
+        # Fast path: a local stream with a frame already published, in the output
+        # format. Kept to a few calls: each one costs more right after the reader
+        # woke up, with cold caches, than it does in a tight loop.
+        local = self._local
+        ring = local.ring if local is not None else None
+        if ring is not None and (ring.bgr24 or not self._convert_rgb):
+            try:
+                got = ring.read_into(image, self._buffersize > 1)
+            except FrameBrokerError:
+                got = None  # the full path below tries again and reports it
+            if got is not None:
+                meta, frame = got
+                self._note(meta)
+                self._grabbed, self._grabbed_owned = frame, False
+                return True, frame
         frame = self._next_frame(image)
         if frame is None:
             self._grabbed = None
@@ -520,10 +535,19 @@ class VideoCapture:
             return (m.number - self._first_number) / ((m.wall_ns - self._first_wall_ns) / 1e9)
         return 0.0
 
+    @property
+    def stream_time_ns(self) -> Optional[int]:
+        """Capture time of the last frame on the stream's own clock, mapped onto the
+        wall clock (ns since the Unix epoch); ``None`` when the broker did not learn
+        it. ``frame_meta.wall_ns`` beside it is when the broker received the frame."""
+        return self.frame_meta.stream_ns if self.frame_meta else None
+
     def _pos_msec(self) -> float:
         m = self.frame_meta
         if m is None:
             return 0.0
+        if m.pts_ns is not None:  # the stream's own timestamp, as OpenCV's ffmpeg backend
+            return m.pts_ns / 1e6
         if self._local is not None and self._local.info is not None:
             base = self._local.info.created_wall_ns
         else:

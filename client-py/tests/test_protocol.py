@@ -142,7 +142,7 @@ def test_documented_example_frame() -> None:
 
 def test_hello_is_variant_zero_with_magic_first() -> None:
     b = P.encode_request(HelloRequest(client="x"))
-    assert b[0:4] == bytes(4) and b[4:8] == b"FBCP" and b[8:12] == struct.pack("<I", 1)
+    assert b[0:4] == bytes(4) and b[4:8] == b"FBCP" and b[8:12] == struct.pack("<I", P.PROTOCOL_VERSION)
 
 
 def test_every_schema_matches_its_dataclass() -> None:
@@ -181,7 +181,7 @@ def test_malformed_requests(body: bytes, message: str) -> None:
 def test_malformed_fields() -> None:
     good = bytearray(P.encode_request(StartRequest("a", "rtsp://h/x", on_demand=True)))
     bad_bool = bytearray(good)
-    bad_bool[-1] = 2
+    bad_bool[-10] = 2  # on_demand, before the hwaccel Option tag and the variants count
     with pytest.raises(ProtocolError, match="invalid bool byte 2"):
         P.decode_request(bytes(bad_bool))
     # width Option tag (after variant, id and url) = 2
@@ -338,7 +338,7 @@ def test_handshake_and_requests(sock_dir: str) -> None:
 
     def script(conn: socket.socket) -> None:
         seen.append(recv_request(conn))
-        send(conn, HelloResponse(1, "framebroker 0.1.0"))
+        send(conn, HelloResponse(P.PROTOCOL_VERSION, "framebroker 0.1.0"))
         seen.append(recv_request(conn))
         send(conn, P.ErrorResponse(ErrorCode.NOT_READY, "stream cam-1 has no segment yet"))
         seen.append(recv_request(conn))
@@ -384,7 +384,7 @@ def test_broker_closing_the_session_mid_request(sock_dir: str) -> None:
 
     def script(conn: socket.socket) -> None:
         recv_request(conn)
-        send(conn, HelloResponse(1, "b"))
+        send(conn, HelloResponse(P.PROTOCOL_VERSION, "b"))
         recv_request(conn)  # then close without answering
 
     serve_once(path, script)
