@@ -71,4 +71,8 @@ step "deployment: Dockerfile, systemd units, cargo install, wheel, Kubernetes ma
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider -rs tests/deploy
 
+step "README examples: every block of \"## Use it\" run against a real broker, gateway and camera"
+FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/readme
+
 step "all tests passed in $(( $(date +%s) - start )) s"
