@@ -343,8 +343,8 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
 
     for v in framebroker_proto::shm::remove_stale(&settings.shm_prefix) {
         match v {
-            framebroker_proto::shm::StaleVerdict::Removed { name, pid } => {
-                tracing::info!(segment = %name, pid, "removed segment of a dead broker")
+            framebroker_proto::shm::StaleVerdict::Removed { name, pid, why } => {
+                tracing::info!(segment = %name, pid, "removed segment of a dead broker ({why})")
             }
             framebroker_proto::shm::StaleVerdict::Alive { name, pid } => {
                 tracing::warn!(segment = %name, pid, "segment with our prefix belongs to a live process; left alone")

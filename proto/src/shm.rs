@@ -236,19 +236,36 @@ pub fn pid_alive(pid: u32) -> bool {
 /// What [`remove_stale`] did with one segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StaleVerdict {
-    /// Its writer is dead: removed.
-    Removed { name: String, pid: u32 },
+    /// Its writer is gone: removed (`why` says how that was known).
+    Removed {
+        name: String,
+        pid: u32,
+        why: &'static str,
+    },
     /// Its writer is alive (another broker): left alone.
     Alive { name: String, pid: u32 },
     /// Could not be read as ours (unpublished, foreign): left alone.
     Skipped { name: String, reason: String },
 }
 
+/// A heartbeat this old means the segment's writer is gone even when a process
+/// with its pid exists (the pid was reused by another program). Far above
+/// [`crate::layout::HEARTBEAT_STALE_MS`], so a broker that was merely slow or
+/// stopped for a while keeps its segments.
+pub const STALE_SEGMENT_MS: u64 = 60_000;
+
 /// Removes segments with `prefix` whose writer process is gone, and only those.
-/// A segment whose header never got its magic (a crash during creation) is
-/// removed when older than a minute.
+///
+/// A writer is gone when its pid is dead; when its pid is this very process
+/// (the caller is a broker starting up, before it created any segment: the
+/// segment is from an earlier process that had the same pid, as after a
+/// container restart where the broker is pid 1 again); or when its heartbeat
+/// has not moved for [`STALE_SEGMENT_MS`] (its pid now belongs to another
+/// program). A segment whose header never got its magic (a crash during
+/// creation) is removed when older than a minute.
 pub fn remove_stale(prefix: &str) -> Vec<StaleVerdict> {
     let me = std::process::id();
+    let now = crate::ring::monotonic_ns();
     let mut out = Vec::new();
     for name in list(prefix) {
         match ReadOnlySegment::open(&name, None) {
@@ -265,16 +282,20 @@ pub fn remove_stale(prefix: &str) -> Vec<StaleVerdict> {
                         .unwrap_or(false);
                     if old {
                         let _ = unlink(&name);
-                        out.push(StaleVerdict::Removed { name, pid: 0 });
+                        out.push(StaleVerdict::Removed {
+                            name,
+                            pid: 0,
+                            why: "never initialized",
+                        });
                     } else {
                         out.push(StaleVerdict::Skipped {
                             name,
                             reason: "no magic yet".into(),
                         });
                     }
-                } else if pid != me && !pid_alive(pid) {
+                } else if let Some(why) = gone(pid, me, h, now) {
                     let _ = unlink(&name);
-                    out.push(StaleVerdict::Removed { name, pid });
+                    out.push(StaleVerdict::Removed { name, pid, why });
                 } else {
                     out.push(StaleVerdict::Alive { name, pid });
                 }
@@ -288,11 +309,24 @@ pub fn remove_stale(prefix: &str) -> Vec<StaleVerdict> {
     out
 }
 
+/// Why the writer of a segment with header `h` is gone, or `None` if it may live.
+fn gone(pid: u32, me: u32, h: &crate::layout::Header, now_ns: u64) -> Option<&'static str> {
+    if pid == me {
+        return Some("its pid is ours: left by an earlier process with the same pid");
+    }
+    if !pid_alive(pid) {
+        return Some("its writer is dead");
+    }
+    let beat = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
+    (now_ns.saturating_sub(beat) > STALE_SEGMENT_MS * 1_000_000)
+        .then_some("its heartbeat stopped long ago: the pid belongs to another program now")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::layout::{Geometry, PixelFormat};
-    use crate::ring::{RingConfig, RingReader, RingWriter};
+    use crate::ring::{monotonic_ns, RingConfig, RingReader, RingWriter};
     use std::os::unix::fs::PermissionsExt;
 
     fn unique(tag: &str) -> String {
@@ -407,7 +441,8 @@ mod tests {
         assert!(
             v.contains(&StaleVerdict::Removed {
                 name: dead_name.clone(),
-                pid: 4_194_305
+                pid: 4_194_305,
+                why: "its writer is dead"
             }),
             "{v:?}"
         );
@@ -420,5 +455,62 @@ mod tests {
         );
         assert!(!Path::new(SHM_DIR).join(&dead_name[1..]).exists());
         assert!(Path::new(SHM_DIR).join(&live_name[1..]).exists());
+    }
+
+    #[test]
+    fn segments_of_a_reused_pid_are_removed() {
+        let prefix = format!("fbreuse{}-", std::process::id());
+        let mut c = config();
+        // Left by an earlier process with our pid (a container's broker is pid 1
+        // after every restart): the caller has not created any segment yet.
+        let ours = format!("/{prefix}ours.1");
+        c.writer_pid = std::process::id();
+        let mut seg = OwnedSegment::create(&ours, c.segment_size().unwrap(), 0o600).unwrap();
+        RingWriter::create(&seg, &c).unwrap();
+        seg.leak_name();
+        drop(seg);
+        // Written by a pid that is alive now (init) but whose heartbeat stopped
+        // long ago: the pid was reused by another program.
+        let reused = format!("/{prefix}reused.1");
+        c.writer_pid = 1;
+        let mut seg = OwnedSegment::create(&reused, c.segment_size().unwrap(), 0o600).unwrap();
+        {
+            let w = RingWriter::create(&seg, &c).unwrap();
+            let long_ago = monotonic_ns().saturating_sub((STALE_SEGMENT_MS + 1_000) * 1_000_000);
+            w.header()
+                .heartbeat_ns
+                .store(long_ago, std::sync::atomic::Ordering::Release);
+        }
+        seg.leak_name();
+        drop(seg);
+        // Alive, heartbeat fresh: kept (the other test covers it too).
+        let live = format!("/{prefix}live.1");
+        let seg_live = OwnedSegment::create(&live, c.segment_size().unwrap(), 0o600).unwrap();
+        RingWriter::create(&seg_live, &c).unwrap();
+
+        let v = remove_stale(&prefix);
+        let removed: Vec<_> = v
+            .iter()
+            .filter_map(|v| match v {
+                StaleVerdict::Removed { name, why, .. } => Some((name.as_str(), *why)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(removed.len(), 2, "{v:?}");
+        assert!(
+            removed
+                .iter()
+                .any(|(n, w)| *n == ours && w.contains("pid is ours")),
+            "{v:?}"
+        );
+        assert!(
+            removed
+                .iter()
+                .any(|(n, w)| *n == reused && w.contains("heartbeat")),
+            "{v:?}"
+        );
+        assert!(!Path::new(SHM_DIR).join(&ours[1..]).exists());
+        assert!(!Path::new(SHM_DIR).join(&reused[1..]).exists());
+        assert!(Path::new(SHM_DIR).join(&live[1..]).exists());
     }
 }
