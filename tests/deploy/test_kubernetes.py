@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from .helpers import BROKER_BIN, DEPLOY, clean_env, config_check, run, unique, wait_for, workspace_version
+from .helpers import BROKER_BIN, DEPLOY, REPO, clean_env, config_check, run, unique, wait_for, workspace_version
 
 kv = pytest.importorskip(
     "kubernetes_validate",
@@ -162,10 +162,18 @@ def test_the_daemonset_script_starts_the_broker_with_its_nodes_file(node: str, e
     sock = tmp_path / "control.sock"
     prefix = f"{unique('fbk')}-"
     env = {e["name"]: e.get("value") for e in broker_c["env"]}
-    assert env["FRAMEBROKER_SHM_PREFIX"] == "fb-", "the prefix the script cleans is set, not left to the file"
-    # A ring left by a crashed broker of this pod (same prefix): the script removes it.
+    assert env["FRAMEBROKER_SHM_PREFIX"] == "fb-", "one prefix per node is set, not left to the file"
+    # A ring left by a crashed broker of this pod (same prefix, a dead writer): the
+    # broker removes it at start and reuses its name. (A predecessor with the
+    # broker's own pid, the container case, is covered by proto's unit tests.)
+    sys.path.insert(0, str(REPO / "client-py" / "tests"))
+    from ringwriter import RingWriter
+
     leftover = Path("/dev/shm") / f"{prefix}{expect}.1"
-    leftover.write_bytes(b"\0" * 4096)
+    w = RingWriter("/" + leftover.name, stream_id=expect)
+    w.set_u32(72, 4_194_305)  # writer pid: beyond pid_max, so dead
+    w.close(unlink=False)
+    old_inode = leftover.stat().st_ino
     p = subprocess.Popen(
         ["/bin/sh", "-c", script],
         env=clean_env(PATH=f"{BROKER_BIN.parent}:{os.environ['PATH']}", NODE_NAME=node,
@@ -184,7 +192,8 @@ def test_the_daemonset_script_starts_the_broker_with_its_nodes_file(node: str, e
         assert sock.stat().st_mode & 0o777 == 0o660, "group_access: the socket is the group's too"
         segments = sorted(x.name for x in Path("/dev/shm").glob(prefix + "*"))
         assert segments == [f"{prefix}{expect}.1"], segments  # the leftover's name, now the new ring
-        assert leftover.stat().st_size > 4096 and leftover.stat().st_mode & 0o777 == 0o640
+        assert leftover.stat().st_ino != old_inode, "the leftover was removed, the name is a new ring"
+        assert leftover.stat().st_mode & 0o777 == 0o640
     finally:
         p.terminate()
         _, err = p.communicate(timeout=20)
