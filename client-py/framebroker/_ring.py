@@ -423,11 +423,16 @@ class Ring:
 
         This is the read path of every client, written out in one function: a few
         word loads around one copy (see the module docstring)."""
+        w = self._w64
+        if w[_LAST_FRAME_W] <= self.cursor:
+            # Nothing new: the usual answer of the calls a reader makes before it
+            # waits, so it allocates nothing (a frame-sized array costs a
+            # mmap/munmap pair).
+            return None
         dst = out
         if dst is None or (dst is not self._checked_dst and not self.fits(dst)):
             dst = self.new_array()
             self.fits(dst)  # remembers it, and a byte view of it for the copy
-        w = self._w64
         for _ in range(_RETRIES):
             last = w[_LAST_FRAME_W]
             cursor = self.cursor
