@@ -90,6 +90,12 @@ if [ "${1:-}" = "--test" ]; then
         say "pip install build kubernetes-validate into .venv"
         "$ROOT/.venv/bin/python" -m pip install -q build kubernetes-validate
     fi
+    # Benchmarks (bench/run.py; its smoke run is part of the tests): CPU and memory
+    # of processes with psutil, the report's plots with matplotlib.
+    if ! "$ROOT/.venv/bin/python" -c 'import psutil, matplotlib' >/dev/null 2>&1; then
+        say "pip install psutil matplotlib into .venv"
+        "$ROOT/.venv/bin/python" -m pip install -q psutil matplotlib
+    fi
     # Browser tests: playwright-core (driving /usr/bin/chromium) and Vite 7 for the
     # React component, pinned by package-lock.json.
     B=web-gateway/tests/browser

@@ -10,7 +10,10 @@
 #      gateway clients; real broker, real OpenCV 4.x and 5.x),
 #   5. the deployment files: Dockerfile and its entrypoint, systemd units
 #      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
-#      Kubernetes manifests (schema check).
+#      Kubernetes manifests (schema check),
+#   6. every example of the README's "Use it" section, run for real,
+#   7. a smoke run of the benchmark suite (every section runs; no timing is
+#      asserted: the numbers come from bench/run.py, see docs/BENCHMARKS.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,5 +77,9 @@ FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
 step "README examples: every block of \"## Use it\" run against a real broker, gateway and camera"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/readme
+
+step "benchmarks: every section runs (a smoke run on the debug build; numbers: bench/run.py)"
+FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \
+    .venv/bin/python bench/run.py --quick --no-build --no-report --out "$ROOT/target/bench-smoke.json"
 
 step "all tests passed in $(( $(date +%s) - start )) s"

@@ -9,11 +9,15 @@
 
 Run from client-py/ with the venv:  ../.venv/bin/python bench/bench_read.py
 (needs target/debug/framebroker, or FRAMEBROKER_BIN; a release build is fairer).
+``--only read`` runs part 1 alone; ``--reps`` repeats it (each figure in the JSON
+is then the median of the per-repetition medians, with min and max); ``--json
+PATH`` writes the figures there. ``bench/run.py`` at the repository root drives it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -139,22 +143,61 @@ def bench_cpu(broker: Broker, cam: Camera, n: int, seconds: float, code: str) ->
     return reader_cpu, (after - before) / wall * 100, fps
 
 
+def summary(xs: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def parse_sizes(text: str) -> List[Tuple[int, int]]:
+    sizes = []
+    for part in text.split(","):
+        w, _, h = part.strip().partition("x")
+        if not (w.isdigit() and h.isdigit()) or not (16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+            raise argparse.ArgumentTypeError(f"bad size {part!r}: expected WxH, e.g. 640x480")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--frames", type=int, default=100, help="timed reads per size and repetition")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--readers", default="1,4,8")
+    ap.add_argument("--only", choices=["read", "cpu"], help="run one part only")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of part 1 (read cost)")
+    ap.add_argument("--sizes", type=parse_sizes, default=[(640, 480), (1920, 1080)], help="e.g. 640x480,1920x1080")
+    ap.add_argument("--json", type=Path, help="write the part-1 figures (µs) to this file")
     a = ap.parse_args()
+    if not (1 <= a.frames <= 100000 and 1 <= a.reps <= 50):
+        ap.error("--frames must be 1..100000 and --reps 1..50")
     with tempfile.TemporaryDirectory(prefix="fbbench-") as d:
         b = Broker(Path(d), ["--idle-grace-ms", "2000"])
         try:
-            print("## read() per frame vs numpy.copyto of the same size (µs; median / p90)")
-            for w, h in [(640, 480), (1920, 1080)]:
-                times = bench_read(b, w, h, a.frames)
-                base = statistics.median(times["copyto after sleep"])
-                for k, v in times.items():
-                    med = statistics.median(v)
-                    print(f"{w}x{h:<5} {k:19} {med:7.1f} / {pct(v, 0.9):7.1f}   {med / base:.2f}x")
+            results = []
+            if a.only in (None, "read"):
+                print("## read() per frame vs numpy.copyto of the same size (µs; median / p90)")
+            for w, h in a.sizes if a.only in (None, "read") else []:
+                per_rep: Dict[str, List[float]] = {}
+                for rep in range(a.reps):
+                    times = bench_read(b, w, h, a.frames)
+                    base = statistics.median(times["copyto after sleep"])
+                    for k, v in times.items():
+                        med = statistics.median(v)
+                        per_rep.setdefault(k, []).append(med)
+                        per_rep.setdefault(k + " p90", []).append(pct(v, 0.9))
+                        print(f"{w}x{h:<5} {k:19} {med:7.1f} / {pct(v, 0.9):7.1f}   {med / base:.2f}x"
+                              + (f"   (rep {rep + 1}/{a.reps})" if a.reps > 1 else ""))
+                    per_rep.setdefault("read() / copyto after sleep", []).append(
+                        statistics.median(times["read()"]) / base)
+                    per_rep.setdefault("read(buf) / copyto after sleep", []).append(
+                        statistics.median(times["read(buf)"]) / base)
+                    per_rep.setdefault("read(buf) / copyto hot", []).append(
+                        statistics.median(times["read(buf)"]) / statistics.median(times["copyto hot"]))
+                results.append({"width": w, "height": h, "bytes": w * h * 3, "frames": a.frames,
+                                "reps": a.reps, "us": {k: summary(v) for k, v in per_rep.items()}})
+            if a.json is not None:
+                a.json.write_text(json.dumps({"read": results}, indent=1) + "\n")
+            if a.only == "read":
+                return 0
             cam = Camera("--width", "640", "--height", "480", "--fps", "30")
             try:
                 print(f"\n## CPU, {a.seconds:.0f} s, RTSP 640x480 30 fps (% of one core; fps per reader)")

@@ -18,9 +18,9 @@
 //!    The CPU time comes from the process CPU-time clock (`clock_getcpuclockid`,
 //!    ns resolution); `utime+stime` of `/proc/<pid>/stat` (10 ms ticks) is shown
 //!    beside it as a cross-check. ffmpeg's and the readers' CPU are given for context.
-//! 2. **Publish→reader wake-up latency.** 8 `fb-reader --mode next` processes on a
-//!    640x480@60 stream; `age_ns` of each record is `now − mono_ns`, `mono_ns` being
-//!    stamped by the broker right before it publishes and wakes the futex, so the
+//! 2. **Publish→reader wake-up latency.** 1, 8 and 64 `fb-reader --mode next`
+//!    processes (`--lat-readers`) on a 640x480@60 stream; `age_ns` of each
+//!    record is `now − mono_ns`, `mono_ns` being stamped by the broker right before it publishes and wakes the futex, so the
 //!    age covers the wake-up, the scheduling and the reader's copy of the frame.
 //!    Pooled over all readers, and per frame for the first and the last reader to
 //!    get it (on two cores the readers queue behind one another). Shown beside the
@@ -36,7 +36,8 @@
 //!    Baselines: that woken-up memcpy and the median of many back-to-back copies
 //!    between two pre-faulted buffers (hot caches). Goal: `latest_into` ≤ 1.3×.
 //!
-//! Progress goes to stderr; the table, then one JSON summary line, to stdout.
+//! Progress goes to stderr; the table, then one JSON summary line, to stdout
+//! (and, with `--json PATH`, the same JSON to that file).
 //! Every loop is bounded in count and time. Child processes (broker, readers) are
 //! stopped on every exit path: normal, error, panic, and SIGINT/SIGTERM (the
 //! first one stops the run cleanly, a second one exits at once).
@@ -66,12 +67,20 @@ use serde_json::json;
 #[command(about = "Benchmark of framebroker's data path (build first: \
                    cargo build --release --workspace --bins)")]
 struct Args {
-    /// Shorter windows and fewer frames (5 s CPU windows, 300 frames per reader).
+    /// Shorter windows and fewer frames (5 s CPU windows, 120 frames per reader).
     #[arg(long)]
     quick: bool,
-    /// Repetitions of every measurement; each figure is their median.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(3..=20))]
+    /// Repetitions of every measurement; each figure is their median (below 3
+    /// only for smoke runs: a median of fewer says little).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     reps: u32,
+    /// Reader processes of the latency section, one measurement per count.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    lat_readers: Vec<u32>,
+    /// Also write the JSON summary to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
     /// Run only these sections (comma separated); default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
@@ -94,7 +103,7 @@ struct Config {
     cpu_warmup: Duration,
     cpu_window: Duration,
     /// Section 2.
-    lat_readers: usize,
+    lat_readers: Vec<usize>,
     lat_rate: u32,
     lat_frames: u64,
     /// Records dropped at the start of each reader (page faults on first touch of
@@ -117,9 +126,9 @@ impl Config {
             cpu_streams: [(640, 480, 30), (1280, 720, 30)],
             cpu_warmup: Duration::from_secs(if q { 1 } else { 2 }),
             cpu_window: Duration::from_secs(if q { 5 } else { 10 }),
-            lat_readers: 8,
+            lat_readers: a.lat_readers.iter().map(|n| *n as usize).collect(),
             lat_rate: 60,
-            lat_frames: if q { 300 } else { 1000 },
+            lat_frames: if q { 120 } else { 600 },
             lat_warmup: 10,
             copy_streams: [(640, 480, 30), (1920, 1080, 30)],
             copy_samples: if q { 15 } else { 40 },
@@ -786,84 +795,115 @@ struct LatencyRep {
     missed: u64,
 }
 
-fn bench_latency(cfg: &Config, bins: &Bins) -> Result<Vec<LatencyRep>> {
+/// Latency repetitions for one reader count.
+struct LatencyResult {
+    readers: usize,
+    reps: Vec<LatencyRep>,
+}
+
+fn bench_latency(cfg: &Config, bins: &Bins) -> Result<Vec<LatencyResult>> {
     let (w, h, rate) = (640, 480, cfg.lat_rate);
     let broker = Broker::start(&[])?;
     let client = connect(&broker)?;
     let id = "lat";
     start_stream(&client, id, &testsrc_url(w, h, rate))?;
     let mut memcpy = CopyBuffers::new(w as usize * h as usize * 3);
-    let mut reps = vec![];
+    let mut results: Vec<LatencyResult> = cfg
+        .lat_readers
+        .iter()
+        .map(|&readers| LatencyResult {
+            readers,
+            reps: vec![],
+        })
+        .collect();
+    // Repetitions outermost, so a slow drift of the machine hits every count alike.
     for rep in 0..cfg.reps {
-        eprintln!(
-            "[latency] rep {}/{}: {} readers × {} frames at {rate} fps",
-            rep + 1,
-            cfg.reps,
-            cfg.lat_readers,
-            cfg.lat_frames
-        );
-        // The baseline, just before the readers start (not while they run: it
-        // would compete with them for the two cores).
-        let memcpy_us = memcpy.median_ns(cfg.memcpy_iters) / 1e3;
-        let count = cfg.lat_warmup + cfg.lat_frames;
-        let mut fleet = ReaderFleet::spawn(&FleetSpec {
-            bin: &bins.reader,
-            socket: &broker.socket,
-            stream: id,
-            readers: cfg.lat_readers,
-            mode: "next",
-            count,
-            keep_records: true,
-        })?;
-        fleet.attach_and_go(Duration::from_secs(30))?;
-        let expected = Duration::from_secs_f64(count as f64 / f64::from(rate));
-        let outs = fleet.finish(expected * 2 + Duration::from_secs(20))?;
-
-        let mut ages: Vec<u64> = vec![];
-        // Frame number → (first, last) age over the readers that read it.
-        let mut per_frame: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
-        let mut missed = 0;
-        for (i, o) in outs.iter().enumerate() {
-            ensure!(
-                o.records.len() as u64 == count && o.bad_lines == 0,
-                "reader {i} printed {} records ({} unparsable), expected {count}",
-                o.records.len(),
-                o.bad_lines
-            );
-            let kept = &o.records[cfg.lat_warmup as usize..];
-            missed += kept.iter().map(|r| r.missed).sum::<u64>();
-            ages.extend(kept.iter().map(|r| r.age_ns));
-            for r in kept {
-                let e = per_frame.entry(r.number).or_insert((u64::MAX, 0));
-                e.0 = e.0.min(r.age_ns);
-                e.1 = e.1.max(r.age_ns);
-            }
+        for res in &mut results {
+            let r = latency_rep(cfg, bins, &broker, id, rate, res.readers, rep, &mut memcpy)?;
+            res.reps.push(r);
         }
-        ages.sort_unstable();
-        let mut first: Vec<u64> = per_frame.values().map(|v| v.0).collect();
-        let mut last: Vec<u64> = per_frame.values().map(|v| v.1).collect();
-        first.sort_unstable();
-        last.sort_unstable();
-        let r = LatencyRep {
-            median_us: percentile(&ages, 0.5) as f64 / 1e3,
-            p99_us: percentile(&ages, 0.99) as f64 / 1e3,
-            max_us: *ages.last().unwrap_or(&0) as f64 / 1e3,
-            first_median_us: percentile(&first, 0.5) as f64 / 1e3,
-            first_p99_us: percentile(&first, 0.99) as f64 / 1e3,
-            last_median_us: percentile(&last, 0.5) as f64 / 1e3,
-            memcpy_us,
-            samples: ages.len(),
-            missed,
-        };
-        eprintln!(
-            "      age median {:.1} µs, p99 {:.1} µs, max {:.1} µs (first reader per frame: median {:.1} µs); \
-             memcpy {:.1} µs; {} samples, {} missed",
-            r.median_us, r.p99_us, r.max_us, r.first_median_us, r.memcpy_us, r.samples, r.missed
-        );
-        reps.push(r);
     }
     let _ = client.stop(id);
-    Ok(reps)
+    Ok(results)
+}
+
+/// One repetition with `readers` reader processes.
+#[allow(clippy::too_many_arguments)]
+fn latency_rep(
+    cfg: &Config,
+    bins: &Bins,
+    broker: &Broker,
+    id: &str,
+    rate: u32,
+    readers: usize,
+    rep: usize,
+    memcpy: &mut CopyBuffers,
+) -> Result<LatencyRep> {
+    eprintln!(
+        "[latency] rep {}/{}: {readers} readers × {} frames at {rate} fps",
+        rep + 1,
+        cfg.reps,
+        cfg.lat_frames
+    );
+    // The baseline, just before the readers start (not while they run: it
+    // would compete with them for the two cores).
+    let memcpy_us = memcpy.median_ns(cfg.memcpy_iters) / 1e3;
+    let count = cfg.lat_warmup + cfg.lat_frames;
+    let mut fleet = ReaderFleet::spawn(&FleetSpec {
+        bin: &bins.reader,
+        socket: &broker.socket,
+        stream: id,
+        readers,
+        mode: "next",
+        count,
+        keep_records: true,
+    })?;
+    fleet.attach_and_go(Duration::from_secs(30))?;
+    let expected = Duration::from_secs_f64(count as f64 / f64::from(rate));
+    let outs = fleet.finish(expected * 2 + Duration::from_secs(20))?;
+
+    let mut ages: Vec<u64> = vec![];
+    // Frame number → (first, last) age over the readers that read it.
+    let mut per_frame: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    let mut missed = 0;
+    for (i, o) in outs.iter().enumerate() {
+        ensure!(
+            o.records.len() as u64 == count && o.bad_lines == 0,
+            "reader {i} printed {} records ({} unparsable), expected {count}",
+            o.records.len(),
+            o.bad_lines
+        );
+        let kept = &o.records[cfg.lat_warmup as usize..];
+        missed += kept.iter().map(|r| r.missed).sum::<u64>();
+        ages.extend(kept.iter().map(|r| r.age_ns));
+        for r in kept {
+            let e = per_frame.entry(r.number).or_insert((u64::MAX, 0));
+            e.0 = e.0.min(r.age_ns);
+            e.1 = e.1.max(r.age_ns);
+        }
+    }
+    ages.sort_unstable();
+    let mut first: Vec<u64> = per_frame.values().map(|v| v.0).collect();
+    let mut last: Vec<u64> = per_frame.values().map(|v| v.1).collect();
+    first.sort_unstable();
+    last.sort_unstable();
+    let r = LatencyRep {
+        median_us: percentile(&ages, 0.5) as f64 / 1e3,
+        p99_us: percentile(&ages, 0.99) as f64 / 1e3,
+        max_us: *ages.last().unwrap_or(&0) as f64 / 1e3,
+        first_median_us: percentile(&first, 0.5) as f64 / 1e3,
+        first_p99_us: percentile(&first, 0.99) as f64 / 1e3,
+        last_median_us: percentile(&last, 0.5) as f64 / 1e3,
+        memcpy_us,
+        samples: ages.len(),
+        missed,
+    };
+    eprintln!(
+        "      age median {:.1} µs, p99 {:.1} µs, max {:.1} µs (first reader per frame: median {:.1} µs); \
+         memcpy {:.1} µs; {} samples, {} missed",
+        r.median_us, r.p99_us, r.max_us, r.first_median_us, r.memcpy_us, r.samples, r.missed
+    );
+    Ok(r)
 }
 
 // ---------------------------------------------------------------------------
@@ -1040,7 +1080,7 @@ fn copy_one_size(
 
 struct Report {
     cpu: Option<Result<Vec<CpuResult>>>,
-    latency: Option<Result<Vec<LatencyRep>>>,
+    latency: Option<Result<Vec<LatencyResult>>>,
     copy: Option<Result<Vec<CopyResult>>>,
 }
 
@@ -1145,58 +1185,82 @@ fn print_cpu(out: &mut String, cfg: &Config, res: &[CpuResult], js: &mut serde_j
     js["cpu"] = json!(jres);
 }
 
-fn print_latency(out: &mut String, cfg: &Config, reps: &[LatencyRep], js: &mut serde_json::Value) {
+fn print_latency(
+    out: &mut String,
+    cfg: &Config,
+    res: &[LatencyResult],
+    js: &mut serde_json::Value,
+) {
     let _ = writeln!(
         out,
-        "\n2. Publish→reader wake-up latency: {} fb-reader processes (--mode next), testsrc 640x480@{}, \
-         {} frames per reader per repetition (first {} dropped)",
-        cfg.lat_readers, cfg.lat_rate, cfg.lat_frames, cfg.lat_warmup
+        "\n2. Publish→reader wake-up latency: fb-reader processes (--mode next), testsrc 640x480@{}, \
+         {} frames per reader per repetition (first {} dropped); age = now − publish, pooled over readers",
+        cfg.lat_rate, cfg.lat_frames, cfg.lat_warmup
     );
-    let s = |f: fn(&LatencyRep) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
-    let median = s(|r| r.median_us);
-    let p99 = s(|r| r.p99_us);
-    let max = s(|r| r.max_us);
-    let memcpy = s(|r| r.memcpy_us);
-    let ratio = s(|r| r.median_us / r.memcpy_us);
-    let first_median = s(|r| r.first_median_us);
-    let first_p99 = s(|r| r.first_p99_us);
-    let last_median = s(|r| r.last_median_us);
-    let first_ratio = s(|r| r.first_median_us / r.memcpy_us);
-    let samples: usize = reps.iter().map(|r| r.samples).sum();
-    let missed: u64 = reps.iter().map(|r| r.missed).sum();
-    let _ = writeln!(out, "   age (now − publish) median µs : {}", median.fmt(1));
-    let _ = writeln!(out, "   age p99 µs                    : {}", p99.fmt(1));
-    let _ = writeln!(out, "   age max µs                    : {}", max.fmt(1));
     let _ = writeln!(
         out,
-        "   memcpy of one 640x480x3 frame : {} µs (median of {} copies)",
+        "   {:>7}  {:<22} {:<22} {:<24} {:<22} {:<22} {:<16} {:>8} {:>7}",
+        "readers",
+        "median µs",
+        "p99 µs",
+        "max µs",
+        "first woken median µs",
+        "last woken median µs",
+        "median / memcpy",
+        "samples",
+        "missed"
+    );
+    let mut jres = vec![];
+    let mut memcpy_all = vec![];
+    for lr in res {
+        let reps = &lr.reps;
+        let s = |f: fn(&LatencyRep) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
+        let median = s(|r| r.median_us);
+        let p99 = s(|r| r.p99_us);
+        let max = s(|r| r.max_us);
+        let memcpy = s(|r| r.memcpy_us);
+        let ratio = s(|r| r.median_us / r.memcpy_us);
+        let first_median = s(|r| r.first_median_us);
+        let first_p99 = s(|r| r.first_p99_us);
+        let last_median = s(|r| r.last_median_us);
+        let first_ratio = s(|r| r.first_median_us / r.memcpy_us);
+        let samples: usize = reps.iter().map(|r| r.samples).sum();
+        let missed: u64 = reps.iter().map(|r| r.missed).sum();
+        memcpy_all.extend(reps.iter().map(|r| r.memcpy_us));
+        let _ = writeln!(
+            out,
+            "   {:>7}  {:<22} {:<22} {:<24} {:<22} {:<22} {:<16} {:>8} {:>7}",
+            lr.readers,
+            median.fmt(1),
+            p99.fmt(1),
+            max.fmt(1),
+            first_median.fmt(1),
+            last_median.fmt(1),
+            ratio.fmt(2),
+            samples,
+            missed
+        );
+        jres.push(json!({
+            "readers": lr.readers,
+            "age_median_us": median.json(), "age_p99_us": p99.json(), "age_max_us": max.json(),
+            "memcpy_us": memcpy.json(), "median_over_memcpy": ratio.json(),
+            "first_reader_median_us": first_median.json(), "first_reader_p99_us": first_p99.json(),
+            "first_reader_median_over_memcpy": first_ratio.json(),
+            "last_reader_median_us": last_median.json(),
+            "samples": samples, "missed": missed,
+        }));
+    }
+    let memcpy = Summary::of(&memcpy_all);
+    let _ = writeln!(
+        out,
+        "   floor: memcpy of one 640x480x3 frame {} µs (median of {} back-to-back copies, before each repetition)",
         memcpy.fmt(1),
         cfg.memcpy_iters
     );
-    let _ = writeln!(out, "   median age / memcpy           : {}", ratio.fmt(2));
-    let _ = writeln!(
-        out,
-        "   per frame, first reader woken : median {} µs, p99 {} µs, median / memcpy {}",
-        first_median.fmt(1),
-        first_p99.fmt(1),
-        first_ratio.fmt(2)
-    );
-    let _ = writeln!(
-        out,
-        "   per frame, last of the readers: median {} µs",
-        last_median.fmt(1)
-    );
-    let _ = writeln!(
-        out,
-        "   ages counted: {samples} over all repetitions; frames missed (next mode): {missed}"
-    );
     js["latency"] = json!({
-        "readers": cfg.lat_readers, "fps": cfg.lat_rate, "frames_per_reader": cfg.lat_frames,
-        "age_median_us": median.json(), "age_p99_us": p99.json(), "age_max_us": max.json(),
-        "memcpy_us": memcpy.json(), "median_over_memcpy": ratio.json(),
-        "first_reader_median_us": first_median.json(), "first_reader_p99_us": first_p99.json(),
-        "last_reader_median_us": last_median.json(),
-        "samples": samples, "missed": missed,
+        "fps": cfg.lat_rate, "width": 640, "height": 480,
+        "frames_per_reader": cfg.lat_frames, "memcpy_us": memcpy.json(),
+        "by_readers": jres,
     });
 }
 
@@ -1385,6 +1449,10 @@ fn run() -> Result<bool> {
     let _ = writeln!(out, "\nrun time {:.0} s", elapsed.as_secs_f64());
     print!("{out}");
     println!("{js}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{js}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     std::io::stdout().flush()?;
     Ok(ok)
 }

@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""framebroker benchmark suite: one command, every measurement of issue #6.
+
+    .venv/bin/python bench/run.py [--quick] [--only cpu,age,latency,copy,gateway,scale,memory]
+                                  [--memory-minutes 10] [--no-build] [--no-report]
+    .venv/bin/python bench/run.py --report-only bench/results/<file>.json
+
+It builds the release binaries, runs each section against real processes (the
+GStreamer RTSP test camera on 127.0.0.1, the broker with real ffmpeg, reader
+processes), prints a table, writes ``bench/results/<date>.json`` and regenerates
+``docs/BENCHMARKS.md`` with its plots in ``docs/bench/`` (unless ``--no-report``).
+
+Sections:
+  cpu      host CPU of N consumers of one camera: N x cv2.VideoCapture, N x our
+           Python VideoCapture (+ broker + ffmpeg), N x Rust readers (+ broker + ffmpeg)
+  age      frame age at read time for a consumer slower than the camera (cv2 vs ours)
+  latency  publish->read latency with 1, 8, 64 reader processes (fb-bench)
+  copy     read cost per frame: Rust copy / zero-copy (fb-bench), Python read() (bench_read.py)
+  gateway  JPEG encode time, CPU and fps with 1..100 WebSocket clients, snapshot, /frame polling
+  scale    1..16 cameras: broker RSS, shared memory and CPU per camera
+  memory   RSS of broker and gateway under the gateway load for --memory-minutes
+
+``--quick`` runs every section with tiny sizes in about two minutes (a smoke test:
+it fails only when a section crashes or yields no data, never on speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs  # noqa: E402
+from procs import RELEASE, REPO, BenchError, Broker, Camera, Fleet  # noqa: E402
+
+SECTIONS = ["cpu", "age", "latency", "copy", "gateway", "scale", "memory"]
+PY = sys.executable
+CONSUMER = str(Path(__file__).resolve().parent / "consumer.py")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def mmm(xs: Sequence[float]) -> Dict[str, Optional[float]]:
+    """median, min, max (None when there is no value)."""
+    v = [x for x in xs if x is not None and x == x]
+    if not v:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
+
+def fmt(s: Optional[Dict[str, Optional[float]]], prec: int = 1) -> str:
+    if not s or s.get("median") is None:
+        return "n/a"
+    return f"{s['median']:.{prec}f} [{s['min']:.{prec}f}–{s['max']:.{prec}f}]"
+
+
+def pctl(xs: Sequence[float], q: float) -> float:
+    v = sorted(xs)
+    return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
+
+
+# ---------------------------------------------------------------------------
+# Sizes of the full run and of --quick
+# ---------------------------------------------------------------------------
+
+def plan(quick: bool, memory_minutes: float) -> Dict[str, Any]:
+    if quick:
+        return {
+            "reps": 2,
+            "cpu": {"sizes": [(320, 240, 15)], "n": [1, 2], "warmup": 0.5, "window": 1.0},
+            "age": {"size": (640, 480, 30), "work_ms": 100, "seconds": 4.0, "keepup_seconds": 2.0},
+            "latency": {"readers": "1,8", "fb_args": ["--quick", "--reps", "1"]},
+            "copy": {"fb_args": ["--quick", "--reps", "1"], "py": ["--frames", "5", "--reps", "2", "--sizes", "640x480"]},
+            "gateway": {"size": (640, 360, 30), "subs": "1,10", "seconds": 1, "warmup": 1,
+                        "snapshots": 5, "poll_seconds": 1, "pollers": "1,4"},
+            "scale": {"counts": [1, 2], "size": (320, 240, 15), "warmup": 1.0, "window": 1.0},
+            "memory": {"minutes": memory_minutes if memory_minutes is not None else 0.2,
+                       "subscribers": 10, "size": (640, 360, 30)},
+        }
+    return {
+        "reps": 3,
+        "cpu": {"sizes": [(640, 480, 30), (1920, 1080, 30)], "n": [1, 2, 4, 8, 16], "warmup": 2.0, "window": 5.0},
+        "age": {"size": (640, 480, 30), "work_ms": 100, "seconds": 60.0, "keepup_seconds": 10.0},
+        "latency": {"readers": "1,8,64", "fb_args": ["--reps", "3"]},
+        "copy": {"fb_args": ["--reps", "3"], "py": ["--frames", "60", "--reps", "3"]},
+        "gateway": {"size": (1280, 720, 30), "subs": "1,10,50,100", "seconds": 5, "warmup": 2,
+                    "snapshots": 50, "poll_seconds": 5, "pollers": "1,4"},
+        "scale": {"counts": [1, 4, 8, 16], "size": (640, 480, 15), "warmup": 3.0, "window": 5.0},
+        "memory": {"minutes": memory_minutes if memory_minutes is not None else 10.0,
+                   "subscribers": 50, "size": (1280, 720, 30)},
+    }
+
+
+# ---------------------------------------------------------------------------
+# 1. Host CPU for N consumers of one camera
+# ---------------------------------------------------------------------------
+
+def cpu_windows(fleet: Fleet, groups: Dict[str, Callable[[], List[int]]], reps: int, warmup: float,
+                window: float) -> List[Dict[str, Any]]:
+    """``reps`` consecutive windows after ``warmup``: CPU % of each process group
+    (its pids read at the window's start) and frames per second of each consumer."""
+    time.sleep(warmup)
+    out = []
+    for _ in range(reps):
+        pids = {k: f() for k, f in groups.items()}
+        c0 = {k: procs.cpu_seconds(v) for k, v in pids.items()}
+        n0, t0 = list(fleet.counts), time.monotonic()
+        time.sleep(window)
+        c1 = {k: procs.cpu_seconds(v) for k, v in pids.items()}
+        n1, wall = list(fleet.counts), time.monotonic() - t0
+        fps = [(b - a) / wall for a, b in zip(n0, n1)]
+        row = {f"{k}_pct": (c1[k] - c0[k]) / wall * 100 for k in pids}
+        row.update(fps_min=min(fps), fps_mean=statistics.mean(fps), wall_s=wall)
+        out.append(row)
+    return out
+
+
+def bench_cpu(p: Dict[str, Any]) -> Dict[str, Any]:
+    cfg, reps = p["cpu"], p["reps"]
+    results = []
+    for (w, h, fps) in cfg["sizes"]:
+        cam = Camera(w, h, fps, *p["camera_args"])
+        broker = None
+        try:
+            broker = Broker("--idle-grace-ms", "3000")
+            for n in cfg["n"]:
+                row: Dict[str, Any] = {"size": f"{w}x{h}@{fps}", "n": n}
+                for kind in ("cv2", "py", "rust"):
+                    log(f"cpu {w}x{h}@{fps}: {n} x {kind}")
+                    broker.wait_no_ffmpeg()
+                    row[kind] = cpu_config(kind, n, cam, broker, cfg, reps)
+                # Ratios from the same repetition index: cv2 total / ours total.
+                for ours in ("py", "rust"):
+                    a, b = row["cv2"]["windows"], row[ours]["windows"]
+                    # A window with no measurable CPU (psutil counts 10 ms ticks; tiny
+                    # --quick sizes) has no ratio: it is left out, not divided by zero.
+                    row[f"ratio_cv2_over_{ours}"] = mmm([x["total_pct"] / y["total_pct"]
+                                                         for x, y in zip(a, b) if y["total_pct"] > 0])
+                    # Per delivered frame: a saturated machine delivers fewer cv2 frames.
+                    row[f"ratio_per_frame_cv2_over_{ours}"] = mmm([
+                        (x["total_pct"] / max(x["fps_mean"], 1e-9)) / (y["total_pct"] / max(y["fps_mean"], 1e-9))
+                        for x, y in zip(a, b) if y["total_pct"] > 0])
+                row["goal_ratio"] = 0.8 * n
+                results.append(row)
+                log(f"   cv2 {fmt(row['cv2']['total_pct'])} %  py {fmt(row['py']['total_pct'])} %  "
+                    f"rust {fmt(row['rust']['total_pct'])} %  ratio cv2/py {fmt(row['ratio_cv2_over_py'], 2)}")
+        finally:
+            if broker is not None:
+                broker.close()
+            cam.close()
+    return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "reps": reps, "rows": results}
+
+
+def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) -> Dict[str, Any]:
+    sid = None
+    if kind == "cv2":
+        cmds = [[PY, CONSUMER, "--api", "cv2", "--url", cam.url]] * n
+        fleet = Fleet(cmds, "ready", sync_start=True)
+    elif kind == "py":
+        cmds = [[PY, CONSUMER, "--api", "fb", "--url", cam.url, "--socket", broker.socket]] * n
+        fleet = Fleet(cmds, "ready", sync_start=True)
+    else:
+        sid = f"cpu{int(time.time() * 1000) % 1000000}"
+        broker.add(sid, cam.url)
+        broker.wait_live([sid])
+        cmds = [[str(RELEASE / "fb-reader"), "--socket", broker.socket, "--stream", sid,
+                 "--mode", "latest", "--count", "100000000"]] * n
+        fleet = Fleet(cmds, None, sync_start=False)
+    try:
+        fleet.wait_ready(60 + 5 * n)
+        groups: Dict[str, Callable[[], List[int]]] = {
+            "readers": lambda: fleet.pids,
+            "camera": lambda: [cam.pid],
+        }
+        if kind != "cv2":
+            groups["broker"] = lambda: [broker.pid]
+            groups["ffmpeg"] = broker.ffmpeg_pids
+        wins = cpu_windows(fleet, groups, reps, cfg["warmup"], cfg["window"])
+    finally:
+        fleet.close()
+        if sid is not None:
+            broker.cli("rm", sid, check=False)
+    if max(x["fps_min"] for x in wins) <= 0:
+        raise BenchError(f"cpu: a {kind} consumer read no frame in any window (N = {n})")
+    for x in wins:
+        x["total_pct"] = x["readers_pct"] + x.get("broker_pct", 0.0) + x.get("ffmpeg_pct", 0.0)
+    keys = ["total_pct", "readers_pct", "broker_pct", "ffmpeg_pct", "camera_pct", "fps_mean", "fps_min"]
+    out: Dict[str, Any] = {k: mmm([x.get(k, 0.0) for x in wins]) for k in keys}
+    out["windows"] = wins
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 2. Frame age for a slow consumer
+# ---------------------------------------------------------------------------
+
+def age_run(cams: List[Camera], broker: Broker, seconds: float, work_ms: float) -> Dict[str, Any]:
+    cmds = [[PY, CONSUMER, "--api", api, "--url", cam.url, "--socket", broker.socket, "--mode", "age",
+             "--duration", str(seconds), "--work-ms", str(work_ms)] for api, cam in zip(("cv2", "fb"), cams)]
+    fleet = Fleet(cmds, "ready", sync_start=True)
+    try:
+        fleet.wait_ready(60)
+        fleet.wait_exit(seconds + 60)
+        res = {}
+        for api, extra in zip(("cv2", "fb"), fleet.extra):
+            if not extra:
+                raise BenchError(f"age: the {api} consumer printed no result")
+            res[api] = json.loads(extra[-1])
+        return res
+    finally:
+        fleet.close()
+
+
+def age_summary(r: Dict[str, Any], period_ms: float) -> Dict[str, Any]:
+    rows = r["rows"]
+    if not rows:
+        raise BenchError(f"age: no readable stamp from {r['api']} ({r['unreadable']} unreadable)")
+    ages = [x[1] for x in rows]
+    n = len(ages)
+    last10 = ages[-max(1, n // 10):]
+    out = {
+        "reads": n, "unreadable": r["unreadable"], "failed_reads": r["failed_reads"],
+        "median_ms": statistics.median(ages), "p90_ms": pctl(ages, 0.9), "p99_ms": pctl(ages, 0.99),
+        "max_ms": max(ages), "min_ms": min(ages), "last10pct_median_ms": statistics.median(last10),
+        "series": [[round(x[0], 3), round(x[1], 1)] for x in rows],
+    }
+    pub = [x[2] for x in rows if len(x) > 2]
+    if pub:
+        out.update(since_publish_median_ms=statistics.median(pub), since_publish_p99_ms=pctl(pub, 0.99),
+                   since_publish_max_ms=max(pub), frame_period_ms=period_ms)
+    return out
+
+
+def bench_age(p: Dict[str, Any]) -> Dict[str, Any]:
+    cfg = p["age"]
+    w, h, fps = cfg["size"]
+    # One camera per reader, so that a reader that lags (and its RTSP session
+    # backing up) cannot slow down the frames the other one gets.
+    cams: List[Camera] = []
+    broker = None
+    try:
+        cams = [Camera(w, h, fps, "--stamp"), Camera(w, h, fps, "--stamp")]
+        broker = Broker("--idle-grace-ms", "3000")
+        log(f"age: both consumers keeping up (no work), {cfg['keepup_seconds']:.0f} s")
+        keep = age_run(cams, broker, cfg["keepup_seconds"], 0)
+        broker.wait_no_ffmpeg()
+        log(f"age: both consumers with {cfg['work_ms']} ms of work per frame, {cfg['seconds']:.0f} s")
+        slow = age_run(cams, broker, cfg["seconds"], cfg["work_ms"])
+    finally:
+        if broker is not None:
+            broker.close()
+        for c in cams:
+            c.close()
+    period = 1000.0 / fps
+    out: Dict[str, Any] = {"size": f"{w}x{h}@{fps}", "work_ms": cfg["work_ms"], "seconds": cfg["seconds"],
+                           "frame_period_ms": period}
+    for api in ("cv2", "fb"):
+        out[api] = age_summary(slow[api], period)
+        k = age_summary(keep[api], period)
+        k.pop("series")
+        out[f"{api}_keepup"] = k
+    # The pipeline's own latency (encode, RTP, decode) is the keeping-up median;
+    # what the slow consumer adds on top of it is the staleness we compare.
+    for api in ("cv2", "fb"):
+        out[f"{api}_excess_median_ms"] = out[api]["median_ms"] - out[f"{api}_keepup"]["median_ms"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 3, 4. fb-bench (latency, Rust copy) and bench_read.py (Python read cost)
+# ---------------------------------------------------------------------------
+
+def run_tool(cmd: List[str], timeout: float, cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> str:
+    log("$ " + " ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    if r.returncode != 0:
+        raise BenchError(f"{Path(cmd[0]).name} failed ({r.returncode}):\n{r.stderr[-2000:]}\n{r.stdout[-2000:]}")
+    return r.stdout
+
+
+def bench_latency(p: Dict[str, Any], tmp: Path) -> Dict[str, Any]:
+    out = tmp / "latency.json"
+    run_tool([str(RELEASE / "fb-bench"), "--only", "latency", "--lat-readers", p["latency"]["readers"],
+              *p["latency"]["fb_args"], "--json", str(out)], timeout=900)
+    js = json.loads(out.read_text())["latency"]
+    if "error" in js or not js.get("by_readers"):
+        raise BenchError(f"fb-bench latency: {js}")
+    return js
+
+
+def bench_copy(p: Dict[str, Any], tmp: Path) -> Dict[str, Any]:
+    out = tmp / "copy.json"
+    run_tool([str(RELEASE / "fb-bench"), "--only", "copy", *p["copy"]["fb_args"], "--json", str(out)], timeout=600)
+    rust = json.loads(out.read_text())["copy"]
+    if not isinstance(rust, list) or not rust:
+        raise BenchError(f"fb-bench copy: {rust}")
+    pyout = tmp / "pyread.json"
+    env = {**os.environ, "FRAMEBROKER_BIN": str(RELEASE / "framebroker")}
+    run_tool([PY, "bench/bench_read.py", "--only", "read", *p["copy"]["py"], "--json", str(pyout)],
+             timeout=600, cwd=REPO / "client-py", env=env)
+    py = json.loads(pyout.read_text())["read"]
+    if not py:
+        raise BenchError("bench_read.py produced no data")
+    return {"rust": rust, "python": py}
+
+
+# ---------------------------------------------------------------------------
+# 5, 7. The gateway (gateway-bench), and the memory soak
+# ---------------------------------------------------------------------------
+
+def bench_gateway(p: Dict[str, Any], tmp: Path) -> Dict[str, Any]:
+    g = p["gateway"]
+    w, h, fps = g["size"]
+    out = tmp / "gateway.json"
+    run_tool([str(RELEASE / "gateway-bench"), "--width", str(w), "--height", str(h), "--fps", str(fps),
+              "--subscribers", g["subs"], "--reps", str(p["reps"]), "--seconds", str(g["seconds"]),
+              "--warmup", str(g["warmup"]), "--snapshots", str(g["snapshots"]),
+              "--poll-seconds", str(g["poll_seconds"]), "--pollers", g["pollers"], "--json", str(out)],
+             timeout=1800)
+    js = json.loads(out.read_text())
+    if not js.get("subscribers"):
+        raise BenchError("gateway-bench produced no data")
+    return js
+
+
+def bench_memory(p: Dict[str, Any], tmp: Path) -> Dict[str, Any]:
+    m = p["memory"]
+    w, h, fps = m["size"]
+    seconds = max(6.0, m["minutes"] * 60)
+    interval = min(10.0, seconds / 4)
+    out = tmp / "memory.json"
+    run_tool([str(RELEASE / "gateway-bench"), "--width", str(w), "--height", str(h), "--fps", str(fps),
+              "--subscribers", str(m["subscribers"]), "--reps", "1", "--seconds", "2", "--warmup", "1",
+              "--snapshots", "0", "--poll-seconds", "0", "--soak-seconds", str(seconds),
+              "--soak-interval", str(interval), "--soak-subscribers", str(m["subscribers"]),
+              "--json", str(out)], timeout=seconds + 300)
+    soak = json.loads(out.read_text()).get("soak")
+    if not soak or len(soak.get("samples", [])) < 2:
+        raise BenchError("memory soak produced no samples")
+    s = soak["samples"]
+    summary = {}
+    for k in ("gateway_rss_kib", "gateway_anon_kib", "broker_rss_kib", "broker_anon_kib"):
+        vals = [x[k] for x in s]
+        summary[k] = {"start": vals[0], "end": vals[-1], "peak": max(vals)}
+    # Growth over the second half: the first minutes include buffers filling up.
+    half = [x for x in s if x["t_s"] >= s[-1]["t_s"] / 2]
+    for k in ("gateway_anon_kib", "broker_anon_kib"):
+        summary[k]["second_half_growth"] = half[-1][k] - half[0][k]
+    client_fps = [x["fps_per_client"] for x in s if x["fps_per_client"] is not None]
+    return {"size": f"{w}x{h}@{fps}", "subscribers": m["subscribers"],
+            "seconds": seconds, "interval_s": interval, "summary": summary, "samples": s,
+            "fps_per_client": mmm(client_fps)}
+
+
+# ---------------------------------------------------------------------------
+# 6. Scale: many cameras on one broker
+# ---------------------------------------------------------------------------
+
+def bench_scale(p: Dict[str, Any]) -> Dict[str, Any]:
+    cfg, reps = p["scale"], p["reps"]
+    w, h, fps = cfg["size"]
+    # One camera process, one encoder (a shared GStreamer media): every broker
+    # stream is its own RTSP session and its own ffmpeg decode of the same URL.
+    cam = Camera(w, h, fps, *p["camera_args"])
+    broker = None
+    rows = []
+    try:
+        broker = Broker("--max-streams", "64")
+        rss_idle = procs.rss_kib(broker.pid)
+        for n in cfg["counts"]:
+            log(f"scale: {n} cameras {w}x{h}@{fps}")
+            ids = [f"cam{n}x{i}" for i in range(n)]
+            for sid in ids:
+                broker.add(sid, cam.url, "--allow-duplicate")
+            try:
+                broker.wait_live(ids, timeout=60 + 5 * n)
+                time.sleep(cfg["warmup"])
+                wins = []
+                for _ in range(reps):
+                    f0 = {sid: broker.stats(sid)["frames_written"] for sid in ids}
+                    ff = broker.ffmpeg_pids()
+                    c0 = (procs.cpu_seconds([broker.pid]), procs.cpu_seconds(ff), procs.cpu_seconds([cam.pid]))
+                    t0 = time.monotonic()
+                    time.sleep(cfg["window"])
+                    c1 = (procs.cpu_seconds([broker.pid]), procs.cpu_seconds(ff), procs.cpu_seconds([cam.pid]))
+                    wall = time.monotonic() - t0
+                    f1 = {sid: broker.stats(sid)["frames_written"] for sid in ids}
+                    per = [(f1[s] - f0[s]) / wall for s in ids]
+                    b, f, c = ((y - x) / wall * 100 for x, y in zip(c0, c1))
+                    wins.append({"broker_pct": b, "ffmpeg_pct": f, "camera_pct": c,
+                                 "per_camera_pct": (b + f) / n, "fps_min": min(per), "fps_mean": statistics.mean(per),
+                                 "ffmpeg_processes": len(ff)})
+                if max(x["fps_min"] for x in wins) <= 0:
+                    raise BenchError(f"scale: a stream published no frame in any window ({n} cameras)")
+                rss = procs.rss_kib(broker.pid)
+                seg = broker.segments()
+                host_load = procs.loadavg()[0]
+            finally:
+                for sid in ids:
+                    broker.cli("rm", sid, check=False)
+            broker.wait_no_ffmpeg()
+            row = {"cameras": n, "broker_rss_anon_kib": rss.get("RssAnon"), "broker_rss_kib": rss.get("VmRSS"),
+                   "broker_rss_shmem_kib": rss.get("RssShmem"),
+                   "shm_bytes_per_camera": statistics.mean(seg.values()) if seg else None,
+                   "shm_segments": len(seg), "loadavg_1m": host_load, "windows": wins}
+            for k in ("broker_pct", "ffmpeg_pct", "camera_pct", "per_camera_pct", "fps_min", "fps_mean"):
+                row[k] = mmm([x[k] for x in wins])
+            rows.append(row)
+            log(f"   broker {fmt(row['broker_pct'])} %, ffmpeg {fmt(row['ffmpeg_pct'])} %, "
+                f"fps min {fmt(row['fps_min'])}, broker RssAnon {row['broker_rss_anon_kib']} KiB")
+    finally:
+        if broker is not None:
+            broker.close()
+        cam.close()
+    return {"size": f"{w}x{h}@{fps}", "broker_rss_idle": rss_idle, "window_s": cfg["window"], "reps": reps,
+            "rows": rows}
+
+
+# ---------------------------------------------------------------------------
+# The table printed at the end
+# ---------------------------------------------------------------------------
+
+def print_table(res: Dict[str, Any]) -> None:
+    P = print
+    P(f"\nframebroker benchmarks — {res['date']} — {'quick' if res['quick'] else 'full'} run; "
+      f"load average at start {res['loadavg_start'][0]:.2f}, at end {res['loadavg_end'][0]:.2f}")
+    P(f"machine: {res['machine']['cpu_model']}, {res['machine']['cores']} cores; "
+      f"figures: median [min–max] over {res['reps']} repetitions\n")
+    s = res["sections"]
+    if "cpu" in s and "rows" in s["cpu"]:
+        P("1. Host CPU, % of one core (camera excluded), and fps per consumer")
+        P(f"   {'camera':<14}{'N':>3}  {'cv2 x N':<22}{'ours, Python':<22}{'ours, Rust':<22}"
+          f"{'cv2/ours (Py)':<20}{'goal':>6}  fps cv2/py/rust")
+        for r in s["cpu"]["rows"]:
+            P(f"   {r['size']:<14}{r['n']:>3}  {fmt(r['cv2']['total_pct']):<22}{fmt(r['py']['total_pct']):<22}"
+              f"{fmt(r['rust']['total_pct']):<22}{fmt(r['ratio_cv2_over_py'], 2):<20}{r['goal_ratio']:>6.1f}  "
+              f"{r['cv2']['fps_min']['median']:.1f}/{r['py']['fps_min']['median']:.1f}/"
+              f"{r['rust']['fps_min']['median']:.1f}")
+    if "age" in s and "cv2" in s["age"]:
+        a = s["age"]
+        P(f"\n2. Frame age at read time, {a['size']} camera, {a['work_ms']} ms of work per frame, {a['seconds']:.0f} s")
+        for api, name in (("cv2", "cv2.VideoCapture"), ("fb", "framebroker")):
+            x, k = a[api], a[f"{api}_keepup"]
+            P(f"   {name:<17} median {x['median_ms']:8.1f} ms  p99 {x['p99_ms']:8.1f}  max {x['max_ms']:8.1f}  "
+              f"last 10 % {x['last10pct_median_ms']:8.1f}   (keeping up: median {k['median_ms']:.1f} ms)")
+        if "since_publish_median_ms" in a["fb"]:
+            f = a["fb"]
+            P(f"   framebroker, age since the broker published: median {f['since_publish_median_ms']:.1f} ms, "
+              f"p99 {f['since_publish_p99_ms']:.1f}, max {f['since_publish_max_ms']:.1f} "
+              f"(frame period {a['frame_period_ms']:.1f} ms)")
+    if "latency" in s and "by_readers" in s["latency"]:
+        lat = s["latency"]
+        P(f"\n3. Publish->read latency, 640x480@{lat['fps']} (µs); memcpy of one frame {fmt(lat['memcpy_us'])} µs")
+        for r in lat["by_readers"]:
+            P(f"   {r['readers']:>3} readers: median {fmt(r['age_median_us'])}  p99 {fmt(r['age_p99_us'])}  "
+              f"max {fmt(r['age_max_us'])}")
+    if "copy" in s and "rust" in s["copy"]:
+        P("\n4. Read cost per frame (µs)")
+        for r in s["copy"]["rust"]:
+            P(f"   Rust {r['size']:<10} latest_into {fmt(r['latest_into_us'])}  view {fmt(r['view_sum_us'], 2)}  "
+              f"memcpy after wake-up {fmt(r['memcpy_after_wakeup_us'])}  memcpy hot {fmt(r['memcpy_hot_us'])}")
+        for r in s["copy"]["python"]:
+            u = r["us"]
+            P(f"   Python {r['width']}x{r['height']:<6} read(buf) {fmt(u['read(buf)'])}  read() {fmt(u['read()'])}  "
+              f"copyto after sleep {fmt(u['copyto after sleep'])}  copyto hot {fmt(u['copyto hot'])}")
+    if "gateway" in s and "subscribers" in s["gateway"]:
+        g = s["gateway"]
+        P(f"\n5. Gateway, {g['width']}x{g['height']}@{g['fps']} JPEG over WebSocket")
+        for r in g["subscribers"]:
+            P(f"   {r['subscribers']:>4} clients: gateway CPU {fmt(r['gateway_cpu_pct'])} %  fps per client "
+              f"{fmt(r['fps_mean'])} (slowest {fmt(r['fps_min'])})  JPEG encode {fmt(r['jpeg_encode_ms'], 2)} ms")
+        if g.get("snapshot"):
+            sn = g["snapshot"]
+            P(f"   snapshot.jpg: p50 {sn['p50_ms']:.2f} ms, p95 {sn['p95_ms']:.2f}, max {sn['max_ms']:.2f}")
+        for q in g.get("polling", []):
+            P(f"   /frame polling, {q['pollers']} pollers: {q['requests_per_s']:.0f} req/s, {q['mb_per_s']:.0f} MB/s")
+    if "scale" in s and "rows" in s["scale"]:
+        sc = s["scale"]
+        P(f"\n6. Scale, {sc['size']} cameras on one broker")
+        for r in sc["rows"]:
+            P(f"   {r['cameras']:>3} cameras: broker RssAnon {r['broker_rss_anon_kib']} KiB, shm/camera "
+              f"{(r['shm_bytes_per_camera'] or 0) / 2**20:.2f} MiB, broker {fmt(r['broker_pct'])} %, "
+              f"ffmpeg {fmt(r['ffmpeg_pct'])} %, per camera {fmt(r['per_camera_pct'])} %, fps min {fmt(r['fps_min'])}")
+    if "memory" in s and "summary" in s["memory"]:
+        m = s["memory"]
+        P(f"\n7. Memory over {m['seconds'] / 60:.1f} min with {m['subscribers']} WebSocket clients (KiB)")
+        for k, v in m["summary"].items():
+            P(f"   {k:<18} start {v['start']:>8}  end {v['end']:>8}  peak {v['peak']:>8}"
+              + (f"  growth over 2nd half {v['second_half_growth']:+d}" if "second_half_growth" in v else ""))
+    for name, v in s.items():
+        if "error" in v:
+            P(f"\n{name}: FAILED: {v['error'].splitlines()[0] if v['error'] else ''}")
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+def build() -> None:
+    cmd = ["cargo", "build", "--release", "-p", "framebroker", "-p", "framebroker-gateway",
+           "-p", "framebroker-tests", "--bins"]
+    log("$ " + " ".join(cmd))
+    r = subprocess.run(cmd, cwd=REPO, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit("bench: the release build failed")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, every section, ~2 minutes")
+    ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--memory-minutes", type=float, default=None,
+                    help="length of the memory soak (default 10, --quick 0.2)")
+    ap.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    ap.add_argument("--no-report", action="store_true", help="do not touch docs/BENCHMARKS.md and docs/bench/")
+    ap.add_argument("--report-only", type=Path, metavar="JSON", help="regenerate the report from a results file")
+    ap.add_argument("--out", type=Path, help="results file (default bench/results/<date>.json)")
+    ap.add_argument("--camera", choices=["like-camera", "cheap"], default="like-camera",
+                    help="stream of the cpu and scale sections: like a real IP camera (H.264 High, motion, "
+                         "noise; default) or the cheapest H.264 there is (static pattern, x264 ultrafast)")
+    a = ap.parse_args()
+
+    if a.report_only is not None:
+        import report
+        report.write(json.loads(a.report_only.read_text()), a.report_only)
+        return 0
+    only = [x.strip() for x in a.only.split(",") if x.strip()] or SECTIONS
+    bad = [x for x in only if x not in SECTIONS]
+    if bad:
+        ap.error(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    if a.memory_minutes is not None and not (0 < a.memory_minutes <= 24 * 60):
+        ap.error("--memory-minutes must be in (0, 1440]")
+    if not a.no_report:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("matplotlib is missing: .venv/bin/pip install matplotlib (or pass --no-report)")
+
+    if not a.no_build:
+        build()
+    for b in ("framebroker", "framebroker-gateway", "fb-reader", "fb-bench", "gateway-bench"):
+        if not (RELEASE / b).exists():
+            raise SystemExit(f"bench: {RELEASE / b} is missing (run without --no-build)")
+
+    p = plan(a.quick, a.memory_minutes)
+    p["camera_args"] = ["--like-camera"] if a.camera == "like-camera" else []
+    started = time.monotonic()
+    now = dt.datetime.now(dt.timezone.utc)
+    res: Dict[str, Any] = {
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"), "quick": a.quick, "reps": p["reps"],
+        "command": "bench/run.py " + " ".join(sys.argv[1:]),
+        "camera": a.camera,
+        "binaries": str(RELEASE),
+        "machine": procs.machine(), "loadavg_start": procs.loadavg(), "sections": {},
+    }
+    log(f"machine {res['machine']['cpu_model']}, load average {res['loadavg_start']}")
+    tmp = Path(tempfile.mkdtemp(prefix="fb-bench-out-"))
+    runners: Dict[str, Callable[[], Dict[str, Any]]] = {
+        "cpu": lambda: bench_cpu(p),
+        "age": lambda: bench_age(p),
+        "latency": lambda: bench_latency(p, tmp),
+        "copy": lambda: bench_copy(p, tmp),
+        "gateway": lambda: bench_gateway(p, tmp),
+        "scale": lambda: bench_scale(p),
+        "memory": lambda: bench_memory(p, tmp),
+    }
+    ok = True
+    for name in SECTIONS:
+        if name not in only:
+            continue
+        t0 = time.monotonic()
+        log(f"section {name}")
+        try:
+            out = runners[name]()
+            out["elapsed_s"] = round(time.monotonic() - t0, 1)
+            out["loadavg_after"] = procs.loadavg()
+            res["sections"][name] = out
+        except KeyboardInterrupt:
+            res["sections"][name] = {"error": "interrupted"}
+            ok = False
+            break
+        except Exception as e:  # a failing section does not stop the others
+            log(f"section {name} FAILED: {e}")
+            traceback.print_exc()
+            res["sections"][name] = {"error": f"{type(e).__name__}: {e}"}
+            ok = False
+    res["loadavg_end"] = procs.loadavg()
+    res["elapsed_s"] = round(time.monotonic() - started, 1)
+
+    out_path = a.out or (REPO / "bench" / "results" / f"{now.strftime('%Y%m%d-%H%M%S')}{'-quick' if a.quick else ''}.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(res, indent=1) + "\n")
+    print_table(res)
+    print(f"\nresults: {out_path} ({res['elapsed_s']:.0f} s)")
+    if not a.no_report:
+        import report
+        report.write(res, out_path)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
