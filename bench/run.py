@@ -130,7 +130,7 @@ def cpu_windows(fleet: Fleet, groups: Dict[str, Callable[[], List[int]]], reps: 
 
 def bench_cpu(p: Dict[str, Any]) -> Dict[str, Any]:
     cfg, reps = p["cpu"], p["reps"]
-    results = []
+    results, floors = [], []
     for (w, h, fps) in cfg["sizes"]:
         cam = Camera(w, h, fps, *p["camera_args"])
         broker = None
@@ -157,11 +157,52 @@ def bench_cpu(p: Dict[str, Any]) -> Dict[str, Any]:
                 results.append(row)
                 log(f"   cv2 {fmt(row['cv2']['total_pct'])} %  py {fmt(row['py']['total_pct'])} %  "
                     f"rust {fmt(row['rust']['total_pct'])} %  ratio cv2/py {fmt(row['ratio_cv2_over_py'], 2)}")
+            log(f"cpu {w}x{h}@{fps}: the broker's ffmpeg alone, frames thrown away")
+            broker.wait_no_ffmpeg()
+            floors.append({"size": f"{w}x{h}@{fps}", **decode_floor(cam, broker, cfg, reps)})
         finally:
             if broker is not None:
                 broker.close()
             cam.close()
-    return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "reps": reps, "rows": results}
+    return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "reps": reps, "rows": results,
+            "decode_floor": floors}
+
+
+def decode_floor(cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) -> Dict[str, Any]:
+    """The broker's own ffmpeg command line for this camera, run alone with its
+    output thrown away inside ffmpeg (``-f null``) instead of written to the
+    broker's pipe: the cost of decode + conversion, without the hand-over."""
+    sid = f"floor{int(time.time() * 1000) % 1000000}"
+    broker.add(sid, cam.url)
+    try:
+        broker.wait_live([sid])
+        pids = broker.ffmpeg_pids()
+        if len(pids) != 1:
+            raise BenchError(f"cpu: expected one ffmpeg under the broker, found {len(pids)}")
+        argv = procs.psutil.Process(pids[0]).cmdline()
+    finally:
+        broker.cli("rm", sid, check=False)
+    broker.wait_no_ffmpeg()
+    # One output (`... -f rawvideo -pix_fmt bgr24 pipe:1`): same graph, same
+    # pixel format, nothing written.
+    if argv.count("pipe:1") != 1 or "rawvideo" not in argv:
+        raise BenchError(f"cpu: unexpected ffmpeg command line {argv}")
+    argv = ["null" if a == "rawvideo" else "-" if a == "pipe:1" else a for a in argv]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(cfg["warmup"] + 1.0)  # + the RTSP set-up the broker's ffmpeg had done before
+        wins = []
+        for _ in range(reps):
+            c0, t0 = procs.cpu_seconds([proc.pid]), time.monotonic()
+            time.sleep(cfg["window"])
+            c1, wall = procs.cpu_seconds([proc.pid]), time.monotonic() - t0
+            if proc.poll() is not None:
+                raise BenchError(f"cpu: the null-output ffmpeg exited ({proc.returncode})")
+            wins.append((c1 - c0) / wall * 100)
+    finally:
+        procs.stop_process(proc)
+    return {"ffmpeg_null_pct": mmm(wins), "argv": argv}
 
 
 def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) -> Dict[str, Any]:
@@ -449,6 +490,8 @@ def print_table(res: Dict[str, Any]) -> None:
               f"{fmt(r['rust']['total_pct']):<22}{fmt(r['ratio_cv2_over_py'], 2):<20}{r['goal_ratio']:>6.1f}  "
               f"{r['cv2']['fps_min']['median']:.1f}/{r['py']['fps_min']['median']:.1f}/"
               f"{r['rust']['fps_min']['median']:.1f}")
+        for f in s["cpu"].get("decode_floor", []):
+            P(f"   {f['size']:<14}the broker's ffmpeg alone, output thrown away: {fmt(f['ffmpeg_null_pct'])} %")
     if "age" in s and "cv2" in s["age"]:
         a = s["age"]
         P(f"\n2. Frame age at read time, {a['size']} camera, {a['work_ms']} ms of work per frame, {a['seconds']:.0f} s")
