@@ -409,6 +409,19 @@ class Ring:
             if crc != meta.checksum:
                 raise ChecksumMismatch(self.info.stream_id, meta.number, meta.checksum, crc)
 
+    def _wanted(self, w: memoryview, sequential: bool) -> int:
+        """The number of the frame to read next, 0 when there is nothing new
+        (frame numbers start at 1). ``latest`` wants the newest; ``sequential``
+        the one after the cursor or, when the reader fell behind, the oldest
+        frame the writer will not overwrite next."""
+        last = w[_LAST_FRAME_W]
+        cursor = self.cursor
+        if last <= cursor:
+            return 0
+        if sequential and cursor + 1 < last:
+            return max(cursor + 1, last + 2 - self._slots)
+        return last
+
     def has_new_frame(self) -> bool:
         """Whether :meth:`try_latest` (or :meth:`try_next`) would find a frame now."""
         return self._w64[_LAST_FRAME_W] > self.cursor  # type: ignore[no-any-return]
@@ -434,13 +447,10 @@ class Ring:
             dst = self.new_array()
             self.fits(dst)  # remembers it, and a byte view of it for the copy
         for _ in range(_RETRIES):
-            last = w[_LAST_FRAME_W]
-            cursor = self.cursor
-            if last <= cursor:
+            want = self._wanted(w, sequential)
+            if not want:
                 return None
-            want = last
-            if sequential and cursor + 1 < last:
-                want = max(cursor + 1, last + 2 - self._slots)
+            cursor = self.cursor
             idx = want % self._slots
             o = self._slot_w[idx]
             # Seqlock read: even sequence, the wanted frame, copy, same sequence after.
@@ -514,13 +524,10 @@ class Ring:
         def attempt() -> Optional[Tuple[FrameMeta, np.ndarray, int]]:
             w = self._w64
             for _ in range(_RETRIES):
-                last = w[_LAST_FRAME_W]
-                cursor = self.cursor
-                if last <= cursor:
+                want = self._wanted(w, sequential)
+                if not want:
                     return None
-                want = last
-                if sequential and cursor + 1 < last:
-                    want = max(cursor + 1, last + 2 - self._slots)
+                cursor = self.cursor
                 idx = want % self._slots
                 o = self._slot_w[idx]
                 s1 = w[o + _SEQ_W]
