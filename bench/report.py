@@ -570,7 +570,7 @@ def write(res: Dict[str, Any], results_path: Path) -> None:
         section_memory(s["memory"], out)
     out.append("## Running it yourself\n")
     out.append("```sh\n.venv/bin/pip install psutil matplotlib      # once\n"
-               ".venv/bin/python bench/run.py                   # everything, ~35 min on 2 cores\n"
+               ".venv/bin/python bench/run.py                   # everything, ~30 min on 2 cores\n"
                ".venv/bin/python bench/run.py --only cpu,age    # some sections\n"
                ".venv/bin/python bench/run.py --quick --no-report   # ~2 min smoke test (CI)\n"
                ".venv/bin/python bench/run.py --report-only bench/results/<file>.json   # redo this page\n```\n")
