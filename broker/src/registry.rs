@@ -244,6 +244,16 @@ fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), R
     Ok(())
 }
 
+/// Takes a main stream out of the list with its variants (which share its
+/// decode and never outlive it).
+fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Entry> {
+    let entry = streams.remove(id)?;
+    for v in &entry.handle.variants {
+        streams.remove(v.id());
+    }
+    Some(entry)
+}
+
 impl Broker {
     pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
         let alloc = Arc::new(Allocator {
@@ -329,11 +339,8 @@ impl Broker {
             .is_some_and(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
-            if let Some(old) = streams.remove(&req.id) {
+            if let Some(old) = remove_family(&mut streams, &req.id) {
                 old.handle.request_stop();
-                for v in &old.handle.variants {
-                    streams.remove(v.id());
-                }
             }
         }
         if let Some(e) = streams.get(&req.id) {
@@ -435,11 +442,8 @@ impl Broker {
             else {
                 break;
             };
-            if let Some(old) = streams.remove(&oldest) {
+            if let Some(old) = remove_family(&mut streams, &oldest) {
                 old.handle.request_stop();
-                for v in &old.handle.variants {
-                    streams.remove(v.id());
-                }
             }
             tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
         }
@@ -524,11 +528,7 @@ impl Broker {
                     ),
                 ));
             }
-            let entry = streams.remove(id).expect("looked up above");
-            for v in &entry.handle.variants {
-                streams.remove(v.id());
-            }
-            entry
+            remove_family(&mut streams, id).expect("looked up above")
         };
         entry.handle.request_stop();
         // The supervisor exits within a moment; shutdown waits for it.
@@ -607,8 +607,22 @@ impl Broker {
                 ),
             ));
         }
-        h.idle_since_ns.store(0, Ordering::Relaxed);
+        self.with_idle_owner(&h, |o| o.idle_since_ns.store(0, Ordering::Relaxed));
         Ok((a, h))
+    }
+
+    /// Runs `f` on the stream whose ffmpeg a reader of `h` keeps running, which
+    /// owns the idle time of an on-demand stream: `h` itself, or its parent for
+    /// a variant.
+    fn with_idle_owner(&self, h: &StreamHandle, f: impl FnOnce(&StreamHandle)) {
+        match &h.parent {
+            None => f(h),
+            Some(p) => {
+                if let Some(parent) = self.current(p) {
+                    f(&parent)
+                }
+            }
+        }
     }
 
     /// Gives back one reader registered by [`attach`](Self::attach).
@@ -618,9 +632,12 @@ impl Broker {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
             .unwrap_or(0);
         if prev == 1 {
-            handle
-                .idle_since_ns
-                .store(monotonic_ns(), Ordering::Relaxed);
+            // Idle once no reader of the stream or of its variants is left.
+            self.with_idle_owner(handle, |o| {
+                if o.total_readers() == 0 {
+                    o.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
+                }
+            });
         }
     }
 
@@ -720,18 +737,8 @@ impl Broker {
                 ));
                 h.last_progress_ns.store(now_ns, Ordering::Relaxed);
             }
-            // On-demand streams stop after the grace period without readers (their
-            // variants' readers count: attach and detach of a variant only touch the
-            // variant, so the parent's idle time is kept here).
-            if h.on_demand && h.parent.is_none() && !h.variants.is_empty() {
-                if h.total_readers() > 0 {
-                    h.idle_since_ns.store(0, Ordering::Relaxed);
-                } else if h.ever_live.load(Ordering::Relaxed)
-                    && h.idle_since_ns.load(Ordering::Relaxed) == 0
-                {
-                    h.idle_since_ns.store(now_ns, Ordering::Relaxed);
-                }
-            }
+            // On-demand streams stop after the grace period without readers of
+            // their own or of their variants (attach and detach keep the time).
             let since = h.idle_since_ns.load(Ordering::Relaxed);
             if h.on_demand
                 && h.parent.is_none()
