@@ -408,8 +408,13 @@ fn drain_stderr(
                 }
             }
             Ok(FfmpegEvent::Log(level, line)) => {
-                if let Some((n, pts_ns)) = showinfo.parse(&line) {
-                    clock.record(n, pts_ns, wall_ns());
+                // showinfo prints two lines per frame (`n: pts:`, then the colour
+                // properties): read the first, log neither, so no frame pays for
+                // redacting and lowercasing them below.
+                if line.contains("Parsed_showinfo") {
+                    if let Some((n, pts_ns)) = showinfo.parse(&line) {
+                        clock.record(n, pts_ns, wall_ns());
+                    }
                     continue;
                 }
                 let line = redact_text(&line);
