@@ -3,6 +3,7 @@
 //! ([`RingReader::next`]), over any [`Region`] of memory: a shared-memory mapping
 //! in production ([`crate::shm`]), a heap buffer in tests ([`HeapRegion`]).
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -493,6 +494,39 @@ pub struct RingInfo {
     pub checksum: bool,
 }
 
+/// The payload of one slot, between `read_begin` and `read_validate` in
+/// [`RingReader::read_slot`]: the only two ways the ring reads bytes the writer
+/// may be changing at the same moment (see `proto/doc/decisions.md`, "Racy
+/// payload copy"). What is read through it may be torn, and is trusted only
+/// after `read_slot` validated the slot's sequence; otherwise it is thrown
+/// away and the read is retried.
+struct RacyPayload<'r> {
+    ptr: *const u8,
+    len: usize,
+    /// Borrows the reader's region: the bytes stay mapped while this lives.
+    _region: PhantomData<&'r [u8]>,
+}
+
+impl RacyPayload<'_> {
+    /// Copies the payload into `dst` (at most `dst.len()` bytes).
+    fn copy_to(&self, dst: &mut [u8]) {
+        let n = self.len.min(dst.len());
+        // SAFETY: `ptr` is valid for reads of `len` ≥ `n` bytes (the payload lies
+        // inside the mapped region, which the borrow keeps alive); `dst` is the
+        // caller's exclusive buffer, not in the region, so the two do not overlap.
+        unsafe { seqlock::copy_racy(self.ptr, dst.as_mut_ptr(), n) }
+    }
+
+    /// Calls `f` on the payload in place (zero-copy).
+    fn view<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        // SAFETY: `ptr` is valid for reads of `len` bytes for as long as the borrow.
+        // The writer (another process) may change these bytes while `f` looks at
+        // them; `f`'s result is discarded unless `read_validate` proves no write
+        // overlapped (the zero-copy form of the seqlock argument).
+        f(unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
+    }
+}
+
 /// Why a blocking read returned without a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
@@ -633,39 +667,52 @@ impl<R: Region> RingReader<R> {
         self.stale_after = d;
     }
 
-    /// Tries once to read frame `number` into `dst`. `Ok(None)`: the slot no longer
-    /// (or not yet) holds that frame, or was being written.
-    fn read_slot(&self, number: u64, dst: &mut [u8]) -> Option<FrameMeta> {
-        let index = number % u64::from(self.info.slot_count);
-        let slot = slot_header(&self.mem, self.info.slot_stride, index);
-        let stamp = seqlock::read_begin(&slot.seq)?;
-        if slot.frame.load(Ordering::Relaxed) != number {
-            return None;
+    /// Which frame a read in `mode` takes now, given the newest published one;
+    /// `None` when there is none this reader has not returned.
+    fn wanted(&self, mode: ReadMode) -> Option<u64> {
+        let last = self.last_frame();
+        match mode {
+            ReadMode::Latest => (last > self.cursor).then_some(last),
+            ReadMode::Next => self.next_wanted(last),
         }
-        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes) as usize;
-        let n = len.min(dst.len());
-        let payload = slot_ptr(&self.mem, self.info.slot_stride, index);
-        // SAFETY: the payload (SLOT_HEADER.. + frame_bytes) lies inside the mapped
-        // region; `n` ≤ dst.len(); `dst` is the caller's exclusive buffer, not in the
-        // region, so the two do not overlap. Validated right below.
-        unsafe { seqlock::copy_racy(payload.add(layout::SLOT_HEADER), dst.as_mut_ptr(), n) };
-        let meta = FrameMeta {
-            number,
-            wall_ns: slot.wall_ns.load(Ordering::Relaxed),
-            mono_ns: slot.mono_ns.load(Ordering::Relaxed),
-            len: len as u64,
-            missed: 0,
-            checksum: slot.checksum.load(Ordering::Relaxed),
-            stream_time: StreamTime::load(slot),
-        };
-        seqlock::read_validate(&slot.seq, stamp).then_some(meta)
     }
 
-    /// Calls `f` on the payload of frame `number` in place, then validates.
-    fn view_slot<T>(
+    /// The one read loop of the ring: takes the frame `mode` wants, hands its
+    /// payload to `take` (a copy or a zero-copy view, see [`RacyPayload`]) and
+    /// returns the result only if the seqlock proves no write overlapped; else
+    /// tries again. A frame can be overwritten while it is read only if the
+    /// writer laps the whole ring meanwhile, and each retry targets the frame
+    /// wanted then, so a few retries suffice; 64 failures in a row are
+    /// [`Error::Contended`].
+    fn read<T>(
+        &mut self,
+        mode: ReadMode,
+        mut take: impl FnMut(&FrameMeta, &RacyPayload<'_>) -> T,
+    ) -> Result<Option<(FrameMeta, T)>, Error> {
+        for _ in 0..64 {
+            let Some(want) = self.wanted(mode) else {
+                return Ok(None);
+            };
+            if let Some(read) = self.read_slot(want, &mut take) {
+                self.cursor = want;
+                return Ok(Some(read));
+            }
+            std::hint::spin_loop();
+        }
+        Err(Error::Contended {
+            stream: self.info.stream_id.clone(),
+        })
+    }
+
+    /// Tries once to read frame `number`: its metadata (the one place a
+    /// [`FrameMeta`] is built) and `take` on its payload, between
+    /// `read_begin` and `read_validate`. `None`: the slot no longer (or not yet)
+    /// holds that frame, or was written meanwhile; whatever `take` did is then
+    /// to be thrown away.
+    fn read_slot<T>(
         &self,
         number: u64,
-        f: &mut impl FnMut(&FrameMeta, &[u8]) -> T,
+        take: &mut impl FnMut(&FrameMeta, &RacyPayload<'_>) -> T,
     ) -> Option<(FrameMeta, T)> {
         let index = number % u64::from(self.info.slot_count);
         let slot = slot_header(&self.mem, self.info.slot_stride, index);
@@ -673,69 +720,44 @@ impl<R: Region> RingReader<R> {
         if slot.frame.load(Ordering::Relaxed) != number {
             return None;
         }
-        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes) as usize;
+        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes);
         let meta = FrameMeta {
             number,
             wall_ns: slot.wall_ns.load(Ordering::Relaxed),
             mono_ns: slot.mono_ns.load(Ordering::Relaxed),
-            len: len as u64,
-            missed: 0,
+            len,
+            missed: number - self.cursor - 1,
             checksum: slot.checksum.load(Ordering::Relaxed),
             stream_time: StreamTime::load(slot),
         };
-        let payload = slot_ptr(&self.mem, self.info.slot_stride, index);
-        // SAFETY: the payload lies inside the mapped region for `len` bytes and stays
-        // mapped for the call. The writer (another process) may change these bytes
-        // while `f` looks at them; `f`'s result is discarded unless `read_validate`
-        // below proves no write overlapped (the zero-copy form of the seqlock
-        // argument, see proto/doc/decisions.md "Racy payload copy").
-        let bytes = unsafe { std::slice::from_raw_parts(payload.add(layout::SLOT_HEADER), len) };
-        let out = f(&meta, bytes);
+        let payload = RacyPayload {
+            // SAFETY: `slot_ptr` is inside the region and the payload starts
+            // SLOT_HEADER bytes into the slot (stride ≥ SLOT_HEADER + frame_bytes).
+            ptr: unsafe {
+                slot_ptr(&self.mem, self.info.slot_stride, index).add(layout::SLOT_HEADER)
+            },
+            len: len as usize,
+            _region: PhantomData,
+        };
+        let out = take(&meta, &payload);
         seqlock::read_validate(&slot.seq, stamp).then_some((meta, out))
     }
 
     /// The newest frame this reader has not returned yet, copied into `dst`
     /// (`dst.len()` ≥ frame_bytes), without waiting. `Ok(None)` when there is none.
     pub fn try_latest(&mut self, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
-        self.check_dst(dst)?;
-        // A frame can be overwritten while we copy only if the writer laps the whole
-        // ring meanwhile; each retry targets the then-newest frame, so a few suffice.
-        for _ in 0..64 {
-            let last = self.last_frame();
-            if last <= self.cursor {
-                return Ok(None);
-            }
-            if let Some(mut m) = self.read_slot(last, dst) {
-                m.missed = last - self.cursor - 1;
-                self.cursor = last;
-                return Ok(Some(m));
-            }
-            std::hint::spin_loop();
-        }
-        Err(Error::Contended {
-            stream: self.info.stream_id.clone(),
-        })
+        self.try_copy(ReadMode::Latest, dst)
     }
 
     /// The next frame in order (`position() + 1`), or the oldest one still in the
     /// ring when the reader fell behind, with `missed` counting the frames lost.
     pub fn try_next(&mut self, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
+        self.try_copy(ReadMode::Next, dst)
+    }
+
+    fn try_copy(&mut self, mode: ReadMode, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
         self.check_dst(dst)?;
-        for _ in 0..64 {
-            let last = self.last_frame();
-            let Some(want) = self.next_wanted(last) else {
-                return Ok(None);
-            };
-            if let Some(mut m) = self.read_slot(want, dst) {
-                m.missed = want - self.cursor - 1;
-                self.cursor = want;
-                return Ok(Some(m));
-            }
-            std::hint::spin_loop();
-        }
-        Err(Error::Contended {
-            stream: self.info.stream_id.clone(),
-        })
+        Ok(self.read(mode, |_, p| p.copy_to(dst))?.map(|(m, ())| m))
     }
 
     /// Frame to read next in sequential mode given the newest published one: frames
@@ -784,25 +806,7 @@ impl<R: Region> RingReader<R> {
         mut f: impl FnMut(&FrameMeta, &[u8]) -> T,
     ) -> Result<(FrameMeta, T), Error> {
         self.wait_for(timeout, |r| {
-            for _ in 0..64 {
-                let last = r.last_frame();
-                let want = match mode {
-                    ReadMode::Latest if last > r.cursor => last,
-                    ReadMode::Next => match r.next_wanted(last) {
-                        Some(w) => w,
-                        None => return Ok(None),
-                    },
-                    ReadMode::Latest => return Ok(None),
-                };
-                if let Some((mut m, out)) = r.view_slot(want, &mut f) {
-                    m.missed = want - r.cursor - 1;
-                    r.cursor = want;
-                    return Ok(Some((m, out)));
-                }
-            }
-            Err(Error::Contended {
-                stream: r.info.stream_id.clone(),
-            })
+            r.read(mode, |m, p| p.view(|bytes| f(m, bytes)))
         })
     }
 
