@@ -527,10 +527,14 @@ impl RacyPayload<'_> {
     }
 }
 
-/// Why a blocking read returned without a frame.
+/// Which frame a read takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
+    /// The newest published frame this reader has not returned yet, skipping
+    /// older ones (counted in [`FrameMeta::missed`]): [`RingReader::latest`].
     Latest,
+    /// The frame after the last one returned, in order; the oldest still in the
+    /// ring when the writer lapped the reader: [`RingReader::next`].
     Next,
 }
 
