@@ -305,11 +305,6 @@ impl<R: RegionMut> RingWriter<R> {
         &self.mem
     }
 
-    /// Number the next published frame will get.
-    pub fn next_frame_number(&self) -> u64 {
-        self.next_frame
-    }
-
     /// Opens the next slot for writing: its sequence goes odd and stays odd until
     /// [`FrameGuard::commit`]. Dropping the guard without commit abandons the slot
     /// (it is marked empty, readers skip it).
@@ -394,10 +389,6 @@ impl<R: RegionMut> RingStatus<R> {
     pub fn set_fps(&self, fps: f64) {
         let milli = (fps * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
         self.header().fps_milli.store(milli, Ordering::Relaxed);
-    }
-
-    pub fn count_dropped(&self) {
-        self.count_dropped_n(1);
     }
 
     /// Adds `n` to the header's count of dropped or damaged frames.
