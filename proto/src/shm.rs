@@ -4,7 +4,9 @@
 //!
 //! On Linux a segment named `/fb-cam.1` is the file `/dev/shm/fb-cam.1`, which is
 //! how the Python client opens it. (Windows would sit behind the same
-//! [`Region`] trait with the `shared_memory` crate; it is not built yet.)
+//! [`Region`] trait with the `shared_memory` crate; it is not built yet. The
+//! ring's conformance suite, `ring/conformance.rs`, runs every ring test over
+//! each region, and is where that one plugs in.)
 
 use std::fs::File;
 use std::os::fd::AsFd;
