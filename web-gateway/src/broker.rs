@@ -36,7 +36,7 @@ impl BrokerLink {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Client>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+        framebroker_proto::lock::lock(&self.client)
     }
 
     /// The cached client, or a new connection. `true` when it is new.
