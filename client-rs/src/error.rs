@@ -42,6 +42,13 @@ impl Error {
         }
     }
 
+    /// True when the connection to the broker is gone (it could not be made, or
+    /// broke during a request): make a new one ([`Client::connect`](crate::Client::connect))
+    /// to go on; the broker may have restarted.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Disconnected { .. })
+    }
+
     /// True when no more frames will come from this attachment (stream stopped or
     /// failed, broker gone): re-attach to go on.
     pub fn is_end_of_stream(&self) -> bool {
