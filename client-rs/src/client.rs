@@ -101,7 +101,7 @@ impl Client {
                 tracing::warn!(%message, "broker refused our protocol version");
                 return Err(Error::Version {
                     path,
-                    broker: 0,
+                    broker: control::refused_by_version(&message),
                     client: control::PROTOCOL_VERSION,
                 });
             }

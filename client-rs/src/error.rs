@@ -10,10 +10,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the broker at {path} speaks protocol {broker}, this client {client}: upgrade the older side")]
+    #[error("the broker at {path} speaks {}, this client protocol {client}: upgrade the older side", protocol(.broker))]
     Version {
         path: PathBuf,
-        broker: u32,
+        /// The broker's protocol version, as its refusal states it (`None`: a
+        /// refusal in another form).
+        broker: Option<u32>,
         client: u32,
     },
     #[error("{request} refused by the broker ({code:?}): {message}")]
@@ -72,4 +74,8 @@ impl Error {
             }
         )
     }
+}
+
+fn protocol(version: &Option<u32>) -> String {
+    version.map_or_else(|| "another protocol".into(), |v| format!("protocol {v}"))
 }

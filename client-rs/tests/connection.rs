@@ -1,5 +1,6 @@
 //! The client's connection errors, against a broker stand-in on a real Unix
-//! socket that answers with the bytes the broker sends.
+//! socket that answers with the bytes the broker sends (built by the same
+//! `proto::control` functions the broker uses).
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -36,6 +37,54 @@ fn hello() -> Response {
         protocol: PROTOCOL_VERSION,
         broker: "framebroker (stand-in)".into(),
     }
+}
+
+#[test]
+fn a_refused_protocol_names_the_brokers_real_version() {
+    let path = socket_path("version");
+    let newer = PROTOCOL_VERSION + 1;
+    let b = broker(
+        &path,
+        vec![Response::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message: control::version_refusal(newer, PROTOCOL_VERSION),
+        }],
+    );
+    let e = Client::connect_to(&path).err().expect("refused");
+    assert!(
+        matches!(
+            e,
+            Error::Version { broker: Some(v), client, .. } if v == newer && client == PROTOCOL_VERSION
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "speaks protocol {newer}, this client protocol {PROTOCOL_VERSION}"
+        )),
+        "{text}"
+    );
+    assert!(!e.is_connection_lost());
+    assert!(matches!(b.join().unwrap()[..], [Request::Hello { .. }]));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_refusal_in_another_form_does_not_invent_a_version() {
+    let path = socket_path("other-refusal");
+    let b = broker(
+        &path,
+        vec![Response::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message: "not this one".into(),
+        }],
+    );
+    let e = Client::connect_to(&path).err().expect("refused");
+    assert!(matches!(e, Error::Version { broker: None, .. }), "{e:?}");
+    assert!(e.to_string().contains("speaks another protocol"), "{e}");
+    b.join().unwrap();
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
