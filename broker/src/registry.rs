@@ -804,6 +804,9 @@ mod tests {
         fn decode_errors(&self) -> u64 {
             0
         }
+        fn declared_fps(&self) -> Option<f64> {
+            Some(25.0)
+        }
     }
 
     impl SourceFactory for Fake {
@@ -924,6 +927,7 @@ mod tests {
             "same segment across restarts"
         );
         assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
+        assert_eq!(st.info.declared_fps, 25.0, "the source's declared rate");
         assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
         // The half frame at the end of each run was abandoned, never published.
         let seg = ReadOnlySegment::open(&a.segment, None).unwrap();

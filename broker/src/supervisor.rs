@@ -101,6 +101,9 @@ pub struct Status {
     pub fps: f64,
     /// What decodes, as the stats say it (see [`StreamStats::decoder`]).
     pub decoder: String,
+    /// The rate the source declares (0.0 until a run learned it; kept across
+    /// restarts, updated by each run that reports one).
+    pub declared_fps: f64,
 }
 
 /// One stream, shared between its supervisor thread, the ticker and the control
@@ -174,6 +177,7 @@ impl StreamHandle {
                 ffmpeg_pid: 0,
                 fps: 0.0,
                 decoder,
+                declared_fps: 0.0,
             }),
             readers: AtomicU32::new(0),
             frames_written: AtomicU64::new(0),
@@ -295,7 +299,7 @@ impl StreamHandle {
             readers: self.readers.load(Ordering::Relaxed),
             on_demand: self.on_demand,
             parent: self.parent.clone(),
-            declared_fps: 0.0,
+            declared_fps: s.declared_fps,
         }
     }
 
@@ -658,6 +662,13 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             Ok(g) => g,
             Err(e) => return ended(e),
         };
+        if let Some(fps) = source.declared_fps() {
+            // Every output of the decode runs at the input's rate.
+            handle.status().declared_fps = fps;
+            for v in &handle.variants {
+                v.status().declared_fps = fps;
+            }
+        }
         if let Err(e) = ensure_ring(handle, ctx.alloc, ctx.writer, geometry) {
             return RunOutcome::Fatal(e);
         }

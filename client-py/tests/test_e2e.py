@@ -216,6 +216,30 @@ def test_newest_frame_after_a_pause_unlike_opencv(broker: Broker, camera: Camera
     cap.release()
 
 
+@pytest.mark.parametrize("fps", [30, 15])
+def test_fps_right_after_open_is_the_declared_rate_like_opencv(
+    broker: Broker, camera_factory: Callable[..., Camera], fps: int
+) -> None:
+    """A script that computes ``1 / cap.get(CAP_PROP_FPS)`` right after open must
+    get what OpenCV gives for the same camera: the rate the stream declares (two
+    rates, so a constant cannot pass)."""
+    cam = camera_factory("--width", "320", "--height", "240", "--fps", str(fps), "--pattern", "smpte")
+    ref = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG)
+    assert ref.isOpened()
+    want = ref.get(cv2.CAP_PROP_FPS)
+    ref.release()
+    assert want == float(fps), f"OpenCV reports {want} for a {fps} fps camera"
+    cap = VideoCapture(cam.url)
+    assert cap.isOpened(), cap.last_error
+    got = cap.get(CAP_PROP_FPS)
+    # Opened a moment ago: the broker has not measured a rate yet, so this is the
+    # declared one, exactly as OpenCV has it.
+    assert got == want, f"framebroker {got}, OpenCV {want}"
+    info = {s.id: s for s in streams(broker)}[cap._local.stream_id]  # type: ignore[union-attr]
+    assert info.declared_fps == want
+    cap.release()
+
+
 def test_read_fills_the_given_buffer(broker: Broker, camera: Camera) -> None:
     with VideoCapture(camera.url) as cap:
         buf = np.zeros((480, 640, 3), np.uint8)
