@@ -63,7 +63,7 @@ pub enum Request {
 /// Parameters of [`Request::Start`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
-    /// Stream id (`[A-Za-z0-9_-]{1,64}`).
+    /// Stream id (`[A-Za-z0-9_.-]{1,64}`, not starting with `.`, without `..`).
     pub id: String,
     /// Source: `rtsp://`, `rtsps://`, `testsrc://…`.
     pub url: String,
