@@ -455,7 +455,14 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             req.allow_duplicate_url = allow_duplicate;
             let (info, created) = client.start(req)?;
             if created {
-                println!("started {} ({})", info.id, info.url);
+                match &info.parent {
+                    // Same camera already decoded: an alias or a variant of that decode.
+                    Some(p) => println!(
+                        "started {} ({}) on the running decode of {p}",
+                        info.id, info.url
+                    ),
+                    None => println!("started {} ({})", info.id, info.url),
+                }
             } else {
                 println!("already running as {} ({})", info.id, info.url);
             }

@@ -131,18 +131,43 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
         assert_eq!(pts_main[n], pts_motion[n], "frame {n}: one decode, one pts");
     }
 
-    // A variant cannot be stopped alone; the error names its parent.
-    let e = client.stop("cam-motion").unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::BadRequest));
-    assert!(e.to_string().contains("\"cam\""), "{e}");
-    assert_eq!(client.list().unwrap().len(), 3, "nothing stopped");
-
-    // Stopping the main stream stops its variants; their readers see `stopped`.
-    client.stop("cam").unwrap();
+    // A variant stops alone: its readers see `stopped`, the decode restarts
+    // without its output (still one ffmpeg) and the others stay attached.
+    let pid_before = client.stats("cam").unwrap().ffmpeg_pid;
+    let main_gen = client.stats("cam").unwrap().info.generation;
+    client.stop("cam-motion").unwrap();
     assert!(
         wait_for(Duration::from_secs(5), || (motion.state()
-            == StreamState::Stopped
-            && rgb.state() == StreamState::Stopped)
+            == StreamState::Stopped)
+            .then_some(()))
+        .is_some(),
+        "the stopped variant's reader sees stopped"
+    );
+    let ids: Vec<String> = client.list().unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["cam", "cam-rgb"]);
+    wait_for(Duration::from_secs(15), || {
+        let pid = client.stats("cam").ok()?.ffmpeg_pid;
+        (pid != 0 && pid != pid_before).then_some(())
+    })
+    .expect("ffmpeg restarted without the stopped output");
+    let n = main.latest(READ).unwrap().meta.number;
+    let later = main.next(READ).unwrap().meta.number;
+    assert!(later > n, "the main reader stays attached and reads on");
+    assert_eq!(main.state(), StreamState::Live);
+    assert_eq!(
+        client.stats("cam").unwrap().info.generation,
+        main_gen,
+        "same ring across the restart"
+    );
+    rgb.latest(READ).unwrap();
+    assert_eq!(processes_with_arg("ffmpeg", &cam.url).len(), 1);
+
+    // Stopping the main stream stops the variants of its own request; their
+    // readers see `stopped`.
+    client.stop("cam").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || (rgb.state()
+            == StreamState::Stopped)
             .then_some(()))
         .is_some(),
         "variant readers see stopped"
@@ -280,11 +305,16 @@ fn bad_variants_are_refused_before_anything_starts() {
         let e = client.start(req).unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{id}: {e}");
         assert!(e.to_string().contains("without variant \"m\""), "{e}");
-        let again = client.start(StartRequest::new(id, &cam.url)).unwrap();
-        assert_eq!((again.0.id.as_str(), again.1), (running.id.as_str(), false));
     }
+    // Without variants the same id is the running stream, and another id a
+    // stream of its own on the same decode (an alias; see aliases.rs).
+    let again = client.start(StartRequest::new("cam", &cam.url)).unwrap();
+    assert_eq!((again.0.id.as_str(), again.1), (running.id.as_str(), false));
+    let alias = client.start(StartRequest::new("cam2", &cam.url)).unwrap();
+    assert_eq!((alias.0.id.as_str(), alias.1), ("cam2", true));
+    assert_eq!(alias.0.parent.as_deref(), Some("cam"));
     let ids: Vec<String> = client.list().unwrap().into_iter().map(|s| s.id).collect();
-    assert_eq!(ids, ["cam", "other"]);
+    assert_eq!(ids, ["cam", "cam2", "other"]);
 }
 
 #[test]
