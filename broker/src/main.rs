@@ -13,7 +13,7 @@ use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
 use framebroker_proto::config::Config;
 use framebroker_proto::control::default_socket_path;
-use framebroker_proto::control::{HwAccel, VariantRequest};
+use framebroker_proto::control::{HwAccel, StreamInfo, VariantRequest};
 use framebroker_proto::naming::{self, UrlPolicy};
 
 #[derive(Parser)]
@@ -414,6 +414,24 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a stream with a parent reads its decode, for `streams ls` / `stats`:
+/// `variant of P`, or `alias on P` when another listed id shares its ring (ring
+/// generations are unique per broker, so the same one means the same ring), or
+/// `decode of P` before its ring exists.
+fn relation(s: &StreamInfo, list: &[StreamInfo]) -> Option<String> {
+    let p = s.parent.as_deref()?;
+    Some(if s.generation == 0 {
+        format!("decode of {p}")
+    } else if list
+        .iter()
+        .any(|t| t.id != s.id && t.generation == s.generation)
+    {
+        format!("alias on {p}")
+    } else {
+        format!("variant of {p}")
+    })
+}
+
 fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
     let client = Client::connect_to(&socket)?;
     match cmd {
@@ -480,10 +498,11 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                     "{:<24} {:<13} {:>11} {:<8} {:>7}  URL",
                     "ID", "STATE", "SIZE", "FORMAT", "READERS"
                 );
-                for s in list {
-                    // A variant shows its parent in place of the URL it shares.
-                    let source = match &s.parent {
-                        Some(p) => format!("(variant of {p})"),
+                for s in &list {
+                    // A variant or an alias shows its decode in place of the URL
+                    // it shares.
+                    let source = match relation(s, &list) {
+                        Some(r) => format!("({r})"),
                         None => s.url.clone(),
                     };
                     println!(
@@ -519,8 +538,9 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                 println!("readers         {}", s.info.readers);
                 println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 println!("bytes/frame     {}", s.bytes_per_frame);
-                if let Some(p) = &s.info.parent {
-                    println!("variant of      {p}");
+                if let Some(r) = relation(&s.info, &client.list()?) {
+                    let (what, p) = r.rsplit_once(' ').unwrap_or(("", &r));
+                    println!("{what:<15} {p}");
                 }
                 println!("decoder         {}", s.decoder);
                 println!("ffmpeg pid      {}", s.ffmpeg_pid);
