@@ -480,7 +480,9 @@ def test_rtsp_transport_from_opencv_options(broker: Broker, camera: Camera, monk
 
 def test_attach_by_id_and_geometry_of_a_cli_stream(broker: Broker) -> None:
     """A stream added by id (here through the broker's CLI) is read with framebroker://ID;
-    opening its URL shares it instead of starting a second ffmpeg."""
+    opening its URL reads the same decode under the capture's own id (at the
+    camera's own size, as OpenCV would give it: a variant of that decode) instead
+    of starting a second ffmpeg."""
     url = "testsrc://?size=320x240&rate=30&pattern=smptebars"
     subprocess.run(
         [str(BROKER_BIN), "streams", "--socket", broker.socket, "add", "bars", url,
@@ -492,9 +494,12 @@ def test_attach_by_id_and_geometry_of_a_cli_stream(broker: Broker) -> None:
         ok, frame = cap.read()
         assert ok and frame.shape == (120, 160, 3)
     with VideoCapture(url) as cap:
-        assert cap.stream_id == "bars", "the running stream for this URL is shared"
-        assert cap.read()[0]
-    assert [s.id for s in streams(broker)] == ["bars"]
+        assert cap.stream_id == stream_id_for_url(url)
+        ok, frame = cap.read()
+        assert ok and frame.shape == (240, 320, 3), "native size"
+        info = {s.id: s for s in streams(broker)}
+        assert info[cap.stream_id].parent == "bars", "on the running decode"
+        assert len(broker.ffmpeg_children()) == 1
     assert len(broker.ffmpeg_children()) == 1
     with VideoCapture("framebroker://nope", CAP_ANY, [CAP_PROP_OPEN_TIMEOUT_MSEC, 500]) as cap:
         assert not cap.isOpened() and "NOT_FOUND" in (cap.last_error or "")
