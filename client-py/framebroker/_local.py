@@ -42,8 +42,8 @@ class OpenFailed(FrameBrokerError):
 
 class LocalStream:
     """A stream of the local broker, opened by URL (started on demand if it is not
-    running; the running one is shared otherwise) or by id (``framebroker://ID``,
-    attach only)."""
+    running; a running decode of the URL is read under this id otherwise) or by id
+    (``framebroker://ID``, attach only)."""
 
     def __init__(
         self,

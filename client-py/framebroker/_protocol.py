@@ -120,7 +120,8 @@ class VariantRequest:
 
 @dataclass(frozen=True)
 class StartRequest:
-    """``Request::Start``: start a stream, or get the one already running this URL."""
+    """``Request::Start``: start a stream; the same id and URL again get the running
+    one, a new id for a URL already decoded becomes an alias or a variant of it."""
 
     id: str
     url: str
@@ -219,7 +220,7 @@ class HelloResponse:
 
 @dataclass(frozen=True)
 class Started:
-    """``created`` is false when an already running stream was returned."""
+    """``created`` is false when the requested id was already running."""
 
     stream: StreamInfo
     created: bool
@@ -816,8 +817,9 @@ class BrokerClient:
         hwaccel: Optional[HwAccel] = None,
         variants: Sequence[VariantRequest] = (),
     ) -> Started:
-        """Starts a stream, or returns the one already running this URL
-        (``Started.created`` is then false and ``Started.stream.id`` may differ).
+        """Starts a stream. The same id and URL again return the running one
+        (``Started.created`` false); a new id for a URL already decoded is a stream
+        of its own on that decode (an alias or a variant, ``stream.parent`` set).
         ``variants`` are further outputs of the same decode, each its own stream."""
         req = StartRequest(
             id, url, width, height, PixelFormat(pixel_format), ring_slots, Transport(transport),
