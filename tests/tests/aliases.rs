@@ -146,6 +146,7 @@ fn another_size_is_a_variant_of_the_running_decode_and_duplicates_still_work() {
     let mut main = client.attach_wait("cam", READ).unwrap();
     main.latest(READ).unwrap();
     let generation = main.attachment().generation;
+    let before = main.latest(READ).unwrap().meta;
 
     let mut req = StartRequest::new("cam.small", &cam.url);
     req.width = Some(320);
@@ -154,6 +155,19 @@ fn another_size_is_a_variant_of_the_running_decode_and_duplicates_still_work() {
     let (v, created) = client.start(req).unwrap();
     assert!(created);
     assert_eq!(v.parent.as_deref(), Some("cam"));
+    // What the main reader sees of the restart that adds the output: the longest
+    // pause between two frames over the next 3 s (printed, not asserted: a
+    // timing, and this machine may be loaded).
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut prev = before;
+    let mut gap = Duration::ZERO;
+    while Instant::now() < until {
+        let m = main.next(READ).unwrap().meta;
+        assert!(m.number > prev.number);
+        gap = gap.max(Duration::from_nanos(m.mono_ns.saturating_sub(prev.mono_ns)));
+        prev = m;
+    }
+    println!("adding a variant: longest pause of the main stream {gap:?} (30 fps camera)");
     let mut small = client.attach_wait("cam.small", READ).unwrap();
     assert_eq!(
         (small.width(), small.height(), small.pixel_format()),
