@@ -2,12 +2,12 @@
 //! broker binary, the real ffmpeg and the real RTSP test camera on 127.0.0.1.
 //! Counts ffmpeg processes to show there is one decode.
 
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use framebroker_client::{Client, PixelFormat, StartRequest, StreamState};
-use framebroker_tests::{broker_bin, processes_with_arg, wait_for, Broker, Camera};
+use framebroker_tests::{
+    expect_state, processes_with_arg, read_side_by_side, wait_for, Broker, Camera,
+};
 
 const READ: Duration = Duration::from_secs(10);
 
@@ -28,17 +28,6 @@ fn ids(client: &Client) -> Vec<String> {
     client.list().unwrap().into_iter().map(|s| s.id).collect()
 }
 
-fn cli(broker: &Broker, args: &[&str]) -> String {
-    let out = Command::new(broker_bin())
-        .args(args)
-        .arg("--socket")
-        .arg(&broker.socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn two_ids_for_one_camera_share_one_ffmpeg_and_one_ring() {
     // A moving picture, so equal bytes mean the same frame, not a still image.
@@ -54,7 +43,7 @@ fn two_ids_for_one_camera_share_one_ffmpeg_and_one_ring() {
     assert_eq!(second.id, "camera.1");
     assert_eq!(second.parent.as_deref(), Some("cam"));
     // The command line does the same.
-    let out = cli(&broker, &["streams", "add", "cam-cli", &cam.url]);
+    let out = broker.cli(&["streams", "add", "cam-cli", &cam.url]);
     assert!(
         out.contains("started cam-cli") && out.contains("on the running decode of cam"),
         "{out}"
@@ -70,23 +59,11 @@ fn two_ids_for_one_camera_share_one_ffmpeg_and_one_ring() {
     drop(c);
     expect_ffmpegs(&cam.url, 1, "one decode for three ids");
     assert_eq!(broker.segments().len(), 1);
-    let ls = cli(&broker, &["streams", "ls"]);
+    let ls = broker.cli(&["streams", "ls"]);
     assert!(ls.contains("(alias on cam)"), "{ls}");
 
     // Frame n read under either id is the same bytes.
-    let mut under_a = BTreeMap::new();
-    let mut under_b = BTreeMap::new();
-    for _ in 0..30 {
-        let f = a.next(READ).unwrap();
-        under_a.insert(f.meta.number, f.data);
-        let f = b.next(READ).unwrap();
-        under_b.insert(f.meta.number, f.data);
-    }
-    let shared: Vec<u64> = under_a
-        .keys()
-        .filter(|n| under_b.contains_key(n))
-        .copied()
-        .collect();
+    let (under_a, under_b, shared) = read_side_by_side(&mut a, &mut b, 30, READ, |f| f.data);
     assert!(shared.len() >= 15, "both read the same frames: {shared:?}");
     for n in &shared {
         assert!(
@@ -117,7 +94,7 @@ fn two_ids_for_one_camera_share_one_ffmpeg_and_one_ring() {
     assert!(got >= 20, "{got} frames in 1.5 s after the stop");
     assert_eq!(b.state(), StreamState::Live);
     assert_eq!(ffmpegs(&cam.url), 1);
-    let out = cli(&broker, &["streams", "rm", "cam-cli"]);
+    let out = broker.cli(&["streams", "rm", "cam-cli"]);
     assert!(out.contains("stopped cam-cli"), "{out}");
     b.next(READ).unwrap();
 
@@ -203,12 +180,10 @@ fn another_size_is_a_variant_of_the_running_decode_and_duplicates_still_work() {
 
     // Stopping the variant's id takes its output out of the decode.
     client.stop("cam.small").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || (small.state()
-            == StreamState::Stopped)
-            .then_some(()))
-        .is_some(),
-        "the variant's reader sees stopped"
+    expect_state(
+        &small,
+        StreamState::Stopped,
+        "the variant's reader sees stopped",
     );
     assert!(main.next(READ).is_ok());
     assert_eq!(ids(&client), ["cam", "cam-dup"]);

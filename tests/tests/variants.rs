@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use framebroker_client::{Client, PixelFormat, Reader, StartRequest, StreamState, VariantRequest};
 use framebroker_proto::control::ErrorCode;
 use framebroker_tests::{
-    processes_with_arg, sample_bars, wait_for, Broker, Camera, SMPTE_BARS_BGR,
+    expect_state, processes_with_arg, read_side_by_side, sample_bars, wait_for, Broker, Camera,
+    SMPTE_BARS_BGR,
 };
 
 const READ: Duration = Duration::from_secs(10);
@@ -112,19 +113,9 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
 
     // Same decode: frame n of every ring is the same decoded picture, with the
     // same pts. Read both sequentially and compare the frames they share.
-    let mut pts_main = BTreeMap::new();
-    let mut pts_motion = BTreeMap::new();
-    for _ in 0..45 {
-        let m = main.next(READ).unwrap().meta;
-        let v = motion.next(READ).unwrap().meta;
-        pts_main.insert(m.number, m.stream_time.map(|t| t.pts_ns));
-        pts_motion.insert(v.number, v.stream_time.map(|t| t.pts_ns));
-    }
-    let shared: Vec<u64> = pts_main
-        .keys()
-        .filter(|n| pts_motion.contains_key(n))
-        .copied()
-        .collect();
+    let (pts_main, pts_motion, shared) = read_side_by_side(&mut main, &mut motion, 45, READ, |f| {
+        f.meta.stream_time.map(|t| t.pts_ns)
+    });
     assert!(shared.len() >= 20, "rings overlap: {shared:?}");
     for n in &shared {
         assert!(pts_main[n].is_some(), "frame {n} has a stream time");
@@ -136,12 +127,10 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
     let pid_before = client.stats("cam").unwrap().ffmpeg_pid;
     let main_gen = client.stats("cam").unwrap().info.generation;
     client.stop("cam-motion").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || (motion.state()
-            == StreamState::Stopped)
-            .then_some(()))
-        .is_some(),
-        "the stopped variant's reader sees stopped"
+    expect_state(
+        &motion,
+        StreamState::Stopped,
+        "the stopped variant's reader sees stopped",
     );
     let ids: Vec<String> = client.list().unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(ids, ["cam", "cam-rgb"]);
@@ -165,13 +154,7 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
     // Stopping the main stream stops the variants of its own request; their
     // readers see `stopped`.
     client.stop("cam").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || (rgb.state()
-            == StreamState::Stopped)
-            .then_some(()))
-        .is_some(),
-        "variant readers see stopped"
-    );
+    expect_state(&rgb, StreamState::Stopped, "variant readers see stopped");
     assert!(client.list().unwrap().is_empty());
     assert!(
         wait_for(Duration::from_secs(5), || broker
