@@ -592,17 +592,22 @@ impl Broker {
     ) -> Result<(StreamInfo, bool), Refusal> {
         let root = &family.root;
         if id == root.id() {
-            // The main id was stopped while other ids kept its decode: it comes back
-            // as itself.
+            // The main id was stopped while other ids kept its decode, and comes
+            // back: a new stream under that id (readers of the stopped one are not
+            // its readers), on the main output, listed as a main stream again.
+            let mut h = StreamHandle::alias(id, root.clone(), id, req.on_demand);
+            h.parent = None;
+            let h = Arc::new(h);
+            let info = h.info();
             streams.insert(
                 id.to_string(),
                 Entry {
-                    handle: root.clone(),
+                    handle: h,
                     family: family.clone(),
                 },
             );
             tracing::info!(stream = id, "main id back on its running decode");
-            return Ok((root.info(), true));
+            return Ok((info, true));
         }
         let outputs: Vec<Arc<StreamHandle>> = std::iter::once(root.clone())
             .chain(root.variants())
