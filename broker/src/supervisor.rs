@@ -12,7 +12,7 @@ use framebroker_proto::ring::{monotonic_ns, wall_ns, Region, RingConfig, RingWri
 use framebroker_proto::shm::OwnedSegment;
 use framebroker_proto::{Geometry, RingStatus, StreamState};
 
-use crate::ffmpeg::{FrameClock, KillHandle, SourceFactory, SourceSpec};
+use crate::ffmpeg::{FrameClock, KillHandle, OutputSpec, SourceFactory, SourceSpec};
 
 /// Settings every supervisor shares.
 #[derive(Clone, Debug)]
@@ -101,6 +101,9 @@ pub struct Status {
     pub fps: f64,
     /// What decodes, as the stats say it (see [`StreamStats::decoder`]).
     pub decoder: String,
+    /// The rate the source declares (0.0 until a run learned it; kept across
+    /// restarts, updated by each run that reports one).
+    pub declared_fps: f64,
 }
 
 /// One stream, shared between its supervisor thread, the ticker and the control
@@ -109,10 +112,27 @@ pub struct StreamHandle {
     pub spec: SourceSpec,
     pub slot_count: u32,
     pub on_demand: bool,
-    /// For a variant: the id of the main stream whose decode feeds it.
+    /// For a variant or an alias: the id of the main stream whose decode feeds it.
     pub parent: Option<String>,
-    /// For a main stream: its variants (each also registered as a stream).
-    pub variants: Vec<Arc<StreamHandle>>,
+    /// For a main stream: its variants (each also registered as a stream), in
+    /// the order of ffmpeg's outputs `1..`. Changed while running by
+    /// [`add_variant`](Self::add_variant) / [`remove_variant`](Self::remove_variant),
+    /// which restart the decode with the new outputs.
+    variants: Mutex<Vec<Arc<StreamHandle>>>,
+    /// Bumped by every change of `variants`; a run whose outputs are older is
+    /// restarted at once.
+    outputs_version: AtomicU64,
+    /// Set with a change of the outputs: the run that ends next ended for it, not
+    /// because of the camera (no backoff, no reconnect counted).
+    reconfigure: AtomicBool,
+    /// For an alias: the stream whose ring it reads (the main stream or one of its
+    /// variants, same size and format). An alias has no ring and no writer of its
+    /// own; its id, readers and on-demand rule are its own.
+    pub alias_of: Option<Arc<StreamHandle>>,
+    /// An alias, or a variant added to a running decode by a later start request:
+    /// its id is stopped alone and is idle by its own readers (a variant of the
+    /// main stream's own start request goes with the main stream).
+    pub standalone: bool,
     pub started: Instant,
     pub status: Mutex<Status>,
     pub readers: AtomicU32,
@@ -150,7 +170,7 @@ impl StreamHandle {
                 h.parent = Some(spec.id.clone());
                 Arc::new(h)
             })
-            .collect();
+            .collect::<Vec<_>>();
         let decoder = match spec.hwaccel {
             HwAccel::None => "software".to_string(),
             h => h.name().to_string(),
@@ -160,7 +180,11 @@ impl StreamHandle {
             slot_count,
             on_demand,
             parent: None,
-            variants,
+            variants: Mutex::new(variants),
+            outputs_version: AtomicU64::new(0),
+            reconfigure: AtomicBool::new(false),
+            alias_of: None,
+            standalone: false,
             started: Instant::now(),
             status: Mutex::new(Status {
                 state: StreamState::Starting,
@@ -174,6 +198,7 @@ impl StreamHandle {
                 ffmpeg_pid: 0,
                 fps: 0.0,
                 decoder,
+                declared_fps: 0.0,
             }),
             readers: AtomicU32::new(0),
             frames_written: AtomicU64::new(0),
@@ -191,6 +216,85 @@ impl StreamHandle {
 
     pub fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    /// Another id for the output `target` (of the decode whose main stream is
+    /// `parent`): same ring, its own id, readers and on-demand rule.
+    pub fn alias(id: &str, target: Arc<StreamHandle>, parent: &str, on_demand: bool) -> Self {
+        let spec = SourceSpec {
+            id: id.to_string(),
+            variants: Vec::new(),
+            ..target.spec.clone()
+        };
+        let mut h = StreamHandle::new(spec, target.slot_count, on_demand);
+        h.parent = Some(parent.to_string());
+        h.alias_of = Some(target);
+        h.standalone = true;
+        h
+    }
+
+    /// A variant of `parent`'s decode asked for by a later start request (see
+    /// [`add_variant`](Self::add_variant)).
+    pub fn added_variant(parent: &StreamHandle, output: OutputSpec, on_demand: bool) -> Self {
+        let spec = SourceSpec {
+            id: output.id,
+            size: output.size,
+            pixel_format: output.pixel_format,
+            variants: Vec::new(),
+            ..parent.spec.clone()
+        };
+        let mut h = StreamHandle::new(spec, parent.slot_count, on_demand);
+        h.parent = Some(parent.id().to_string());
+        h.standalone = true;
+        h
+    }
+
+    /// The stream whose ring and counters this id shows: the alias's target, else
+    /// itself.
+    pub fn source(&self) -> &StreamHandle {
+        self.alias_of.as_deref().unwrap_or(self)
+    }
+
+    /// The variants of a main stream, in output order.
+    pub fn variants(&self) -> Vec<Arc<StreamHandle>> {
+        self.variants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds an output to the running decode. ffmpeg cannot grow its filter graph
+    /// while it runs, so the decode restarts at once with the extra output; the
+    /// rings of the other outputs stay (same geometry), their readers attached.
+    pub fn add_variant(&self, v: Arc<StreamHandle>) {
+        self.variants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(v);
+        self.outputs_changed("a variant was added");
+    }
+
+    /// Takes an output out of the decode (restarted at once without it); its ring
+    /// is marked stopped and unlinked by the supervisor.
+    pub fn remove_variant(&self, v: &StreamHandle) {
+        self.variants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|x| !std::ptr::eq(&**x, v));
+        self.outputs_changed("a variant was removed");
+    }
+
+    fn outputs_changed(&self, why: &str) {
+        self.outputs_version.fetch_add(1, Ordering::AcqRel);
+        self.reconfigure.store(true, Ordering::Release);
+        // Wakes a backoff sleep too: the new outputs start now.
+        let _g = self.wakeup.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.wakeup.1.notify_all();
+        drop(_g);
+        if let Some(k) = self.kill.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            tracing::info!(stream = self.id(), "restarting ffmpeg: {why}");
+            k();
+        }
     }
 
     pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -222,7 +326,7 @@ impl StreamHandle {
     fn sleep_unless_stopped(&self, d: Duration) {
         let deadline = Instant::now() + d;
         let mut g = self.wakeup.0.lock().unwrap_or_else(|p| p.into_inner());
-        while !self.stopping() {
+        while !self.stopping() && !self.reconfigure.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -257,7 +361,7 @@ impl StreamHandle {
     /// its own first frame, not when the main output does).
     fn set_state_all(&self, state: StreamState) {
         self.set_state(state);
-        for v in &self.variants {
+        for v in &self.variants() {
             if state != StreamState::Live {
                 v.set_state(state);
             }
@@ -266,22 +370,33 @@ impl StreamHandle {
 
     fn set_decoder(&self, decoder: &str) {
         self.status().decoder = decoder.to_string();
-        for v in &self.variants {
+        for v in &self.variants() {
             v.status().decoder = decoder.to_string();
         }
     }
 
-    /// Readers of this stream and of its variants (what keeps an on-demand stream).
+    /// Readers of this stream and of the variants of its own start request (what
+    /// keeps an on-demand main stream).
     pub fn total_readers(&self) -> u32 {
         self.readers.load(Ordering::Relaxed)
             + self
-                .variants
+                .variants()
                 .iter()
+                .filter(|v| !v.standalone)
                 .map(|v| v.readers.load(Ordering::Relaxed))
                 .sum::<u32>()
     }
 
     pub fn info(&self) -> StreamInfo {
+        if let Some(t) = &self.alias_of {
+            return StreamInfo {
+                id: self.spec.id.clone(),
+                readers: self.readers.load(Ordering::Relaxed),
+                on_demand: self.on_demand,
+                parent: self.parent.clone(),
+                ..t.info()
+            };
+        }
         let s = self.status();
         let g = s.geometry;
         StreamInfo {
@@ -295,10 +410,17 @@ impl StreamHandle {
             readers: self.readers.load(Ordering::Relaxed),
             on_demand: self.on_demand,
             parent: self.parent.clone(),
+            declared_fps: s.declared_fps,
         }
     }
 
     pub fn stats(&self) -> StreamStats {
+        if let Some(t) = &self.alias_of {
+            return StreamStats {
+                info: self.info(),
+                ..t.stats()
+            };
+        }
         let info = self.info();
         let s = self.status();
         StreamStats {
@@ -318,6 +440,12 @@ impl StreamHandle {
     /// What a reader needs to map the ring; `None` until the ring exists or once
     /// the stream has ended.
     pub fn attachment(&self) -> Option<Attachment> {
+        if let Some(t) = &self.alias_of {
+            return Some(Attachment {
+                id: self.spec.id.clone(),
+                ..t.attachment()?
+            });
+        }
         let s = self.status();
         let g = s.geometry?;
         if s.state.is_final() {
@@ -376,7 +504,7 @@ pub fn run(
     let id = handle.id().to_string();
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut writer: Option<Writer> = None;
-    let mut variant_writers: Vec<Option<Writer>> = handle.variants.iter().map(|_| None).collect();
+    let mut variant_writers: Vec<VariantWriter> = Vec::new();
     let mut permanent_failures = 0;
     let mut final_state = StreamState::Stopped;
     // Set once the hardware decoder proved unusable: software from then on.
@@ -400,6 +528,11 @@ pub fn run(
         attempt += 1;
         if handle.stopping() {
             break;
+        }
+        if handle.reconfigure.swap(false, Ordering::AcqRel) {
+            // Ended (or was about to start) for a change of the outputs: start again
+            // now with the new ones, the same rings for the unchanged outputs.
+            continue;
         }
         let error = match outcome {
             RunOutcome::Ended {
@@ -453,12 +586,13 @@ pub fn run(
     }
     if final_state == StreamState::Failed {
         let why = handle.status().last_error.clone();
-        for v in &handle.variants {
+        for v in &handle.variants() {
             v.status().last_error = why.clone();
         }
     }
     handle.set_state_all(final_state);
-    for (v, w) in handle.variants.iter().zip(variant_writers.iter_mut()) {
+    for (v, w) in variant_writers.iter_mut() {
+        v.set_state(final_state);
         *v.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(w) = w.take() {
             alloc.release(w.region().len() as u64);
@@ -513,8 +647,40 @@ struct RunCtx<'a> {
     alloc: &'a dyn SegmentAllocator,
     cfg: &'a SupervisorConfig,
     writer: &'a mut Option<Writer>,
-    variant_writers: &'a mut Vec<Option<Writer>>,
+    variant_writers: &'a mut Vec<VariantWriter>,
     software: bool,
+}
+
+/// A variant and its ring (none until its geometry is known).
+type VariantWriter = (Arc<StreamHandle>, Option<Writer>);
+
+/// Brings the variant writers in line with the stream's current variants, in
+/// output order: a removed variant's ring is marked stopped (its readers see it)
+/// and given back; a new one starts without a ring; the others keep theirs.
+fn sync_variant_writers(
+    handle: &StreamHandle,
+    alloc: &dyn SegmentAllocator,
+    writers: &mut Vec<VariantWriter>,
+) -> Vec<Arc<StreamHandle>> {
+    let current = handle.variants();
+    let mut old = std::mem::take(writers);
+    for v in &current {
+        let w = old
+            .iter()
+            .position(|(h, _)| Arc::ptr_eq(h, v))
+            .and_then(|i| old.swap_remove(i).1);
+        writers.push((v.clone(), w));
+    }
+    for (v, w) in old {
+        v.set_state(StreamState::Stopped);
+        *v.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(w) = w {
+            w.status().set_state(StreamState::Stopped);
+            alloc.release(w.region().len() as u64);
+        }
+        tracing::info!(stream = v.id(), "variant left the decode; ring unlinked");
+    }
+    current
 }
 
 /// Makes sure `writer` is a ring of `geometry` for `handle`: keeps the current one
@@ -625,14 +791,22 @@ fn pump(
 fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
     let handle = ctx.handle;
     let id = handle.id();
-    let spec = if ctx.software && handle.spec.hwaccel != HwAccel::None {
-        SourceSpec {
-            hwaccel: HwAccel::None,
-            ..handle.spec.clone()
-        }
-    } else {
-        handle.spec.clone()
+    let version = handle.outputs_version.load(Ordering::Acquire);
+    let variants = sync_variant_writers(handle, ctx.alloc, ctx.variant_writers);
+    let mut spec = SourceSpec {
+        variants: variants
+            .iter()
+            .map(|v| OutputSpec {
+                id: v.id().to_string(),
+                size: v.spec.size,
+                pixel_format: v.spec.pixel_format,
+            })
+            .collect(),
+        ..handle.spec.clone()
     };
+    if ctx.software {
+        spec.hwaccel = HwAccel::None;
+    }
     let mut source = match ctx.factory.spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
@@ -645,6 +819,12 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
     };
     handle.status().ffmpeg_pid = source.pid();
     *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = Some(source.kill_handle());
+    if handle.outputs_version.load(Ordering::Acquire) != version {
+        // The outputs changed while this ffmpeg was being started: it has the old
+        // ones, so it ends now and the loop starts the new set.
+        handle.reconfigure.store(true, Ordering::Release);
+        (source.kill_handle())();
+    }
     tracing::info!(stream = id, pid = source.pid(), url = %handle.spec.redacted, hwaccel = %spec.hwaccel, "source started");
 
     let outcome = (|| {
@@ -657,30 +837,32 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             Ok(g) => g,
             Err(e) => return ended(e),
         };
+        if let Some(fps) = source.declared_fps() {
+            // Every output of the decode runs at the input's rate.
+            handle.status().declared_fps = fps;
+            for v in &variants {
+                v.status().declared_fps = fps;
+            }
+        }
         if let Err(e) = ensure_ring(handle, ctx.alloc, ctx.writer, geometry) {
             return RunOutcome::Fatal(e);
         }
         let mut outputs = Vec::new();
-        if !handle.variants.is_empty() {
+        if !variants.is_empty() {
             let geos = match source.variant_geometries(ctx.cfg.probe_timeout, &|| handle.stopping())
             {
                 Ok(g) => g,
                 Err(e) => return ended(e),
             };
             outputs = source.take_variant_outputs();
-            if geos.len() != handle.variants.len() || outputs.len() != handle.variants.len() {
+            if geos.len() != variants.len() || outputs.len() != variants.len() {
                 return RunOutcome::Fatal(format!(
                     "internal error: the source has {} variant outputs, the stream {}",
                     outputs.len(),
-                    handle.variants.len()
+                    variants.len()
                 ));
             }
-            for ((v, w), g) in handle
-                .variants
-                .iter()
-                .zip(ctx.variant_writers.iter_mut())
-                .zip(geos)
-            {
+            for ((v, w), g) in ctx.variant_writers.iter_mut().zip(geos) {
                 if let Err(e) = ensure_ring(v, ctx.alloc, w, g) {
                     return RunOutcome::Fatal(format!("variant {}: {e}", v.id()));
                 }
@@ -691,13 +873,9 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
         let w = ctx.writer.as_mut().expect("writer set above");
         let variant_writers = &mut *ctx.variant_writers;
         let frames = std::thread::scope(|scope| {
-            for ((v, w), mut input) in handle
-                .variants
-                .iter()
-                .zip(variant_writers.iter_mut())
-                .zip(outputs)
-            {
+            for ((v, w), mut input) in variant_writers.iter_mut().zip(outputs) {
                 let w = w.as_mut().expect("variant writer set above");
+                let v = &**v;
                 let clock = clock.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("variant-{}", v.id()))
@@ -744,7 +922,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                     }
                 })
             };
-            if !handle.variants.is_empty() {
+            if !variants.is_empty() {
                 // The main output ended: make sure the variants' pipes end too.
                 kill();
             }
