@@ -41,9 +41,27 @@ APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
 if [ "${1:-}" = "--test" ]; then
     APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
     APT_PKGS+=(systemd)   # systemd-analyze verifies the units in deploy/systemd
+    # The aarch64 stage (scripts/aarch64.sh): cross linker and libc, qemu-user to
+    # run the aarch64 binaries; libatomic1 gives the Python reader's fence (the
+    # ring tests force the fenced path on x86-64 too).
+    APT_PKGS+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libatomic1)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
+
+if [ "${1:-}" = "--test" ]; then
+    # arm64 .debs (Debian's arm64 CPython for the Python ring tests under qemu) are
+    # fetched with `apt-get download`, which needs the architecture known to apt.
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        say "dpkg --add-architecture arm64"
+        "${SUDO[@]}" dpkg --add-architecture arm64
+        "${SUDO[@]}" apt-get update -q >/dev/null
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+        say "rustup target add aarch64-unknown-linux-gnu"
+        rustup target add aarch64-unknown-linux-gnu >/dev/null
+    fi
+fi
 
 # 2. Python venvs: .venv with the newest OpenCV; with --test also .venv-cv4 with
 #    OpenCV 4.x, so the client is tested against both major versions.
