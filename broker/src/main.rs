@@ -124,8 +124,9 @@ enum StreamsCommand {
         /// Start even if this URL already runs under another id.
         #[arg(long)]
         allow_duplicate: bool,
-        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox (falls back
-        /// to software when the device is missing). Default: the broker's.
+        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox, and the boards'
+        /// h264_v4l2m2m, hevc_v4l2m2m, h264_rkmpp, hevc_rkmpp (falls back to software
+        /// when the device or decoder is missing). Default: the broker's.
         #[arg(long)]
         hwaccel: Option<String>,
         /// Another output of the same decode, its own stream: ID:WIDTHxHEIGHT:FORMAT
@@ -433,11 +434,8 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             let mut req = StartRequest::new(id, url);
             req.hwaccel = hwaccel
                 .map(|h| {
-                    HwAccel::from_name(&h).with_context(|| {
-                        format!(
-                            "unknown hwaccel {h:?} (none, auto, vaapi, cuda, qsv, videotoolbox)"
-                        )
-                    })
+                    HwAccel::from_name(&h)
+                        .with_context(|| format!("unknown hwaccel {h:?} ({})", HwAccel::names()))
                 })
                 .transpose()?;
             req.variants = variants
