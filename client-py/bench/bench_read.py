@@ -13,7 +13,7 @@
 
 Run from client-py/ with the venv:  ../.venv/bin/python bench/bench_read.py
 (needs target/debug/framebroker, or FRAMEBROKER_BIN; a release build is fairer).
-``--only read`` runs part 1 alone, ``--only fence`` part 2; ``--reps`` repeats it (each figure in the JSON
+``--only read`` runs part 1 alone, ``--only fence`` part 2; ``--reps`` repeats them (each figure in the JSON
 is then the median of the per-repetition medians, with min and max); ``--json
 PATH`` writes the figures there. ``bench/run.py`` at the repository root drives it.
 """
@@ -204,7 +204,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--readers", default="1,4,8")
     ap.add_argument("--only", choices=["read", "fence", "cpu"], help="run one part only")
-    ap.add_argument("--reps", type=int, default=1, help="repetitions of part 1 (read cost)")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of parts 1 and 2 (read cost, fences)")
     ap.add_argument("--sizes", type=parse_sizes, default=[(640, 480), (1920, 1080)], help="e.g. 640x480,1920x1080")
     ap.add_argument("--json", type=Path, help="write the part-1 figures (µs) to this file")
     a = ap.parse_args()
@@ -240,15 +240,20 @@ def main() -> int:
                 print("\n## the read path's fences (aarch64's path, forced here) vs this machine's own path"
                       " (µs per read of a warm frame; median / p90)")
             for w, h in [(160, 120)] + a.sizes if a.only in (None, "fence") else []:
-                times = bench_fence(b, w, h, 20 * a.frames)
-                own, fenced = (statistics.median(times[k]) for k in ("own path", "fenced path"))
-                for k, v in times.items():
-                    print(f"{w}x{h:<5} {k:12} {statistics.median(v):7.2f} / {pct(v, 0.9):7.2f}   "
-                          f"{statistics.median(v) / own:.2f}x")
-                print(f"{w}x{h:<5} fences cost {fenced - own:+.2f} µs per read")
+                reps: Dict[str, List[float]] = {}
+                for rep in range(a.reps):
+                    times = bench_fence(b, w, h, 20 * a.frames)
+                    own, fenced = (statistics.median(times[k]) for k in ("own path", "fenced path"))
+                    for k, v in times.items():
+                        print(f"{w}x{h:<5} {k:12} {statistics.median(v):7.2f} / {pct(v, 0.9):7.2f}   "
+                              f"{statistics.median(v) / own:.2f}x"
+                              + (f"   (rep {rep + 1}/{a.reps})" if a.reps > 1 else ""))
+                        reps.setdefault(k, []).append(statistics.median(v))
+                    print(f"{w}x{h:<5} fences cost {fenced - own:+.2f} µs per read")
+                    reps.setdefault("fence cost", []).append(fenced - own)
+                    reps.setdefault("fenced / own", []).append(fenced / own)
                 fences.append({"width": w, "height": h, "bytes": w * h * 3, "reads": 20 * a.frames,
-                               "us": {k: summary(v) for k, v in times.items()},
-                               "fenced / own": fenced / own, "fence cost us": fenced - own})
+                               "reps": a.reps, "us": {k: summary(v) for k, v in reps.items()}})
             if a.json is not None:
                 a.json.write_text(json.dumps({"read": results, "fence": fences}, indent=1) + "\n")
             if a.only in ("read", "fence"):
