@@ -220,6 +220,9 @@ class Ring:
     ) -> None:
         if sys.byteorder != "little":
             raise SegmentError(segment, "the ring layout is little-endian; this host is not")
+        #: The fence between the seqlock's loads; ``None`` on x86 (see
+        #: :func:`read_fence`). Settled before anything is opened.
+        self._fence = read_fence()
         self.name = segment
         self.stale_after_s = stale_after_s
         self.verify_checksum = verify_checksum
@@ -232,8 +235,6 @@ class Ring:
             self.close()
             raise
         self._waiter = WordWaiter(self._base + L.WAKE_OFF, self.wake_word, use_futex)
-        #: The fence between the seqlock's loads; ``None`` on x86 (see :func:`read_fence`).
-        self._fence = read_fence()
         last = self.last_frame()
         #: Number of the last frame this reader returned (0: none).
         self.cursor = max(last - 1, 0)

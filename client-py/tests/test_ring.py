@@ -253,7 +253,7 @@ def test_fences_sit_between_the_seqlock_loads(
     r.close()
 
 
-def test_a_machine_that_reorders_loads_needs_the_fence(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_machine_that_reorders_loads_needs_the_fence(writer: RingWriter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_ring.FENCE_ENV, "auto")
     monkeypatch.setattr(_ring, "_TSO", True)
     assert _ring.read_fence() is None, "x86 keeps loads in order: no fence"
@@ -266,6 +266,9 @@ def test_a_machine_that_reorders_loads_needs_the_fence(monkeypatch: pytest.Monke
     monkeypatch.setattr(_ring, "_libatomic_fence", missing)
     with pytest.raises(FrameBrokerError, match="apt-get install libatomic1"):
         _ring.read_fence()
+    # A reader refuses to open (nothing mapped) rather than read without the fence.
+    with pytest.raises(FrameBrokerError, match="needs a memory fence between loads"):
+        Ring(writer.name)
     monkeypatch.setenv(_ring.FENCE_ENV, "sometimes")
     with pytest.raises(FrameBrokerError, match="expected 'auto' or 'always'"):
         _ring.read_fence()
