@@ -209,10 +209,11 @@ fn an_unfenced_python_read_can_be_torn() {
     python_reader_model(false);
 }
 
-/// Once a Python reader has seen `last_frame` = n, its fenced read of slot n
-/// succeeds at once (no retry): the fence after the sequence load also orders
-/// the `last_frame` load before it, so `last_frame` cannot run ahead of the slot
-/// and a reader cannot spend its retries on a frame it cannot see yet.
+/// Once a Python reader has seen `last_frame` = n, every load after its first
+/// fence sees slot n whole: the fence also orders the `last_frame` load before
+/// them, so `last_frame` cannot run ahead of the slot and a reader cannot spend
+/// its retries on a frame it cannot see yet (at most one retry, when the sequence
+/// loaded before the fence was older).
 #[test]
 fn a_fenced_python_read_sees_the_frame_last_frame_names() {
     model(|| {
