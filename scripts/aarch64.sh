@@ -39,7 +39,11 @@ make_pyroot() {
     local stamp="$PYROOT/.made" want="${PY_DEBS[*]} numpy pytest"
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
     rm -rf "$PYROOT" && mkdir -p "$PYROOT/debs" "$PYROOT/root" "$PYROOT/wheels" "$PYROOT/site"
-    (cd "$PYROOT/debs" && apt-get download -q "${PY_DEBS[@]/%/:arm64}" 2>&1 | grep -v -e '^W: Download is performed unsandboxed' -e '^Get:' -e '^Fetched' || true)
+    if ! (cd "$PYROOT/debs" && apt-get download -q "${PY_DEBS[@]/%/:arm64}") > "$PYROOT/apt.log" 2>&1; then
+        cat "$PYROOT/apt.log" >&2
+        echo "aarch64: apt-get download of arm64 packages failed (scripts/setup.sh --test adds the arm64 architecture)" >&2
+        exit 1
+    fi
     for deb in "$PYROOT"/debs/*.deb; do dpkg-deb -x "$deb" "$PYROOT/root"; done
     .venv/bin/python -m pip download -q --only-binary=:all: --python-version 3.11 \
         --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 -d "$PYROOT/wheels" numpy pytest
