@@ -546,6 +546,26 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
                     }
                 );
             }
+            // The boards' decoders are ffmpeg decoders, not -hwaccel methods.
+            let out = std::process::Command::new(&f.path)
+                .args(["-hide_banner", "-decoders"])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let have: Vec<&str> = HwAccel::ALL
+                    .iter()
+                    .filter_map(|h| h.decoder())
+                    .filter(|d| text.split_whitespace().any(|w| w == *d))
+                    .collect();
+                println!(
+                    "info  ffmpeg board decoders: {} (each also needs its device)",
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+            }
         }
         Err(e) => {
             ok = false;
