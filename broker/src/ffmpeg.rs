@@ -155,7 +155,11 @@ pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
     .map(String::from)
     .into();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    if spec.hwaccel != HwAccel::None {
+    if let Some(decoder) = spec.hwaccel.decoder() {
+        // The boards' decoders (v4l2m2m, rkmpp) are decoders, not -hwaccel methods;
+        // they hand frames back in system memory, so the filters work unchanged.
+        a.extend(s(&["-c:v", decoder]));
+    } else if spec.hwaccel != HwAccel::None {
         // Without -hwaccel_output_format ffmpeg downloads decoded frames to system
         // memory itself, so the filters below work unchanged.
         a.extend(s(&["-hwaccel", spec.hwaccel.name()]));
@@ -403,6 +407,10 @@ const HWACCEL_FAILURES: &[&str] = &[
     "failed to create",
     "unsupported hwaccel",
     "unrecognized hwaccel",
+    // v4l2m2m without a /dev/video* decoder; an ffmpeg built without the decoder.
+    "could not find a valid device",
+    "can't configure decoder",
+    "unknown decoder",
 ];
 
 /// Whether an ffmpeg log line says the hardware decoder is unusable.
@@ -839,6 +847,25 @@ mod tests {
     }
 
     #[test]
+    fn board_decoders_are_forced_decoders_not_hwaccels() {
+        for (hw, decoder) in [
+            (HwAccel::H264V4l2m2m, "h264_v4l2m2m"),
+            (HwAccel::HevcRkmpp, "hevc_rkmpp"),
+        ] {
+            let mut sp = spec("rtsp://127.0.0.1:8554/cam", None);
+            sp.hwaccel = hw;
+            let a = ffmpeg_args(&sp);
+            let c = a.iter().position(|x| x == "-c:v").unwrap();
+            assert_eq!(a[c + 1], decoder);
+            assert!(
+                c < a.iter().position(|x| x == "-i").unwrap(),
+                "before the input"
+            );
+            assert!(!a.contains(&"-hwaccel".to_string()));
+        }
+    }
+
+    #[test]
     fn variants_share_one_decode() {
         let mut sp = spec("rtsp://127.0.0.1:8554/cam", None);
         sp.hwaccel = HwAccel::Vaapi;
@@ -951,6 +978,15 @@ mod tests {
         assert!(is_hwaccel_failure(
             "[h264 @ 0x1] [error] No device available for decoder: device type vaapi needed for codec h264."
         ));
+        // Debian's ffmpeg 5.1 asked for h264_v4l2m2m without a V4L2 decoder device,
+        // and for h264_rkmpp, which it was built without.
+        assert!(is_hwaccel_failure(
+            "[h264_v4l2m2m @ 0x55bda78bd0c0] [error] Could not find a valid device"
+        ));
+        assert!(is_hwaccel_failure(
+            "[h264_v4l2m2m @ 0x55bda78bd0c0] [error] can't configure decoder"
+        ));
+        assert!(is_hwaccel_failure("[fatal] Unknown decoder 'h264_rkmpp'"));
         assert!(!is_hwaccel_failure("[error] Connection refused"));
         assert_eq!(
             short_reason("[h264 @ 0x1] [error] No device available for decoder"),

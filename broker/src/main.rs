@@ -126,8 +126,9 @@ enum StreamsCommand {
         /// Start even if this URL already runs under another id.
         #[arg(long)]
         allow_duplicate: bool,
-        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox (falls back
-        /// to software when the device is missing). Default: the broker's.
+        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox, and the boards'
+        /// h264_v4l2m2m, hevc_v4l2m2m, h264_rkmpp, hevc_rkmpp (falls back to software
+        /// when the device or decoder is missing). Default: the broker's.
         #[arg(long)]
         hwaccel: Option<String>,
         /// Another output of the same decode, its own stream: ID:WIDTHxHEIGHT:FORMAT
@@ -496,11 +497,8 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             let mut req = StartRequest::new(id, url);
             req.hwaccel = hwaccel
                 .map(|h| {
-                    HwAccel::from_name(&h).with_context(|| {
-                        format!(
-                            "unknown hwaccel {h:?} (none, auto, vaapi, cuda, qsv, videotoolbox)"
-                        )
-                    })
+                    HwAccel::from_name(&h)
+                        .with_context(|| format!("unknown hwaccel {h:?} ({})", HwAccel::names()))
                 })
                 .transpose()?;
             req.variants = variants
@@ -622,6 +620,26 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
                         "none".into()
                     } else {
                         list.join(", ")
+                    }
+                );
+            }
+            // The boards' decoders are ffmpeg decoders, not -hwaccel methods.
+            let out = std::process::Command::new(&f.path)
+                .args(["-hide_banner", "-decoders"])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let have: Vec<&str> = HwAccel::ALL
+                    .iter()
+                    .filter_map(|h| h.decoder())
+                    .filter(|d| text.split_whitespace().any(|w| w == *d))
+                    .collect();
+                println!(
+                    "info  ffmpeg board decoders: {} (each also needs its device)",
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
                     }
                 );
             }

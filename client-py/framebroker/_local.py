@@ -162,6 +162,11 @@ class LocalStream:
             # Replaced between Attach and open (new generation): try again.
             self._detach_quietly()
             return str(e)
+        except FrameBrokerError:
+            # This machine cannot read rings safely (no fence, see _ring.read_fence):
+            # say so, and hold no attachment at the broker.
+            self._detach_quietly()
+            raise
         i = ring.info
         if (i.width, i.height, i.pixel_format, i.slot_count, i.segment_size, i.generation) != (
             att.width, att.height, att.pixel_format, att.slot_count, att.segment_size, att.generation,

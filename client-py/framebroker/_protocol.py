@@ -59,8 +59,9 @@ class Transport(enum.IntEnum):
 
 
 class HwAccel(enum.IntEnum):
-    """Hardware decoders, named as ffmpeg's ``-hwaccel`` spells them (``.value``
-    is the wire index; :meth:`ffmpeg_name` the name)."""
+    """Hardware decoders, named as ffmpeg's ``-hwaccel`` spells them, and the ARM
+    boards' decoders named as ffmpeg's decoders (``.value`` is the wire index;
+    :meth:`ffmpeg_name` the name)."""
 
     NONE = 0
     AUTO = 1
@@ -68,6 +69,10 @@ class HwAccel(enum.IntEnum):
     CUDA = 3
     QSV = 4
     VIDEO_TOOLBOX = 5
+    H264_V4L2M2M = 6
+    HEVC_V4L2M2M = 7
+    H264_RKMPP = 8
+    HEVC_RKMPP = 9
 
     def ffmpeg_name(self) -> str:
         return "videotoolbox" if self is HwAccel.VIDEO_TOOLBOX else self.name.lower()

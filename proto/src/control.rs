@@ -150,7 +150,11 @@ impl VariantRequest {
     }
 }
 
-/// Hardware decoders, named as ffmpeg's `-hwaccel` spells them.
+/// Hardware decoders: ffmpeg's `-hwaccel` methods, named as it spells them, and
+/// the ARM boards' decoders that ffmpeg offers as decoders of their own (named as
+/// ffmpeg's decoder, used with `-c:v` before the input; see [`HwAccel::decoder`]).
+///
+/// New variants go at the end: the wire carries the variant's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HwAccel {
     /// Software decode.
@@ -161,20 +165,33 @@ pub enum HwAccel {
     Cuda,
     Qsv,
     VideoToolbox,
+    /// V4L2 memory-to-memory H.264 decoder (Raspberry Pi 4 and other SoCs).
+    H264V4l2m2m,
+    /// V4L2 memory-to-memory HEVC decoder, where the SoC has one.
+    HevcV4l2m2m,
+    /// Rockchip MPP H.264 decoder (RK3588 and kin; needs an ffmpeg built with rkmpp).
+    H264Rkmpp,
+    /// Rockchip MPP HEVC decoder.
+    HevcRkmpp,
 }
 
 impl HwAccel {
-    pub const ALL: [HwAccel; 6] = [
+    pub const ALL: [HwAccel; 10] = [
         HwAccel::None,
         HwAccel::Auto,
         HwAccel::Vaapi,
         HwAccel::Cuda,
         HwAccel::Qsv,
         HwAccel::VideoToolbox,
+        HwAccel::H264V4l2m2m,
+        HwAccel::HevcV4l2m2m,
+        HwAccel::H264Rkmpp,
+        HwAccel::HevcRkmpp,
     ];
 
-    /// The name ffmpeg's `-hwaccel` and our CLI and config use.
-    pub fn name(self) -> &'static str {
+    /// The name our CLI, config and stats use: ffmpeg's `-hwaccel` method, or its
+    /// decoder's name for the boards' decoders.
+    pub const fn name(self) -> &'static str {
         match self {
             HwAccel::None => "none",
             HwAccel::Auto => "auto",
@@ -182,11 +199,32 @@ impl HwAccel {
             HwAccel::Cuda => "cuda",
             HwAccel::Qsv => "qsv",
             HwAccel::VideoToolbox => "videotoolbox",
+            HwAccel::H264V4l2m2m => "h264_v4l2m2m",
+            HwAccel::HevcV4l2m2m => "hevc_v4l2m2m",
+            HwAccel::H264Rkmpp => "h264_rkmpp",
+            HwAccel::HevcRkmpp => "hevc_rkmpp",
+        }
+    }
+
+    /// The ffmpeg decoder to force with `-c:v` (the boards' decoders, which are not
+    /// `-hwaccel` methods); `None` for the `-hwaccel` methods and software.
+    pub const fn decoder(self) -> Option<&'static str> {
+        match self {
+            HwAccel::H264V4l2m2m
+            | HwAccel::HevcV4l2m2m
+            | HwAccel::H264Rkmpp
+            | HwAccel::HevcRkmpp => Some(self.name()),
+            _ => None,
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// Every name, comma-separated (for help and error texts).
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
     }
 }
 
@@ -541,7 +579,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             (
-                proptest::option::of(0usize..6),
+                proptest::option::of(0..HwAccel::ALL.len()),
                 proptest::collection::vec(
                     (
                         ".{0,20}",

@@ -200,6 +200,8 @@ fn control_messages_match_golden_bytes() {
             "protocol_version": control::PROTOCOL_VERSION,
             "protocol_magic": control::PROTOCOL_MAGIC,
             "max_frame": control::MAX_FRAME,
+            // `HwAccel` by wire index (the request carries the index).
+            "hwaccels": HwAccel::ALL.map(HwAccel::name),
             "vectors": all,
         }),
     );
