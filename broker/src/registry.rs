@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use framebroker_proto::config::Mode;
 use framebroker_proto::control::{
@@ -13,13 +13,16 @@ use framebroker_proto::control::{
 };
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
 use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
-use framebroker_proto::ring::{monotonic_ns, RingConfig};
+use framebroker_proto::ring::RingConfig;
 use framebroker_proto::shm::{self, OwnedSegment};
 use framebroker_proto::{Geometry, StreamState};
 
+use crate::clock::{self, Clock};
 use crate::declared::Declared;
+use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{OutputSpec, SourceFactory, SourceSpec};
 use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
+use crate::sync::{Lock, Rank, RankedGuard, RankedMutex};
 
 /// A refused request: the code and a message for the caller (no secrets in it).
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +105,8 @@ impl SegmentAllocator for Allocator {
         id: &str,
         geometry: Geometry,
         slots: u32,
-    ) -> Result<(Arc<OwnedSegment>, RingConfig), String> {
+    ) -> Result<(Arc<OwnedSegment>, RingConfig), Error> {
+        let internal = |e: framebroker_proto::Error| Error::new(ErrorKind::Internal, e.to_string());
         let mut config = RingConfig {
             stream_id: id.to_string(),
             geometry,
@@ -111,26 +115,31 @@ impl SegmentAllocator for Allocator {
             checksum: self.checksum,
             writer_pid: std::process::id(),
         };
-        let size = config.segment_size().map_err(|e| e.to_string())?;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let size = config
+            .segment_size()
+            .map_err(|e| Error::new(ErrorKind::BadGeometry, e.to_string()))?;
+        let mut used = self.used.locked();
         if *used + size > self.budget {
-            return Err(budget_message(size, *used, self.budget));
+            return Err(Error::new(
+                ErrorKind::NoRoom,
+                budget_message(size, *used, self.budget),
+            ));
         }
-        let free = shm::free_bytes().map_err(|e| e.to_string())?;
+        let free = shm::free_bytes().map_err(internal)?;
         if size > free {
-            return Err(format!(
+            return Err(Error::new(ErrorKind::NoRoom, format!(
                 "/dev/shm has {} free, the ring needs {}: enlarge /dev/shm or use fewer slots or a smaller size",
                 mib(free),
                 mib(size)
-            ));
+            )));
         }
         // A name can be taken by a segment we must not remove (another live broker
         // with our prefix, a foreign file): move on to the next generation.
         let mut last_err = String::new();
         for _ in 0..16 {
             config.generation = self.generation.fetch_add(1, Ordering::Relaxed);
-            let name = naming::segment_name(&self.prefix, id, config.generation)
-                .map_err(|e| e.to_string())?;
+            let name =
+                naming::segment_name(&self.prefix, id, config.generation).map_err(internal)?;
             match OwnedSegment::create(&name, size, self.mode) {
                 Ok(seg) => {
                     *used += size;
@@ -142,14 +151,14 @@ impl SegmentAllocator for Allocator {
                     tracing::warn!(segment = %name, "name taken by another segment; trying the next generation");
                     last_err = format!("{name}: {reason}");
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(internal(e)),
             }
         }
-        Err(last_err)
+        Err(Error::new(ErrorKind::Internal, last_err))
     }
 
     fn release(&self, bytes: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.locked();
         *used = used.saturating_sub(bytes);
     }
 }
@@ -208,7 +217,9 @@ pub struct Broker {
     cfg: BrokerConfig,
     factory: Arc<dyn SourceFactory>,
     alloc: Arc<Allocator>,
-    streams: Mutex<HashMap<String, Entry>>,
+    clock: Clock,
+    /// See [`crate::sync`] for the order with a stream's status lock.
+    streams: RankedMutex<HashMap<String, Entry>>,
     /// Supervisors of stopped streams that may still be cleaning up; shutdown
     /// waits for them so no segment outlives a clean exit.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -256,6 +267,15 @@ fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Entry
 
 impl Broker {
     pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
+        Self::with_clock(cfg, factory, clock::real())
+    }
+
+    /// A broker whose stall, idle and backoff time is `clock`'s (tests simulate it).
+    pub fn with_clock(
+        cfg: BrokerConfig,
+        factory: Arc<dyn SourceFactory>,
+        clock: Clock,
+    ) -> Arc<Self> {
         let alloc = Arc::new(Allocator {
             prefix: cfg.supervisor.shm_prefix.clone(),
             mode: cfg.supervisor.shm_mode,
@@ -268,7 +288,8 @@ impl Broker {
             cfg,
             factory,
             alloc,
-            streams: Mutex::new(HashMap::new()),
+            clock,
+            streams: RankedMutex::new(Rank::Streams, HashMap::new()),
             stopping: Mutex::new(Vec::new()),
             declared: Declared::default(),
         })
@@ -283,8 +304,8 @@ impl Broker {
         &self.declared
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    fn streams(&self) -> RankedGuard<'_, HashMap<String, Entry>> {
+        self.streams.locked()
     }
 
     fn get(&self, id: &str) -> Result<Arc<StreamHandle>, Refusal> {
@@ -425,7 +446,7 @@ impl Broker {
                     ))
                 })
                 .sum();
-            let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner()) + pending;
+            let used = *self.alloc.used.locked() + pending;
             if used.saturating_add(need) > self.cfg.shm_budget {
                 return Err(Refusal::new(
                     ErrorCode::LimitExceeded,
@@ -459,7 +480,12 @@ impl Broker {
             hwaccel: req.hwaccel.unwrap_or(self.cfg.default_hwaccel),
             variants,
         };
-        let handle = Arc::new(StreamHandle::new(spec, slots, req.on_demand));
+        let handle = Arc::new(StreamHandle::new(
+            spec,
+            slots,
+            req.on_demand,
+            self.clock.clone(),
+        ));
         let (h, f, a, c) = (
             handle.clone(),
             self.factory.clone(),
@@ -533,7 +559,7 @@ impl Broker {
         entry.handle.request_stop();
         // The supervisor exits within a moment; shutdown waits for it.
         if let Some(t) = entry.thread {
-            let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stopping = self.stopping.locked();
             stopping.retain(|t| !t.is_finished());
             stopping.push(t);
         }
@@ -635,7 +661,8 @@ impl Broker {
             // Idle once no reader of the stream or of its variants is left.
             self.with_idle_owner(handle, |o| {
                 if o.total_readers() == 0 {
-                    o.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
+                    o.idle_since_ns
+                        .store(self.clock.monotonic_ns(), Ordering::Relaxed);
                 }
             });
         }
@@ -657,12 +684,7 @@ impl Broker {
                 let _ = t.join();
             }
         }
-        let stopping: Vec<_> = self
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        let stopping: Vec<_> = self.stopping.locked().drain(..).collect();
         for t in stopping {
             let _ = t.join();
         }
@@ -674,7 +696,7 @@ impl Broker {
         std::thread::Builder::new()
             .name("ticker".into())
             .spawn(move || {
-                let mut rates: HashMap<String, VecDeque<(Instant, u64)>> = HashMap::new();
+                let mut rates: HashMap<String, VecDeque<(Duration, u64)>> = HashMap::new();
                 while let Some(b) = broker.upgrade() {
                     b.tick(&mut rates);
                     drop(b);
@@ -684,11 +706,11 @@ impl Broker {
             .expect("spawn ticker")
     }
 
-    fn tick(&self, rates: &mut HashMap<String, VecDeque<(Instant, u64)>>) {
+    fn tick(&self, rates: &mut HashMap<String, VecDeque<(Duration, u64)>>) {
         let handles: Vec<Arc<StreamHandle>> =
             self.streams().values().map(|e| e.handle.clone()).collect();
-        let now = Instant::now();
-        let now_ns = monotonic_ns();
+        let now_ns = self.clock.monotonic_ns();
+        let now = Duration::from_nanos(now_ns);
         let mut idle = Vec::new();
         for h in &handles {
             let ring = h.ring_status();
@@ -700,13 +722,13 @@ impl Broker {
             let samples = rates.entry(h.id().to_string()).or_default();
             let fps = if h.status().state == StreamState::Live {
                 samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
-                while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2)
+                while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2)
                 {
                     samples.pop_front();
                 }
                 match (samples.front(), samples.back()) {
-                    (Some(a), Some(b)) if b.0.duration_since(a.0) > Duration::from_millis(500) => {
-                        Some((b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64())
+                    (Some(a), Some(b)) if b.0.saturating_sub(a.0) > Duration::from_millis(500) => {
+                        Some((b.1 - a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64())
                     }
                     _ => None,
                 }
@@ -731,9 +753,9 @@ impl Broker {
                 _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
             };
             if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
-                h.kill_source(&format!(
-                    "source stalled: no frame for {:.1} s",
-                    quiet.as_secs_f64()
+                h.kill_source(Error::new(
+                    ErrorKind::Stalled,
+                    format!("source stalled: no frame for {:.1} s", quiet.as_secs_f64()),
                 ));
                 h.last_progress_ns.store(now_ns, Ordering::Relaxed);
             }
@@ -763,10 +785,12 @@ mod tests {
     //! exercised by the end-to-end tests in `tests/`).
     use super::*;
     use crate::ffmpeg::{KillHandle, RunningSource};
+    use framebroker_proto::ring::monotonic_ns;
     use framebroker_proto::shm::ReadOnlySegment;
     use framebroker_proto::{PixelFormat, RingReader};
     use std::io::Read;
     use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
 
     /// Each run yields `frames` frames of the run's geometry, then ends (as ffmpeg
     /// does when a camera drops).
@@ -782,7 +806,7 @@ mod tests {
     }
 
     impl RunningSource for FakeRun {
-        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, String> {
+        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, Error> {
             Ok(self.geometry)
         }
         fn frames(&mut self) -> &mut dyn Read {
@@ -797,8 +821,11 @@ mod tests {
         fn finish(&mut self) -> String {
             "exit status: 0".into()
         }
-        fn last_error(&self) -> Option<String> {
-            Some("Connection reset by peer".into())
+        fn last_error(&self) -> Option<Error> {
+            Some(Error::new(
+                ErrorKind::Unreachable,
+                "Connection reset by peer",
+            ))
         }
         fn decode_errors(&self) -> u64 {
             0
@@ -806,9 +833,12 @@ mod tests {
     }
 
     impl SourceFactory for Fake {
-        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
             if spec.url.contains("denied") {
-                return Err("method DESCRIBE failed: 401 Unauthorized".into());
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    "method DESCRIBE failed: 401 Unauthorized",
+                ));
             }
             let run = self.runs.fetch_add(1, Ordering::SeqCst) as usize;
             let (width, height) = self.sizes[run.min(self.sizes.len() - 1)];

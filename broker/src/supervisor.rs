@@ -3,8 +3,8 @@
 //! with exponential backoff into the **same** ring (readers stay attached).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use framebroker_proto::control::{Attachment, HwAccel, StreamInfo, StreamStats};
 use framebroker_proto::naming;
@@ -12,7 +12,10 @@ use framebroker_proto::ring::{monotonic_ns, wall_ns, Region, RingConfig, RingWri
 use framebroker_proto::shm::OwnedSegment;
 use framebroker_proto::{Geometry, RingStatus, StreamState};
 
+use crate::clock::{Clock, Wakeup};
+use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{FrameClock, KillHandle, SourceFactory, SourceSpec};
+use crate::sync::{Lock, Rank, RankedGuard, RankedMutex};
 
 /// Settings every supervisor shares.
 #[derive(Clone, Debug)]
@@ -29,7 +32,8 @@ pub struct SupervisorConfig {
     /// A run this long resets the backoff.
     pub healthy_after: Duration,
     /// Give up (state `failed`) after this many consecutive runs that produced no
-    /// frame and ended with an error that retrying cannot fix (401, 404, …).
+    /// frame and ended with an error that retrying cannot fix
+    /// ([`ErrorKind::is_permanent`]: 401, 404, …).
     pub max_permanent_failures: u32,
 }
 
@@ -67,6 +71,11 @@ impl Backoff {
             current: initial,
             seed: wall_ns() | 1,
         }
+    }
+
+    /// The largest delay the next [`next_delay`](Self::next_delay) may return.
+    pub fn cap(&self) -> Duration {
+        self.current
     }
 
     /// The next delay.
@@ -113,28 +122,32 @@ pub struct StreamHandle {
     pub parent: Option<String>,
     /// For a main stream: its variants (each also registered as a stream).
     pub variants: Vec<Arc<StreamHandle>>,
-    pub started: Instant,
-    pub status: Mutex<Status>,
+    /// The broker's clock (stall, idle, backoff and uptime read it).
+    pub clock: Clock,
+    /// When the stream was added, on [`clock`](Self::clock).
+    pub started: Duration,
+    status: RankedMutex<Status>,
     pub readers: AtomicU32,
     pub frames_written: AtomicU64,
     pub frames_dropped: AtomicU64,
-    /// CLOCK_MONOTONIC ns of the last frame, or of the current run's start.
+    /// [`clock`](Self::clock) ns of the last frame, or of the current run's start.
     pub last_progress_ns: AtomicU64,
-    /// When readers dropped to zero (on-demand streams), ns; 0 while read.
+    /// When readers dropped to zero (on-demand streams), [`clock`](Self::clock)
+    /// ns; 0 while read.
     pub idle_since_ns: AtomicU64,
     /// Whether a frame was ever published (the idle grace restarts at the first).
     pub ever_live: AtomicBool,
     stop: AtomicBool,
-    wakeup: (Mutex<()>, Condvar),
+    wakeup: Wakeup,
     kill: Mutex<Option<KillHandle>>,
     /// Why the broker killed the current source, if it did (reported as the error).
-    kill_reason: Mutex<Option<String>>,
+    kill_reason: Mutex<Option<Error>>,
     /// The current ring, for the ticker's heartbeat.
     ring: Mutex<Option<Arc<OwnedSegment>>>,
 }
 
 impl StreamHandle {
-    pub fn new(spec: SourceSpec, slot_count: u32, on_demand: bool) -> Self {
+    pub fn new(spec: SourceSpec, slot_count: u32, on_demand: bool, clock: Clock) -> Self {
         let variants = spec
             .variants
             .iter()
@@ -146,7 +159,7 @@ impl StreamHandle {
                     variants: Vec::new(),
                     ..spec.clone()
                 };
-                let mut h = StreamHandle::new(vspec, slot_count, on_demand);
+                let mut h = StreamHandle::new(vspec, slot_count, on_demand, clock.clone());
                 h.parent = Some(spec.id.clone());
                 Arc::new(h)
             })
@@ -161,28 +174,32 @@ impl StreamHandle {
             on_demand,
             parent: None,
             variants,
-            started: Instant::now(),
-            status: Mutex::new(Status {
-                state: StreamState::Starting,
-                geometry: None,
-                segment: None,
-                generation: 0,
-                segment_size: 0,
-                slot_count,
-                last_error: None,
-                reconnects: 0,
-                ffmpeg_pid: 0,
-                fps: 0.0,
-                decoder,
-            }),
+            started: clock.monotonic(),
+            status: RankedMutex::new(
+                Rank::Status,
+                Status {
+                    state: StreamState::Starting,
+                    geometry: None,
+                    segment: None,
+                    generation: 0,
+                    segment_size: 0,
+                    slot_count,
+                    last_error: None,
+                    reconnects: 0,
+                    ffmpeg_pid: 0,
+                    fps: 0.0,
+                    decoder,
+                },
+            ),
             readers: AtomicU32::new(0),
             frames_written: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
-            last_progress_ns: AtomicU64::new(monotonic_ns()),
-            idle_since_ns: AtomicU64::new(monotonic_ns()),
+            last_progress_ns: AtomicU64::new(clock.monotonic_ns()),
+            idle_since_ns: AtomicU64::new(clock.monotonic_ns()),
+            clock,
             ever_live: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            wakeup: (Mutex::new(()), Condvar::new()),
+            wakeup: Wakeup::default(),
             kill: Mutex::new(None),
             kill_reason: Mutex::new(None),
             ring: Mutex::new(None),
@@ -193,8 +210,9 @@ impl StreamHandle {
         &self.spec.id
     }
 
-    pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    /// The stream's status; see [`crate::sync`] for the lock order.
+    pub fn status(&self) -> RankedGuard<'_, Status> {
+        self.status.locked()
     }
 
     pub fn stopping(&self) -> bool {
@@ -204,45 +222,33 @@ impl StreamHandle {
     /// Asks the supervisor to stop: kills the source, wakes any backoff sleep.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        self.kill_source("stop requested");
-        let _g = self.wakeup.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.wakeup.1.notify_all();
+        self.kill_source(Error::new(ErrorKind::Stopped, "stop requested"));
+        self.wakeup.wake();
     }
 
     /// Kills the running source (the supervisor then restarts it unless stopping);
-    /// `why` becomes the stream's last error.
-    pub fn kill_source(&self, why: &str) {
-        if let Some(k) = self.kill.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    /// `why` becomes the run's error.
+    pub fn kill_source(&self, why: Error) {
+        if let Some(k) = self.kill.locked().as_ref() {
             tracing::info!(stream = self.id(), "killing ffmpeg: {why}");
-            *self.kill_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+            *self.kill_reason.locked() = Some(why);
             k();
         }
     }
 
     fn sleep_unless_stopped(&self, d: Duration) {
-        let deadline = Instant::now() + d;
-        let mut g = self.wakeup.0.lock().unwrap_or_else(|p| p.into_inner());
-        while !self.stopping() {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            g = self
-                .wakeup
-                .1
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.clock.sleep(&self.wakeup, d, &|| !self.stopping());
+    }
+
+    /// Notes that the source made progress (a frame, a new run), on the clock.
+    fn progressed(&self) {
+        self.last_progress_ns
+            .store(self.clock.monotonic_ns(), Ordering::Relaxed);
     }
 
     /// The current ring, for heartbeat and state updates from other threads.
     pub fn ring_status(&self) -> Option<RingStatus<Arc<OwnedSegment>>> {
-        let ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let ring = self.ring.locked().clone()?;
         RingStatus::new(ring).ok()
     }
 
@@ -308,7 +314,7 @@ impl StreamHandle {
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
             reconnects: s.reconnects,
             last_error: s.last_error.clone(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: (self.clock.monotonic().saturating_sub(self.started)).as_millis() as u64,
             bytes_per_frame: s.geometry.map_or(0, |g| g.frame_bytes()),
             ffmpeg_pid: s.ffmpeg_pid,
             decoder: s.decoder.clone(),
@@ -337,21 +343,6 @@ impl StreamHandle {
     }
 }
 
-/// Decides whether an error means retrying cannot help.
-fn is_permanent(error: &str) -> bool {
-    let e = error.to_ascii_lowercase();
-    [
-        "401 unauthorized",
-        "403 forbidden",
-        "404 not found",
-        "no such file",
-        "invalid data found",
-        "protocol not found",
-    ]
-    .iter()
-    .any(|p| e.contains(p))
-}
-
 /// Creates segments; shared so the broker can enforce its memory budget.
 pub trait SegmentAllocator: Send + Sync {
     fn allocate(
@@ -359,7 +350,7 @@ pub trait SegmentAllocator: Send + Sync {
         id: &str,
         geometry: Geometry,
         slots: u32,
-    ) -> Result<(Arc<OwnedSegment>, RingConfig), String>;
+    ) -> Result<(Arc<OwnedSegment>, RingConfig), Error>;
     fn release(&self, bytes: u64);
 }
 
@@ -383,10 +374,8 @@ pub fn run(
     let mut software = handle.spec.hwaccel == HwAccel::None;
     let mut attempt = 0u64;
     while !handle.stopping() {
-        let run_start = Instant::now();
-        handle
-            .last_progress_ns
-            .store(monotonic_ns(), Ordering::Relaxed);
+        let run_start = handle.clock.monotonic();
+        handle.progressed();
         let mut ctx = RunCtx {
             handle: &handle,
             factory: &*factory,
@@ -409,7 +398,7 @@ pub fn run(
             } => {
                 if frames == 0 && !software {
                     if let Some(reason) =
-                        hwaccel_fallback(hwaccel_error.as_deref(), error.as_deref(), attempt == 1)
+                        hwaccel_fallback(hwaccel_error.as_ref(), error.as_ref(), attempt == 1)
                     {
                         let name = handle.spec.hwaccel.name();
                         tracing::warn!(stream = %id, "hardware decoder {name} unavailable ({reason}); decoding in software");
@@ -420,13 +409,13 @@ pub fn run(
                 }
                 if frames > 0 {
                     permanent_failures = 0;
-                } else if error.as_deref().is_some_and(is_permanent) {
+                } else if error.as_ref().is_some_and(|e| e.kind().is_permanent()) {
                     permanent_failures += 1;
                 }
-                error.unwrap_or_else(|| "source ended".into())
+                error.unwrap_or_else(|| Error::new(ErrorKind::Ended, "source ended"))
             }
             RunOutcome::Fatal(e) => {
-                handle.status().last_error = Some(e.clone());
+                handle.status().last_error = Some(e.to_string());
                 tracing::error!(stream = %id, "giving up: {e}");
                 final_state = StreamState::Failed;
                 break;
@@ -434,18 +423,18 @@ pub fn run(
         };
         if permanent_failures >= cfg.max_permanent_failures {
             tracing::error!(stream = %id, "giving up after {permanent_failures} attempts: {error}");
-            handle.status().last_error = Some(error);
+            handle.status().last_error = Some(error.to_string());
             final_state = StreamState::Failed;
             break;
         }
-        if run_start.elapsed() >= cfg.healthy_after {
+        if handle.clock.monotonic().saturating_sub(run_start) >= cfg.healthy_after {
             backoff.reset();
         }
         let delay = backoff.next_delay();
         {
             let mut s = handle.status();
             s.reconnects += 1;
-            s.last_error = Some(error.clone());
+            s.last_error = Some(error.to_string());
         }
         handle.set_state_all(StreamState::Reconnecting);
         tracing::warn!(stream = %id, "source ended ({error}); reconnecting in {delay:?}");
@@ -459,12 +448,12 @@ pub fn run(
     }
     handle.set_state_all(final_state);
     for (v, w) in handle.variants.iter().zip(variant_writers.iter_mut()) {
-        *v.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *v.ring.locked() = None;
         if let Some(w) = w.take() {
             alloc.release(w.region().len() as u64);
         }
     }
-    *handle.ring.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *handle.ring.locked() = None;
     if let Some(w) = writer.take() {
         alloc.release(w.region().len() as u64);
         // Dropping the writer's Arc unlinks the segment (readers keep their mapping).
@@ -475,36 +464,27 @@ pub fn run(
 /// Whether a run that produced no frame with a hardware decoder should be retried
 /// in software, and the short reason: ffmpeg said the device failed, or the first
 /// attempt ended early for a reason that is not the camera's.
-fn hwaccel_fallback(hw_error: Option<&str>, error: Option<&str>, first: bool) -> Option<String> {
+fn hwaccel_fallback(
+    hw_error: Option<&Error>,
+    error: Option<&Error>,
+    first: bool,
+) -> Option<String> {
     if let Some(e) = hw_error {
         return Some(e.to_string());
     }
     let e = error?;
-    let lower = e.to_ascii_lowercase();
-    let camera = is_permanent(e)
-        || [
-            "connection refused",
-            "timed out",
-            "network is unreachable",
-            "no route to host",
-            "connection reset",
-            "stalled",
-            "stop requested",
-            "end of file",
-        ]
-        .iter()
-        .any(|p| lower.contains(p));
-    (first && !camera).then(|| e.chars().take(160).collect())
+    let decoder = first && (e.kind() == ErrorKind::HardwareDecoder || !e.kind().is_the_cameras());
+    decoder.then(|| e.message().chars().take(160).collect())
 }
 
 enum RunOutcome {
     Ended {
         frames: u64,
-        error: Option<String>,
+        error: Option<Error>,
         /// What the source said about an unusable hardware decoder.
-        hwaccel_error: Option<String>,
+        hwaccel_error: Option<Error>,
     },
-    Fatal(String),
+    Fatal(Error),
 }
 
 struct RunCtx<'a> {
@@ -525,10 +505,13 @@ fn ensure_ring(
     alloc: &dyn SegmentAllocator,
     writer: &mut Option<Writer>,
     geometry: Geometry,
-) -> Result<(), String> {
-    geometry
-        .validate()
-        .map_err(|e| format!("source geometry refused: {e}"))?;
+) -> Result<(), Error> {
+    geometry.validate().map_err(|e| {
+        Error::new(
+            ErrorKind::BadGeometry,
+            format!("source geometry refused: {e}"),
+        )
+    })?;
     let same = writer.as_ref().is_some_and(|w| {
         let h = w.header();
         h.width == geometry.width
@@ -540,13 +523,17 @@ fn ensure_ring(
     }
     let id = handle.id();
     let (seg, config) = alloc.allocate(id, geometry, handle.slot_count)?;
-    let w = RingWriter::create(seg.clone(), &config)
-        .map_err(|e| format!("cannot initialise the ring: {e}"))?;
+    let w = RingWriter::create(seg.clone(), &config).map_err(|e| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("cannot initialise the ring: {e}"),
+        )
+    })?;
     if let Some(old) = writer.replace(w) {
         old.status().set_state(StreamState::Stopped);
         alloc.release(old.region().len() as u64);
     }
-    *handle.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(seg.clone());
+    *handle.ring.locked() = Some(seg.clone());
     let mut s = handle.status();
     s.geometry = Some(geometry);
     s.segment = Some(seg.name().to_string());
@@ -644,11 +631,11 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
         }
     };
     handle.status().ffmpeg_pid = source.pid();
-    *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = Some(source.kill_handle());
+    *handle.kill.locked() = Some(source.kill_handle());
     tracing::info!(stream = id, pid = source.pid(), url = %handle.spec.redacted, hwaccel = %spec.hwaccel, "source started");
 
     let outcome = (|| {
-        let ended = |error: String| RunOutcome::Ended {
+        let ended = |error: Error| RunOutcome::Ended {
             frames: 0,
             error: Some(error),
             hwaccel_error: None,
@@ -669,10 +656,13 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             };
             outputs = source.take_variant_outputs();
             if geos.len() != handle.variants.len() || outputs.len() != handle.variants.len() {
-                return RunOutcome::Fatal(format!(
-                    "internal error: the source has {} variant outputs, the stream {}",
-                    outputs.len(),
-                    handle.variants.len()
+                return RunOutcome::Fatal(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "internal error: the source has {} variant outputs, the stream {}",
+                        outputs.len(),
+                        handle.variants.len()
+                    ),
                 ));
             }
             for ((v, w), g) in handle
@@ -682,7 +672,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                 .zip(geos)
             {
                 if let Err(e) = ensure_ring(v, ctx.alloc, w, g) {
-                    return RunOutcome::Fatal(format!("variant {}: {e}", v.id()));
+                    return RunOutcome::Fatal(e.context(format_args!("variant {}", v.id())));
                 }
             }
         }
@@ -704,7 +694,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                     .spawn_scoped(scope, move || {
                         pump(w, &mut input, clock.as_deref(), |n, _, _| {
                             v.frames_written.fetch_add(1, Ordering::Relaxed);
-                            v.last_progress_ns.store(monotonic_ns(), Ordering::Relaxed);
+                            v.progressed();
                             if n == 1 {
                                 v.set_state(StreamState::Live);
                             }
@@ -726,9 +716,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                         decode_errors = d;
                     }
                     handle.frames_written.fetch_add(1, Ordering::Relaxed);
-                    handle
-                        .last_progress_ns
-                        .store(monotonic_ns(), Ordering::Relaxed);
+                    handle.progressed();
                     if n == 1 {
                         handle.set_state(StreamState::Live);
                         // An on-demand stream's idle grace counts from when it can
@@ -739,7 +727,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                         {
                             handle
                                 .idle_since_ns
-                                .store(monotonic_ns(), Ordering::Relaxed);
+                                .store(handle.clock.monotonic_ns(), Ordering::Relaxed);
                         }
                     }
                 })
@@ -756,12 +744,8 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             hwaccel_error: None,
         }
     })();
-    *handle.kill.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    let killed_for = handle
-        .kill_reason
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    *handle.kill.locked() = None;
+    let killed_for = handle.kill_reason.locked().take();
     let how = source.finish();
     handle.status().ffmpeg_pid = 0;
     tracing::debug!(stream = id, "ffmpeg exited: {how}");
@@ -770,7 +754,12 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             let error = killed_for
                 .or(error)
                 .or_else(|| source.last_error())
-                .or_else(|| Some(format!("ffmpeg exited ({how})")));
+                .or_else(|| {
+                    Some(Error::new(
+                        ErrorKind::Exited,
+                        format!("ffmpeg exited ({how})"),
+                    ))
+                });
             RunOutcome::Ended {
                 frames,
                 error,
@@ -812,12 +801,33 @@ mod tests {
     }
 
     #[test]
-    fn permanent_errors() {
-        assert!(is_permanent(
-            "[rtsp @ 0x1] method DESCRIBE failed: 401 Unauthorized"
-        ));
-        assert!(is_permanent("rtsp://***@h/x: 404 Not Found"));
-        assert!(!is_permanent("Connection refused"));
-        assert!(!is_permanent("Connection timed out"));
+    fn the_decoder_is_blamed_only_for_what_is_not_the_cameras() {
+        let e = |k, m: &str| Error::new(k, m);
+        let hw = e(ErrorKind::HardwareDecoder, "Device creation failed: -5.");
+        assert_eq!(
+            hwaccel_fallback(Some(&hw), None, false).as_deref(),
+            Some("Device creation failed: -5."),
+            "the device failed: always"
+        );
+        let exited = e(ErrorKind::Exited, "ffmpeg exited (exit status: 1)");
+        assert!(hwaccel_fallback(None, Some(&exited), true).is_some());
+        assert!(
+            hwaccel_fallback(None, Some(&exited), false).is_none(),
+            "after the first attempt, an unexplained end is not the decoder's"
+        );
+        for k in [
+            ErrorKind::Unauthorized,
+            ErrorKind::NotFound,
+            ErrorKind::Unreachable,
+            ErrorKind::Stalled,
+            ErrorKind::Stopped,
+            ErrorKind::Ended,
+        ] {
+            assert!(
+                hwaccel_fallback(None, Some(&e(k, "x")), true).is_none(),
+                "{k:?}"
+            );
+        }
+        assert!(hwaccel_fallback(None, None, true).is_none());
     }
 }
