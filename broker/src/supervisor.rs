@@ -776,7 +776,453 @@ fn seg_len(seg: &OwnedSegment) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    //! The supervisor's restart logic against a scripted fake source and a
+    //! simulated clock (the real ffmpeg is exercised by the end-to-end tests in
+    //! `tests/`): backoff and healthy runs are exact, nothing sleeps.
     use super::*;
+    use crate::clock::{Clocks, SimulatedClocks};
+    use crate::ffmpeg::RunningSource;
+    use crate::registry::Allocator;
+    use framebroker_proto::naming::{classify_url, UrlPolicy};
+    use framebroker_proto::shm::ReadOnlySegment;
+    use framebroker_proto::{PixelFormat, RingReader};
+    use std::collections::VecDeque;
+    use std::io::Read;
+    use std::sync::Condvar;
+
+    /// One run of the fake source: `frames` frames of `size` (frame k filled
+    /// with byte k, then half a frame), then the end, or (`hold`) a wait for
+    /// the kill, as a camera that stays connected.
+    #[derive(Clone)]
+    struct Run {
+        size: (u32, u32),
+        frames: usize,
+        hold: bool,
+        error: Option<Error>,
+        hwaccel_error: Option<Error>,
+    }
+
+    impl Run {
+        fn ends(frames: usize, error: Option<Error>) -> Run {
+            Run {
+                size: (16, 8),
+                frames,
+                hold: false,
+                error,
+                hwaccel_error: None,
+            }
+        }
+        fn holds(frames: usize) -> Run {
+            Run {
+                hold: true,
+                ..Run::ends(frames, None)
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Killed {
+        flag: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    /// Plays `runs` in order, the last one again and again; spawning fails with
+    /// `refuse` when set.
+    #[derive(Default)]
+    struct Script {
+        runs: Mutex<VecDeque<Run>>,
+        refuse: Option<Error>,
+        /// The decoder each spawn asked for.
+        spawned: Mutex<Vec<HwAccel>>,
+        /// Runs that are waiting for their kill.
+        holding: AtomicU32,
+    }
+
+    impl Script {
+        fn new(runs: Vec<Run>) -> Arc<Script> {
+            Arc::new(Script {
+                runs: Mutex::new(runs.into()),
+                ..Script::default()
+            })
+        }
+        fn spawned(&self) -> Vec<HwAccel> {
+            self.spawned.locked().clone()
+        }
+    }
+
+    struct FakeRun {
+        script: Arc<Script>,
+        run: Run,
+        data: std::io::Cursor<Vec<u8>>,
+        killed: Arc<Killed>,
+    }
+
+    impl Read for FakeRun {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.data.read(buf)?;
+            if n == 0 && self.run.hold {
+                self.script.holding.fetch_add(1, Ordering::SeqCst);
+                let mut k = self.killed.flag.locked();
+                while !*k {
+                    k = self.killed.cv.wait(k).unwrap();
+                }
+                self.script.holding.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(n)
+        }
+    }
+
+    impl RunningSource for FakeRun {
+        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, Error> {
+            Ok(geometry(self.run.size))
+        }
+        fn frames(&mut self) -> &mut dyn Read {
+            self
+        }
+        fn pid(&self) -> u32 {
+            1
+        }
+        fn kill_handle(&self) -> KillHandle {
+            let k = self.killed.clone();
+            Arc::new(move || {
+                *k.flag.locked() = true;
+                k.cv.notify_all();
+            })
+        }
+        fn finish(&mut self) -> String {
+            "exit status: 0".into()
+        }
+        fn last_error(&self) -> Option<Error> {
+            self.run.error.clone()
+        }
+        fn decode_errors(&self) -> u64 {
+            0
+        }
+        fn hwaccel_error(&self) -> Option<Error> {
+            self.run.hwaccel_error.clone()
+        }
+    }
+
+    impl SourceFactory for Arc<Script> {
+        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
+            self.spawned.locked().push(spec.hwaccel);
+            if let Some(e) = &self.refuse {
+                return Err(e.clone());
+            }
+            let run = {
+                let mut runs = self.runs.locked();
+                if runs.len() > 1 {
+                    runs.pop_front().unwrap()
+                } else {
+                    runs[0].clone()
+                }
+            };
+            let n = geometry(run.size).frame_bytes() as usize;
+            let mut data: Vec<u8> = (0..run.frames).flat_map(|k| vec![k as u8; n]).collect();
+            data.extend(vec![0xEE; n / 2]);
+            Ok(Box::new(FakeRun {
+                script: self.clone(),
+                run,
+                data: std::io::Cursor::new(data),
+                killed: Arc::default(),
+            }))
+        }
+    }
+
+    fn geometry((width, height): (u32, u32)) -> Geometry {
+        Geometry {
+            width,
+            height,
+            pixel_format: PixelFormat::Gray,
+        }
+    }
+
+    /// A supervisor of stream `s` on its own thread, with a simulated clock.
+    struct Harness {
+        handle: Arc<StreamHandle>,
+        clock: Arc<SimulatedClocks>,
+        prefix: String,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        fn start(script: &Arc<Script>, hwaccel: HwAccel, cfg: SupervisorConfig) -> Harness {
+            let prefix = format!(
+                "fbsup{}-{}-",
+                std::process::id(),
+                monotonic_ns() % 1_000_000_000
+            );
+            let cfg = SupervisorConfig {
+                shm_prefix: prefix.clone(),
+                ..cfg
+            };
+            let clock = SimulatedClocks::new();
+            let url = "rtsp://127.0.0.1:8554/cam";
+            let spec = SourceSpec {
+                id: "s".into(),
+                url: url.into(),
+                redacted: url.into(),
+                source: classify_url(url, &UrlPolicy::default()).unwrap(),
+                size: None,
+                pixel_format: PixelFormat::Gray,
+                transport: framebroker_proto::control::Transport::Tcp,
+                io_timeout: Duration::from_secs(5),
+                hwaccel,
+                variants: Vec::new(),
+            };
+            let handle = Arc::new(StreamHandle::new(spec, 8, false, clock.clone()));
+            let alloc = Arc::new(Allocator::new(&cfg, 1 << 30));
+            let (h, f) = (handle.clone(), Arc::new(script.clone()));
+            let thread = std::thread::spawn(move || run(h, f, alloc, cfg));
+            Harness {
+                handle,
+                clock,
+                prefix,
+                thread: Some(thread),
+            }
+        }
+
+        /// Waits (real time, bounded) for the supervisor thread to get there.
+        fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "never: {what}");
+                std::thread::yield_now();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        fn stop(&mut self) {
+            self.handle.request_stop();
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn reset(msg: &str) -> Option<Error> {
+        Some(Error::new(ErrorKind::Unreachable, msg))
+    }
+
+    fn quick() -> SupervisorConfig {
+        SupervisorConfig {
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(2),
+            ..SupervisorConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_source_that_ends_is_restarted_into_the_same_segment() {
+        let script = Script::new(vec![
+            Run::ends(5, reset("Connection reset by peer")),
+            Run::ends(5, reset("Connection reset by peer")),
+            Run::holds(5),
+        ]);
+        let mut h = Harness::start(&script, HwAccel::None, quick());
+        h.until("the third run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        let a = h.handle.attachment().unwrap();
+        let st = h.handle.stats();
+        assert_eq!(st.frames_written, 15, "{st:?}");
+        assert_eq!(st.reconnects, 2);
+        assert_eq!(st.info.state, StreamState::Live);
+        assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
+        assert_eq!(a.generation, 1, "same segment across restarts");
+        assert_eq!(framebroker_proto::shm::list(&h.prefix).len(), 1);
+        // The half frame at the end of each run was abandoned, never published.
+        let seg = ReadOnlySegment::open(&a.segment, None).unwrap();
+        let mut r = RingReader::open(&seg).unwrap();
+        let mut buf = vec![0; 128];
+        let m = r.try_latest(&mut buf).unwrap().unwrap();
+        assert_eq!(m.number, 15);
+        assert!(
+            buf.iter().all(|x| *x == 4),
+            "frame {} holds partial data",
+            m.number
+        );
+        h.stop();
+        assert!(
+            framebroker_proto::shm::list(&h.prefix).is_empty(),
+            "segment unlinked when the stream ends"
+        );
+        assert_eq!(r.state(), StreamState::Stopped);
+    }
+
+    #[test]
+    fn a_new_geometry_gets_a_new_generation_and_stops_the_old_segment() {
+        let script = Script::new(vec![
+            Run::holds(3),
+            Run {
+                size: (32, 8),
+                ..Run::holds(3)
+            },
+        ]);
+        let mut h = Harness::start(&script, HwAccel::None, quick());
+        h.until("the first run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        let first = h.handle.attachment().unwrap();
+        let seg = ReadOnlySegment::open(&first.segment, None).unwrap();
+        let old = RingReader::open(&seg).unwrap();
+        h.handle
+            .kill_source(Error::new(ErrorKind::Ended, "camera restarted"));
+        h.until("the second run holds", || {
+            script.spawned().len() == 2 && script.holding.load(Ordering::SeqCst) == 1
+        });
+        let second = h.handle.attachment().unwrap();
+        assert_ne!(second.generation, first.generation);
+        assert_eq!((second.width, second.height), (32, 8));
+        assert_eq!(
+            old.state(),
+            StreamState::Stopped,
+            "readers of the old segment are told to re-attach"
+        );
+        assert_eq!(
+            framebroker_proto::shm::list(&h.prefix),
+            std::slice::from_ref(&second.segment),
+            "old segment unlinked"
+        );
+        h.stop();
+    }
+
+    /// The delay before each restart, `k`-th within [cap/2, cap] of a cap that
+    /// doubles from `backoff_initial` to `backoff_max`; the clock moved by
+    /// exactly their sum.
+    #[test]
+    fn restarts_back_off_doubling_to_the_cap_on_the_clock() {
+        let mut runs = vec![Run::ends(0, reset("Connection refused")); 6];
+        runs.push(Run::holds(0));
+        let script = Script::new(runs);
+        let mut h = Harness::start(&script, HwAccel::None, quick());
+        let t0 = h.clock.monotonic();
+        h.until("the seventh run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        let sleeps = h.clock.sleeps();
+        let ms = Duration::from_millis;
+        let caps = [ms(500), ms(1000), ms(2000), ms(2000), ms(2000), ms(2000)];
+        assert_eq!(sleeps.len(), caps.len(), "{sleeps:?}");
+        for (d, cap) in sleeps.iter().zip(caps) {
+            assert!(
+                *d >= cap / 2 && *d <= cap,
+                "{d:?} outside [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+        assert_eq!(h.clock.monotonic() - t0, sleeps.iter().sum::<Duration>());
+        let st = h.handle.stats();
+        assert_eq!(
+            (st.reconnects, st.info.state),
+            (6, StreamState::Reconnecting)
+        );
+        assert_eq!(st.last_error.as_deref(), Some("Connection refused"));
+        h.stop();
+    }
+
+    #[test]
+    fn a_run_healthy_for_long_enough_resets_the_backoff() {
+        let cfg = quick();
+        let healthy = cfg.healthy_after;
+        let script = Script::new(vec![
+            Run::ends(0, reset("Connection refused")),
+            Run::ends(0, reset("Connection refused")),
+            Run::ends(0, reset("Connection refused")),
+            Run::holds(1),
+            Run::holds(1),
+        ]);
+        let mut h = Harness::start(&script, HwAccel::None, cfg);
+        h.until("the fourth run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        assert_eq!(h.clock.sleeps().len(), 3);
+        // One tick short of healthy: the backoff goes on doubling.
+        h.clock.advance(healthy - Duration::from_nanos(1));
+        h.handle
+            .kill_source(Error::new(ErrorKind::Unreachable, "camera dropped"));
+        h.until("the fifth run holds", || {
+            h.clock.sleeps().len() == 4 && script.holding.load(Ordering::SeqCst) == 1
+        });
+        assert!(
+            h.clock.sleeps()[3] >= Duration::from_secs(1),
+            "still backing off"
+        );
+        // Healthy for exactly healthy_after: the next delay starts over.
+        h.clock.advance(healthy);
+        h.handle
+            .kill_source(Error::new(ErrorKind::Unreachable, "camera dropped"));
+        h.until("the sixth run", || h.clock.sleeps().len() == 5);
+        assert!(h.clock.sleeps()[4] <= Duration::from_millis(500), "reset");
+        assert_eq!(
+            h.handle.stats().last_error.as_deref(),
+            Some("camera dropped"),
+            "the kill's reason is the run's error"
+        );
+        h.stop();
+    }
+
+    #[test]
+    fn permanent_errors_fail_the_stream_after_the_allowed_attempts() {
+        let script = Arc::new(Script {
+            refuse: Some(Error::new(
+                ErrorKind::Unauthorized,
+                "rtsp://admin:pw@127.0.0.1/cam: 401 Unauthorized",
+            )),
+            ..Script::default()
+        });
+        let mut h = Harness::start(&script, HwAccel::None, quick());
+        h.until("the supervisor gives up", || {
+            h.thread.as_ref().is_some_and(|t| t.is_finished())
+        });
+        assert_eq!(script.spawned().len(), 3, "max_permanent_failures attempts");
+        assert_eq!(h.clock.sleeps().len(), 2, "a delay between attempts");
+        let st = h.handle.stats();
+        assert_eq!(st.info.state, StreamState::Failed);
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("rtsp://***@127.0.0.1/cam: 401 Unauthorized")
+        );
+        h.stop();
+    }
+
+    #[test]
+    fn an_unusable_hardware_decoder_falls_back_to_software_at_once() {
+        let script = Script::new(vec![
+            Run {
+                hwaccel_error: Some(Error::new(
+                    ErrorKind::HardwareDecoder,
+                    "Device creation failed: -542398533.",
+                )),
+                ..Run::ends(0, None)
+            },
+            Run::ends(0, reset("Connection refused")),
+            Run::holds(2),
+        ]);
+        let mut h = Harness::start(&script, HwAccel::Vaapi, quick());
+        h.until("the third run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        assert_eq!(
+            script.spawned(),
+            [HwAccel::Vaapi, HwAccel::None, HwAccel::None],
+            "software from the fallback on, even after the camera's own error"
+        );
+        assert_eq!(h.clock.sleeps().len(), 1, "no delay for the fallback");
+        let st = h.handle.stats();
+        assert_eq!(
+            st.decoder,
+            "software (vaapi unavailable: Device creation failed: -542398533.)"
+        );
+        assert_eq!(st.info.state, StreamState::Live);
+        h.stop();
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
