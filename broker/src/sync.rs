@@ -9,8 +9,11 @@
 //! **Lock order.** The stream table ([`Rank::Streams`]) may be held while taking
 //! a stream's status ([`Rank::Status`]), never the other way round, and no two
 //! locks of the same rank are held at once. [`RankedMutex`] checks this in debug
-//! builds (every test) and costs nothing in release builds. Other locks are
-//! never held while taking one of these.
+//! builds (every test) and costs nothing in release builds. Nothing else is
+//! held while taking either. Under the table the broker may also take a
+//! stream's stop machinery (its kill handle, and under it the kill reason and
+//! the source's `alive` flag; its wakeup) and the allocator's byte count; none
+//! of those is held while taking the table or a status.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
