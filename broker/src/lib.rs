@@ -18,3 +18,5 @@ pub mod ffmpeg;
 pub mod registry;
 pub mod supervisor;
 pub mod sync;
+#[cfg(test)]
+mod testing;

@@ -712,6 +712,8 @@ impl Broker {
             .expect("spawn ticker")
     }
 
+    /// Once per heartbeat interval: heartbeats, rates, and the stall and idle
+    /// policies ([`StreamHandle::kill_if_stalled`], [`StreamHandle::idle`]).
     fn tick(&self, rates: &mut HashMap<String, VecDeque<(Duration, u64)>>) {
         let handles: Vec<Arc<StreamHandle>> =
             self.streams().values().map(|e| e.handle.clone()).collect();
@@ -723,57 +725,17 @@ impl Broker {
             if let Some(r) = &ring {
                 r.heartbeat();
             }
-            // Rate over the last two seconds of being live (a window that reached
-            // back into a start-up or a reconnect would under-report).
+            let live = h.status().state == StreamState::Live;
             let samples = rates.entry(h.id().to_string()).or_default();
-            let fps = if h.status().state == StreamState::Live {
-                samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
-                while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2)
-                {
-                    samples.pop_front();
-                }
-                match (samples.front(), samples.back()) {
-                    (Some(a), Some(b)) if b.0.saturating_sub(a.0) > Duration::from_millis(500) => {
-                        Some((b.1 - a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64())
-                    }
-                    _ => None,
-                }
-            } else {
-                samples.clear();
-                Some(0.0)
-            };
-            if let Some(fps) = fps {
+            let frames = h.frames_written.load(Ordering::Relaxed);
+            if let Some(fps) = measure_fps(samples, now, frames, live) {
                 h.status().fps = fps;
                 if let Some(r) = &ring {
                     r.set_fps(fps);
                 }
             }
-            // Stall: a source that delivers nothing for the stall timeout is killed
-            // (ffmpeg can hang on a frozen camera; its exit restarts it).
-            let quiet = Duration::from_nanos(
-                now_ns.saturating_sub(h.last_progress_ns.load(Ordering::Relaxed)),
-            );
-            let state = h.status().state;
-            let limit = match state {
-                StreamState::Live => self.cfg.supervisor.stall_timeout,
-                _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
-            };
-            if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
-                h.kill_source(Error::new(
-                    ErrorKind::Stalled,
-                    format!("source stalled: no frame for {:.1} s", quiet.as_secs_f64()),
-                ));
-                h.last_progress_ns.store(now_ns, Ordering::Relaxed);
-            }
-            // On-demand streams stop after the grace period without readers of
-            // their own or of their variants (attach and detach keep the time).
-            let since = h.idle_since_ns.load(Ordering::Relaxed);
-            if h.on_demand
-                && h.parent.is_none()
-                && since != 0
-                && h.total_readers() == 0
-                && Duration::from_nanos(now_ns.saturating_sub(since)) > self.cfg.idle_grace
-            {
+            h.kill_if_stalled(now_ns, &self.cfg.supervisor);
+            if h.idle(now_ns, self.cfg.idle_grace) {
                 idle.push(h.id().to_string());
             }
         }
@@ -785,12 +747,40 @@ impl Broker {
     }
 }
 
+/// The rate over the last two seconds of being live, from `(time, frames
+/// written)` samples, one added per call (a window that reached back into a
+/// start-up or a reconnect would under-report). `Some(0.0)` when not live;
+/// `None` until the window spans half a second.
+fn measure_fps(
+    samples: &mut VecDeque<(Duration, u64)>,
+    now: Duration,
+    frames: u64,
+    live: bool,
+) -> Option<f64> {
+    if !live {
+        samples.clear();
+        return Some(0.0);
+    }
+    samples.push_back((now, frames));
+    while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2) {
+        samples.pop_front();
+    }
+    match (samples.front(), samples.back()) {
+        (Some(a), Some(b)) if b.0.saturating_sub(a.0) > Duration::from_millis(500) => {
+            Some((b.1 - a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The supervisor's restart logic against a fake source (the real ffmpeg is
     //! exercised by the end-to-end tests in `tests/`).
     use super::*;
+    use crate::clock::SimulatedClocks;
     use crate::ffmpeg::{KillHandle, RunningSource};
+    use crate::testing::{Run, Script};
     use framebroker_proto::ring::monotonic_ns;
     use framebroker_proto::PixelFormat;
     use std::io::Read;
@@ -946,22 +936,53 @@ mod tests {
 
     #[test]
     fn readers_are_counted_and_on_demand_streams_stop_when_idle() {
+        // A camera that stays connected (the fake holds after its frames), and
+        // a simulated clock: the grace is exact, nothing sleeps through it.
         let (b, _) = broker(vec![(16, 8)]);
+        let cfg = b.cfg.clone();
+        b.shutdown();
+        let clock = SimulatedClocks::new();
+        let script = Script::new(vec![Run::holds(3)]);
+        let b = Broker::with_clock(cfg, Arc::new(script.clone()), clock.clone());
         let mut req = StartRequest::new("s", "testsrc://");
         req.on_demand = true;
         b.start(req).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
+        assert!(wait(|| script.holding.load(Ordering::SeqCst) == 1));
         let h = b.current("s").unwrap();
         assert_eq!(b.stats("s").unwrap().info.readers, 1);
         b.detach(&h);
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
         b.detach(&h); // never below zero
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
-        b.spawn_ticker();
+        let mut rates = HashMap::new();
+        clock.advance(b.cfg.idle_grace);
+        b.tick(&mut rates);
+        assert_eq!(b.list().len(), 1, "kept for the whole grace period");
+        clock.advance(Duration::from_nanos(1));
+        b.tick(&mut rates);
         assert!(
-            wait(|| b.list().is_empty()),
+            b.list().is_empty(),
             "idle on-demand stream stopped after the grace period"
         );
         b.shutdown(); // waits for the stopped stream to unlink its segment
+    }
+
+    #[test]
+    fn the_rate_is_measured_over_two_seconds_of_being_live() {
+        let mut s = VecDeque::new();
+        let ms = Duration::from_millis;
+        assert_eq!(measure_fps(&mut s, ms(0), 0, true), None);
+        assert_eq!(
+            measure_fps(&mut s, ms(500), 15, true),
+            None,
+            "half a second is not a measure"
+        );
+        assert_eq!(measure_fps(&mut s, ms(1000), 30, true), Some(30.0));
+        // The samples older than two seconds leave the window (two stay).
+        assert_eq!(measure_fps(&mut s, ms(3000), 120, true), Some(45.0));
+        assert_eq!(s.len(), 2);
+        assert_eq!(measure_fps(&mut s, ms(3100), 120, false), Some(0.0));
+        assert!(s.is_empty(), "a reconnect starts a new window");
     }
 }

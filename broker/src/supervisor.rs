@@ -277,6 +277,54 @@ impl StreamHandle {
         }
     }
 
+    /// The stall policy: a running source that has delivered no frame for
+    /// `stall_timeout` while live, or for `probe_timeout + stall_timeout` before
+    /// its first frame (ffmpeg may still be probing), is stalled at `now_ns` on
+    /// the clock. The error says for how long.
+    pub fn stalled(&self, now_ns: u64, cfg: &SupervisorConfig) -> Option<Error> {
+        let quiet = Duration::from_nanos(
+            now_ns.saturating_sub(self.last_progress_ns.load(Ordering::Relaxed)),
+        );
+        let (state, running) = {
+            let s = self.status();
+            (s.state, s.ffmpeg_pid != 0)
+        };
+        let limit = match state {
+            StreamState::Live => cfg.stall_timeout,
+            _ => cfg.probe_timeout + cfg.stall_timeout,
+        };
+        (running && !state.is_final() && quiet > limit).then(|| {
+            Error::new(
+                ErrorKind::Stalled,
+                format!("source stalled: no frame for {:.1} s", quiet.as_secs_f64()),
+            )
+        })
+    }
+
+    /// Kills the source if it is [`stalled`](Self::stalled) (ffmpeg can hang on a
+    /// frozen camera; its exit restarts it), and gives the next run a full stall
+    /// timeout. Whether it did.
+    pub fn kill_if_stalled(&self, now_ns: u64, cfg: &SupervisorConfig) -> bool {
+        let Some(why) = self.stalled(now_ns, cfg) else {
+            return false;
+        };
+        self.kill_source(why);
+        self.last_progress_ns.store(now_ns, Ordering::Relaxed);
+        true
+    }
+
+    /// The idle policy: an on-demand main stream stops once neither it nor any
+    /// of its variants has had a reader for more than `grace` at `now_ns`
+    /// (attach and detach keep [`idle_since_ns`](Self::idle_since_ns)).
+    pub fn idle(&self, now_ns: u64, grace: Duration) -> bool {
+        let since = self.idle_since_ns.load(Ordering::Relaxed);
+        self.on_demand
+            && self.parent.is_none()
+            && since != 0
+            && self.total_readers() == 0
+            && Duration::from_nanos(now_ns.saturating_sub(since)) > grace
+    }
+
     /// Readers of this stream and of its variants (what keeps an on-demand stream).
     pub fn total_readers(&self) -> u32 {
         self.readers.load(Ordering::Relaxed)
@@ -781,166 +829,17 @@ mod tests {
     //! `tests/`): backoff and healthy runs are exact, nothing sleeps.
     use super::*;
     use crate::clock::{Clocks, SimulatedClocks};
-    use crate::ffmpeg::RunningSource;
     use crate::registry::Allocator;
-    use framebroker_proto::naming::{classify_url, UrlPolicy};
+    use crate::testing::{spec, unreachable as reset, Run, Script};
     use framebroker_proto::shm::ReadOnlySegment;
     use framebroker_proto::{PixelFormat, RingReader};
-    use std::collections::VecDeque;
-    use std::io::Read;
-    use std::sync::Condvar;
-
-    /// One run of the fake source: `frames` frames of `size` (frame k filled
-    /// with byte k, then half a frame), then the end, or (`hold`) a wait for
-    /// the kill, as a camera that stays connected.
-    #[derive(Clone)]
-    struct Run {
-        size: (u32, u32),
-        frames: usize,
-        hold: bool,
-        error: Option<Error>,
-        hwaccel_error: Option<Error>,
-    }
-
-    impl Run {
-        fn ends(frames: usize, error: Option<Error>) -> Run {
-            Run {
-                size: (16, 8),
-                frames,
-                hold: false,
-                error,
-                hwaccel_error: None,
-            }
-        }
-        fn holds(frames: usize) -> Run {
-            Run {
-                hold: true,
-                ..Run::ends(frames, None)
-            }
-        }
-    }
-
-    #[derive(Default)]
-    struct Killed {
-        flag: Mutex<bool>,
-        cv: Condvar,
-    }
-
-    /// Plays `runs` in order, the last one again and again; spawning fails with
-    /// `refuse` when set.
-    #[derive(Default)]
-    struct Script {
-        runs: Mutex<VecDeque<Run>>,
-        refuse: Option<Error>,
-        /// The decoder each spawn asked for.
-        spawned: Mutex<Vec<HwAccel>>,
-        /// Runs that are waiting for their kill.
-        holding: AtomicU32,
-    }
-
-    impl Script {
-        fn new(runs: Vec<Run>) -> Arc<Script> {
-            Arc::new(Script {
-                runs: Mutex::new(runs.into()),
-                ..Script::default()
-            })
-        }
-        fn spawned(&self) -> Vec<HwAccel> {
-            self.spawned.locked().clone()
-        }
-    }
-
-    struct FakeRun {
-        script: Arc<Script>,
-        run: Run,
-        data: std::io::Cursor<Vec<u8>>,
-        killed: Arc<Killed>,
-    }
-
-    impl Read for FakeRun {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.data.read(buf)?;
-            if n == 0 && self.run.hold {
-                self.script.holding.fetch_add(1, Ordering::SeqCst);
-                let mut k = self.killed.flag.locked();
-                while !*k {
-                    k = self.killed.cv.wait(k).unwrap();
-                }
-                self.script.holding.fetch_sub(1, Ordering::SeqCst);
-            }
-            Ok(n)
-        }
-    }
-
-    impl RunningSource for FakeRun {
-        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, Error> {
-            Ok(geometry(self.run.size))
-        }
-        fn frames(&mut self) -> &mut dyn Read {
-            self
-        }
-        fn pid(&self) -> u32 {
-            1
-        }
-        fn kill_handle(&self) -> KillHandle {
-            let k = self.killed.clone();
-            Arc::new(move || {
-                *k.flag.locked() = true;
-                k.cv.notify_all();
-            })
-        }
-        fn finish(&mut self) -> String {
-            "exit status: 0".into()
-        }
-        fn last_error(&self) -> Option<Error> {
-            self.run.error.clone()
-        }
-        fn decode_errors(&self) -> u64 {
-            0
-        }
-        fn hwaccel_error(&self) -> Option<Error> {
-            self.run.hwaccel_error.clone()
-        }
-    }
-
-    impl SourceFactory for Arc<Script> {
-        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
-            self.spawned.locked().push(spec.hwaccel);
-            if let Some(e) = &self.refuse {
-                return Err(e.clone());
-            }
-            let run = {
-                let mut runs = self.runs.locked();
-                if runs.len() > 1 {
-                    runs.pop_front().unwrap()
-                } else {
-                    runs[0].clone()
-                }
-            };
-            let n = geometry(run.size).frame_bytes() as usize;
-            let mut data: Vec<u8> = (0..run.frames).flat_map(|k| vec![k as u8; n]).collect();
-            data.extend(vec![0xEE; n / 2]);
-            Ok(Box::new(FakeRun {
-                script: self.clone(),
-                run,
-                data: std::io::Cursor::new(data),
-                killed: Arc::default(),
-            }))
-        }
-    }
-
-    fn geometry((width, height): (u32, u32)) -> Geometry {
-        Geometry {
-            width,
-            height,
-            pixel_format: PixelFormat::Gray,
-        }
-    }
 
     /// A supervisor of stream `s` on its own thread, with a simulated clock.
     struct Harness {
         handle: Arc<StreamHandle>,
         clock: Arc<SimulatedClocks>,
+        /// The clock when the supervisor started.
+        t0: Duration,
         prefix: String,
         thread: Option<std::thread::JoinHandle<()>>,
     }
@@ -957,25 +856,15 @@ mod tests {
                 ..cfg
             };
             let clock = SimulatedClocks::new();
-            let url = "rtsp://127.0.0.1:8554/cam";
-            let spec = SourceSpec {
-                id: "s".into(),
-                url: url.into(),
-                redacted: url.into(),
-                source: classify_url(url, &UrlPolicy::default()).unwrap(),
-                size: None,
-                pixel_format: PixelFormat::Gray,
-                transport: framebroker_proto::control::Transport::Tcp,
-                io_timeout: Duration::from_secs(5),
-                hwaccel,
-                variants: Vec::new(),
-            };
+            let t0 = clock.monotonic();
+            let spec = spec("s", hwaccel);
             let handle = Arc::new(StreamHandle::new(spec, 8, false, clock.clone()));
             let alloc = Arc::new(Allocator::new(&cfg, 1 << 30));
             let (h, f) = (handle.clone(), Arc::new(script.clone()));
             let thread = std::thread::spawn(move || run(h, f, alloc, cfg));
             Harness {
                 handle,
+                t0,
                 clock,
                 prefix,
                 thread: Some(thread),
@@ -1004,10 +893,6 @@ mod tests {
         fn drop(&mut self) {
             self.stop();
         }
-    }
-
-    fn reset(msg: &str) -> Option<Error> {
-        Some(Error::new(ErrorKind::Unreachable, msg))
     }
 
     fn quick() -> SupervisorConfig {
@@ -1102,7 +987,6 @@ mod tests {
         runs.push(Run::holds(0));
         let script = Script::new(runs);
         let mut h = Harness::start(&script, HwAccel::None, quick());
-        let t0 = h.clock.monotonic();
         h.until("the seventh run holds", || {
             script.holding.load(Ordering::SeqCst) == 1
         });
@@ -1117,7 +1001,7 @@ mod tests {
                 cap / 2
             );
         }
-        assert_eq!(h.clock.monotonic() - t0, sleeps.iter().sum::<Duration>());
+        assert_eq!(h.clock.monotonic() - h.t0, sleeps.iter().sum::<Duration>());
         let st = h.handle.stats();
         assert_eq!(
             (st.reconnects, st.info.state),
@@ -1170,13 +1054,10 @@ mod tests {
 
     #[test]
     fn permanent_errors_fail_the_stream_after_the_allowed_attempts() {
-        let script = Arc::new(Script {
-            refuse: Some(Error::new(
-                ErrorKind::Unauthorized,
-                "rtsp://admin:pw@127.0.0.1/cam: 401 Unauthorized",
-            )),
-            ..Script::default()
-        });
+        let script = Script::refusing(Error::new(
+            ErrorKind::Unauthorized,
+            "rtsp://admin:pw@127.0.0.1/cam: 401 Unauthorized",
+        ));
         let mut h = Harness::start(&script, HwAccel::None, quick());
         h.until("the supervisor gives up", || {
             h.thread.as_ref().is_some_and(|t| t.is_finished())
@@ -1275,5 +1156,108 @@ mod tests {
             );
         }
         assert!(hwaccel_fallback(None, None, true).is_none());
+    }
+
+    fn policy_cfg() -> SupervisorConfig {
+        SupervisorConfig {
+            probe_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(5),
+            ..SupervisorConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_running_source_is_stalled_one_nanosecond_after_its_timeout() {
+        let clock = SimulatedClocks::new();
+        let h = StreamHandle::new(spec("s", HwAccel::None), 8, false, clock.clone());
+        let cfg = policy_cfg();
+        let ns = |d: Duration| d.as_nanos() as u64;
+        let t0 = clock.monotonic_ns();
+        assert_eq!(
+            h.stalled(t0 + ns(Duration::from_secs(3600)), &cfg),
+            None,
+            "no source running"
+        );
+        h.status().ffmpeg_pid = 7;
+        // Before the first frame: the probe's time and the stall timeout.
+        let starting = ns(cfg.probe_timeout + cfg.stall_timeout);
+        assert_eq!(h.stalled(t0 + starting, &cfg), None);
+        let e = h.stalled(t0 + starting + 1, &cfg).unwrap();
+        assert_eq!(e.kind(), ErrorKind::Stalled);
+        assert_eq!(e.message(), "source stalled: no frame for 25.0 s");
+        // Live: the stall timeout from the last frame.
+        h.set_state(StreamState::Live);
+        clock.advance(Duration::from_secs(1));
+        h.progressed();
+        let t1 = clock.monotonic_ns();
+        assert_eq!(h.stalled(t1 + ns(cfg.stall_timeout), &cfg), None);
+        assert_eq!(
+            h.stalled(t1 + ns(cfg.stall_timeout) + 1, &cfg)
+                .map(|e| e.kind()),
+            Some(ErrorKind::Stalled)
+        );
+        // Killing gives the next run a full timeout.
+        let late = t1 + ns(cfg.stall_timeout) + 1;
+        assert!(h.kill_if_stalled(late, &cfg));
+        assert!(!h.kill_if_stalled(late + ns(cfg.stall_timeout), &cfg));
+        // An ended stream is not stalled.
+        h.set_state(StreamState::Failed);
+        assert_eq!(h.stalled(late + ns(Duration::from_secs(3600)), &cfg), None);
+    }
+
+    #[test]
+    fn an_on_demand_stream_is_idle_one_nanosecond_after_the_grace() {
+        let clock = SimulatedClocks::new();
+        let grace = Duration::from_secs(10);
+        let mut sp = spec("s", HwAccel::None);
+        sp.variants = vec![crate::ffmpeg::OutputSpec {
+            id: "v".into(),
+            size: Some((8, 8)),
+            pixel_format: PixelFormat::Gray,
+        }];
+        let h = StreamHandle::new(sp.clone(), 8, true, clock.clone());
+        let t0 = clock.monotonic_ns();
+        let at = |d: Duration| t0 + d.as_nanos() as u64;
+        assert!(!h.idle(at(grace), grace));
+        assert!(h.idle(at(grace) + 1, grace));
+        // A reader of the stream, or of one of its variants, keeps it.
+        h.readers.store(1, Ordering::Relaxed);
+        assert!(!h.idle(at(grace) + 1, grace));
+        h.readers.store(0, Ordering::Relaxed);
+        h.variants[0].readers.store(1, Ordering::Relaxed);
+        assert!(!h.idle(at(grace) + 1, grace));
+        h.variants[0].readers.store(0, Ordering::Relaxed);
+        // Being read (idle_since 0) is never idle; a variant is never idle itself.
+        h.idle_since_ns.store(0, Ordering::Relaxed);
+        assert!(!h.idle(u64::MAX, grace));
+        assert!(!h.variants[0].idle(u64::MAX, grace), "its parent decides");
+        let always = StreamHandle::new(sp, 8, false, clock.clone());
+        assert!(!always.idle(u64::MAX, grace), "not on demand");
+    }
+
+    #[test]
+    fn a_stalled_source_is_killed_and_restarted_with_the_reason() {
+        let script = Script::new(vec![Run::holds(0), Run::holds(2)]);
+        let cfg = quick();
+        let mut h = Harness::start(&script, HwAccel::None, cfg.clone());
+        h.until("the first run holds", || {
+            script.holding.load(Ordering::SeqCst) == 1
+        });
+        let limit = cfg.probe_timeout + cfg.stall_timeout;
+        h.clock.advance(limit);
+        assert!(!h.handle.kill_if_stalled(h.clock.monotonic_ns(), &cfg));
+        h.clock.advance(Duration::from_nanos(1));
+        assert!(h.handle.kill_if_stalled(h.clock.monotonic_ns(), &cfg));
+        h.until("the second run holds", || {
+            script.spawned().len() == 2 && script.holding.load(Ordering::SeqCst) == 1
+        });
+        let st = h.handle.stats();
+        assert_eq!(st.reconnects, 1);
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("source stalled: no frame for 25.0 s")
+        );
+        assert_eq!(st.info.state, StreamState::Live);
+        h.stop();
     }
 }
