@@ -11,6 +11,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# What running needs only: ffmpeg, the gateway's build tools, numpy and the
+# Python client; the test tools (camera, browser, miri) come with --test.
 bash scripts/setup.sh
 echo "run: building (release)"
 cargo build --release --workspace --bins --locked -q

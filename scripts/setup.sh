@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Idempotent installer for framebroker's build/test dependencies on Debian 12 / Ubuntu.
-#   - apt: ffmpeg + GStreamer RTSP server with Python gi (the loopback test camera)
-#   - .venv (python3 on PATH, no system site-packages): numpy, opencv-python-headless,
-#     pytest, and client-py in editable mode
-#   - nightly miri (best effort)
-# Runs apt-get as root, or through sudo otherwise. Fast (< 3 s) when all is present.
+# Idempotent installer for framebroker's dependencies on Debian 12 / Ubuntu.
+#   scripts/setup.sh         what building and running needs (scripts/run.sh):
+#     - apt: ffmpeg (the decoder), cmake + nasm (the gateway's libjpeg-turbo build)
+#     - .venv (python3 on PATH, no system site-packages): numpy and client-py in
+#       editable mode (reading frames from Python; OpenCV is optional there)
+#   scripts/setup.sh --test  also what the tests need (scripts/test.sh):
+#     - apt: GStreamer RTSP server with Python gi (the loopback test camera),
+#       chromium (browser tests), systemd (systemd-analyze)
+#     - opencv-python-headless, pytest, websockets in .venv, and .venv-cv4 with
+#       OpenCV 4.x; schemathesis, build, kubernetes-validate, psutil, matplotlib;
+#       the browser tests' npm packages
+#     - nightly miri (best effort)
+# Nothing is fetched that the chosen use does not need. Runs apt-get as root, or
+# through sudo otherwise. Fast (< 3 s) when all is present.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,19 +41,25 @@ apt_install() {  # install the given packages that are not installed yet
     "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+TEST=0
+if [ "${1:-}" = "--test" ]; then TEST=1; fi
+
 # 1. System packages.
-# ffmpeg: the decoder; GStreamer + gi: the loopback RTSP test camera; cmake + nasm:
-# turbojpeg builds its own libjpeg-turbo (Debian's is too old for it).
-APT_PKGS=(ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-          gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi cmake nasm)
-if [ "${1:-}" = "--test" ]; then
+# ffmpeg: the decoder; cmake + nasm: turbojpeg builds its own libjpeg-turbo
+# (Debian's is too old for it).
+APT_PKGS=(ffmpeg cmake nasm)
+if [ "$TEST" = 1 ]; then
+    # GStreamer + gi: the loopback RTSP test camera (tests/camera).
+    APT_PKGS+=(gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+               gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)
     APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
     APT_PKGS+=(systemd)   # systemd-analyze verifies the units in deploy/systemd
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
 
-# 2. Python venvs: .venv with the newest OpenCV; with --test also .venv-cv4 with
+# 2. Python venvs: .venv with numpy and the client; with --test also the newest
+#    OpenCV and the test tools (pytest, websockets) in it, and .venv-cv4 with
 #    OpenCV 4.x, so the client is tested against both major versions.
 make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
     local venv="$1" opencv="$2" py="$1/bin/python"
@@ -61,9 +75,14 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
         fi
         "$py" -m pip install -q --upgrade pip
     fi
-    if ! "$py" -c 'import numpy, cv2, pytest, websockets' >/dev/null 2>&1; then
-        say "pip install numpy $opencv pytest websockets into $(basename "$venv")"
-        "$py" -m pip install -q numpy "$opencv" pytest websockets
+    local pkgs=(numpy) mods=numpy
+    if [ "$TEST" = 1 ]; then
+        pkgs+=("$opencv" pytest websockets)
+        mods+=,cv2,pytest,websockets
+    fi
+    if ! "$py" -c "import $mods" >/dev/null 2>&1; then
+        say "pip install ${pkgs[*]} into $(basename "$venv")"
+        "$py" -m pip install -q "${pkgs[@]}"
     fi
     if [ -f client-py/pyproject.toml ]; then
         local stamp="$venv/.client-py.installed"
@@ -73,10 +92,10 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
             touch "$stamp"
         fi
     fi
-    say "python venv ok ($py, OpenCV $("$py" -c 'import cv2; print(cv2.__version__)'))"
+    say "python venv ok ($py, OpenCV $("$py" -c 'import cv2; print(cv2.__version__)' 2>/dev/null || echo 'not installed'))"
 }
 make_venv "$ROOT/.venv" opencv-python-headless
-if [ "${1:-}" = "--test" ]; then
+if [ "$TEST" = 1 ]; then
     make_venv "$ROOT/.venv-cv4" 'opencv-python-headless<5'
     # The gateway's API is checked against its OpenAPI document with schemathesis.
     if ! "$ROOT/.venv/bin/schemathesis" --version >/dev/null 2>&1; then
@@ -105,16 +124,18 @@ if [ "${1:-}" = "--test" ]; then
     fi
 fi
 
-# 3. Miri on nightly (optional).
-if cargo +nightly miri --version >/dev/null 2>&1; then
-    say "miri ok"
-else
-    say "installing nightly miri"
-    if rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 ||
-       rustup toolchain install nightly --profile minimal -c miri -c rust-src >/dev/null 2>&1; then
+# 3. Miri on nightly (tests only; optional).
+if [ "$TEST" = 1 ]; then
+    if cargo +nightly miri --version >/dev/null 2>&1; then
         say "miri ok"
     else
-        warn "could not install miri on nightly; miri tests will be skipped"
+        say "installing nightly miri"
+        if rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 ||
+           rustup toolchain install nightly --profile minimal -c miri -c rust-src >/dev/null 2>&1; then
+            say "miri ok"
+        else
+            warn "could not install miri on nightly; miri tests will be skipped"
+        fi
     fi
 fi
 say "done"

@@ -196,7 +196,7 @@ impl Session {
                     return refuse(
                         conn,
                         ErrorCode::UnsupportedVersion,
-                        format!("this broker speaks control protocol {PROTOCOL_VERSION}, the client {protocol}: upgrade the older side"),
+                        control::version_refusal(PROTOCOL_VERSION, protocol),
                     );
                 }
                 let hello = Response::Hello {

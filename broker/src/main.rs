@@ -1,6 +1,8 @@
 //! `framebroker`: the broker daemon (`serve`) and its control CLI.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,9 +163,9 @@ fn init_logging() {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => {
             init_logging();
             serve(cli.socket, args)
@@ -172,7 +174,50 @@ fn main() -> anyhow::Result<()> {
             streams(cli.socket.clone().unwrap_or_else(default_socket_path), cmd)
         }
         Command::Doctor { ffmpeg } => doctor(ffmpeg),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output has gone (`framebroker streams ls | head -3`):
+        // what it wanted it has; end quietly, like any Unix tool.
+        Err(e) if e.is::<OutputClosed>() => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: {e:?}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The reader of standard output closed it (a pipe into `head`, `grep -q`).
+#[derive(Debug)]
+struct OutputClosed;
+
+impl std::fmt::Display for OutputClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for OutputClosed {}
+
+/// Writes one line of a command's output. A closed pipe is [`OutputClosed`],
+/// which `main` ends on quietly, where `println!` would panic. (Restoring
+/// SIGPIPE's default action instead would also kill the process on a write to
+/// a control socket whose other end has gone: a broker whose client vanished,
+/// or a command that should report a lost broker connection.)
+fn print_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// `println!` for the commands' output, through [`print_line`]; returns early
+/// with its error.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))?
+    };
 }
 
 /// The broker's settings after flags, environment, file and defaults.
@@ -455,23 +500,27 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             req.allow_duplicate_url = allow_duplicate;
             let (info, created) = client.start(req)?;
             if created {
-                println!("started {} ({})", info.id, info.url);
+                out!("started {} ({})", info.id, info.url);
             } else {
-                println!("already running as {} ({})", info.id, info.url);
+                out!("already running as {} ({})", info.id, info.url);
             }
         }
         StreamsCommand::Rm { id } => {
             client.stop(&id)?;
-            println!("stopped {id}");
+            out!("stopped {id}");
         }
         StreamsCommand::Ls { json } => {
             let list = client.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!(
+                out!(
                     "{:<24} {:<13} {:>11} {:<8} {:>7}  URL",
-                    "ID", "STATE", "SIZE", "FORMAT", "READERS"
+                    "ID",
+                    "STATE",
+                    "SIZE",
+                    "FORMAT",
+                    "READERS"
                 );
                 for s in list {
                     // A variant shows its parent in place of the URL it shares.
@@ -479,7 +528,7 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                         Some(p) => format!("(variant of {p})"),
                         None => s.url.clone(),
                     };
-                    println!(
+                    out!(
                         "{:<24} {:<13} {:>11} {:<8} {:>7}  {}",
                         s.id,
                         s.state.name(),
@@ -494,30 +543,30 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
         StreamsCommand::Stats { id, json } => {
             let s = client.stats(&id)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                out!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                println!("stream          {}", s.info.id);
-                println!("url             {}", s.info.url);
-                println!("state           {}", s.info.state.name());
-                println!(
+                out!("stream          {}", s.info.id);
+                out!("url             {}", s.info.url);
+                out!("state           {}", s.info.state.name());
+                out!(
                     "size            {}x{} {}",
                     s.info.width,
                     s.info.height,
                     s.info.pixel_format.name()
                 );
-                println!("fps             {:.2}", s.fps);
-                println!("frames written  {}", s.frames_written);
-                println!("frames dropped  {}", s.frames_dropped);
-                println!("reconnects      {}", s.reconnects);
-                println!("readers         {}", s.info.readers);
-                println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
-                println!("bytes/frame     {}", s.bytes_per_frame);
+                out!("fps             {:.2}", s.fps);
+                out!("frames written  {}", s.frames_written);
+                out!("frames dropped  {}", s.frames_dropped);
+                out!("reconnects      {}", s.reconnects);
+                out!("readers         {}", s.info.readers);
+                out!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
+                out!("bytes/frame     {}", s.bytes_per_frame);
                 if let Some(p) = &s.info.parent {
-                    println!("variant of      {p}");
+                    out!("variant of      {p}");
                 }
-                println!("decoder         {}", s.decoder);
-                println!("ffmpeg pid      {}", s.ffmpeg_pid);
-                println!("last error      {}", s.last_error.as_deref().unwrap_or("-"));
+                out!("decoder         {}", s.decoder);
+                out!("ffmpeg pid      {}", s.ffmpeg_pid);
+                out!("last error      {}", s.last_error.as_deref().unwrap_or("-"));
             }
         }
     }
@@ -528,7 +577,7 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
     let mut ok = true;
     match Ffmpeg::locate(ffmpeg.as_deref()).and_then(|f| f.version().map(|v| (f, v))) {
         Ok((f, v)) => {
-            println!("ok    ffmpeg: {} ({v})", f.path.display());
+            out!("ok    ffmpeg: {} ({v})", f.path.display());
             let out = std::process::Command::new(&f.path)
                 .args(["-hide_banner", "-hwaccels"])
                 .output();
@@ -539,7 +588,7 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
                     .map(|l| l.trim().to_string())
                     .filter(|l| !l.is_empty())
                     .collect();
-                println!(
+                out!(
                     "info  ffmpeg hwaccels: {}",
                     if list.is_empty() {
                         "none".into()
@@ -551,17 +600,17 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Err(e) => {
             ok = false;
-            println!("FAIL  ffmpeg: {e}");
+            out!("FAIL  ffmpeg: {e}");
         }
     }
     match framebroker_proto::shm::free_bytes() {
-        Ok(b) => println!("ok    /dev/shm: {} MiB free", b >> 20),
+        Ok(b) => out!("ok    /dev/shm: {} MiB free", b >> 20),
         Err(e) => {
             ok = false;
-            println!("FAIL  /dev/shm: {e}");
+            out!("FAIL  /dev/shm: {e}");
         }
     }
-    println!("info  control socket: {}", default_socket_path().display());
+    out!("info  control socket: {}", default_socket_path().display());
     if !ok {
         bail!("some checks failed");
     }

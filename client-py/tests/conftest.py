@@ -195,7 +195,7 @@ class Camera:
         line = self.proc.stdout.readline().strip()
         if not line.startswith("READY "):
             self.proc.kill()
-            raise RuntimeError(f"RTSP test camera did not start ({line!r}); run scripts/setup.sh")
+            raise RuntimeError(f"RTSP test camera did not start ({line!r}); run scripts/setup.sh --test")
         self.url = line.split(" ", 1)[1]
         self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
 

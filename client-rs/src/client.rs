@@ -101,7 +101,7 @@ impl Client {
                 tracing::warn!(%message, "broker refused our protocol version");
                 return Err(Error::Version {
                     path,
-                    broker: 0,
+                    broker: control::refused_by_version(&message),
                     client: control::PROTOCOL_VERSION,
                 });
             }
@@ -127,7 +127,7 @@ impl Client {
     fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
         // A panic while holding the lock leaves the connection usable (a frame is
         // written and read as a whole under it), so poisoning is ignored.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        framebroker_proto::lock::lock(&self.conn)
     }
 
     pub(crate) fn call(&self, req: Request) -> Result<Response, Error> {

@@ -10,10 +10,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the broker at {path} speaks protocol {broker}, this client {client}: upgrade the older side")]
+    #[error("the broker at {path} speaks {}, this client protocol {client}: upgrade the older side", protocol(.broker))]
     Version {
         path: PathBuf,
-        broker: u32,
+        /// The broker's protocol version, as its refusal states it (`None`: a
+        /// refusal in another form).
+        broker: Option<u32>,
         client: u32,
     },
     #[error("{request} refused by the broker ({code:?}): {message}")]
@@ -42,6 +44,13 @@ impl Error {
         }
     }
 
+    /// True when the connection to the broker is gone (it could not be made, or
+    /// broke during a request): make a new one ([`Client::connect`](crate::Client::connect))
+    /// to go on; the broker may have restarted.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Disconnected { .. })
+    }
+
     /// True when no more frames will come from this attachment (stream stopped or
     /// failed, broker gone): re-attach to go on.
     pub fn is_end_of_stream(&self) -> bool {
@@ -65,4 +74,8 @@ impl Error {
             }
         )
     }
+}
+
+fn protocol(version: &Option<u32>) -> String {
+    version.map_or_else(|| "another protocol".into(), |v| format!("protocol {v}"))
 }

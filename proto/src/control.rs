@@ -423,9 +423,53 @@ pub fn hello(client: &str) -> Request {
     }
 }
 
+/// The message of the broker's [`ErrorCode::UnsupportedVersion`] refusal. It
+/// names both versions in a fixed form (the same since protocol 1), so a client
+/// of any version can read the broker's ([`refused_by_version`]) and tell its
+/// user which side to upgrade.
+pub fn version_refusal(broker: u32, client: u32) -> String {
+    format!(
+        "this broker speaks control protocol {broker}, the client {client}: upgrade the older side"
+    )
+}
+
+/// The broker's protocol version, read from the message of its
+/// [`ErrorCode::UnsupportedVersion`] refusal (made by [`version_refusal`]);
+/// `None` for a message not in that form.
+pub fn refused_by_version(message: &str) -> Option<u32> {
+    let rest = message.split_once("speaks control protocol ")?.1;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_refusal_names_the_brokers_version() {
+        let m = version_refusal(3, 2);
+        assert_eq!(
+            m,
+            "this broker speaks control protocol 3, the client 2: upgrade the older side"
+        );
+        assert_eq!(refused_by_version(&m), Some(3));
+        assert_eq!(
+            refused_by_version(&version_refusal(u32::MAX, 1)),
+            Some(u32::MAX)
+        );
+        for other in [
+            "",
+            "speaks control protocol ",
+            "speaks control protocol x",
+            "speaks control protocol 99999999999",
+            "bad hello",
+        ] {
+            assert_eq!(refused_by_version(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn round_trip_every_request() {

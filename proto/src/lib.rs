@@ -5,6 +5,7 @@
 //! - [`layout`]: the shared-memory ring (header page, slots), asserted at compile time
 //!   and documented byte by byte in `proto/doc/layout.md`;
 //! - [`seqlock`] and [`sync`]: the only atomics orderings and futex calls of the ring;
+//! - [`lock`]: the one poison policy for the project's mutexes;
 //! - [`ring`]: the writer and reader algorithms over any [`ring::Region`];
 //! - [`shm`]: POSIX shared-memory segments (owner-only, exclusive create, read-only open);
 //! - [`control`]: the length-prefixed bincode control protocol;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 mod error;
 pub mod layout;
+pub mod lock;
 pub mod naming;
 pub mod ring;
 pub mod seqlock;

@@ -232,8 +232,13 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// `text` (an ffmpeg log line, an error) with the user-info of every URL in it
-/// replaced by `***`: `rtsp://admin:pw@cam/x: 401` → `rtsp://***@cam/x: 401`.
+/// `text` (an ffmpeg log line, an error, an API answer) with every credential in
+/// it replaced by `***`: the user-info of every URL (`rtsp://admin:pw@cam/x: 401`
+/// → `rtsp://***@cam/x: 401`) and the value of every secret-looking `key=value`,
+/// in a URL's query or in free text (`?user=admin&password=pw` →
+/// `?user=***&password=***`; keys such as password, token, user). The one
+/// redaction of free text in the project: the broker's logs and errors, the
+/// gateway's answers.
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -3,6 +3,7 @@
 //! ([`RingReader::next`]), over any [`Region`] of memory: a shared-memory mapping
 //! in production ([`crate::shm`]), a heap buffer in tests ([`HeapRegion`]).
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -304,11 +305,6 @@ impl<R: RegionMut> RingWriter<R> {
         &self.mem
     }
 
-    /// Number the next published frame will get.
-    pub fn next_frame_number(&self) -> u64 {
-        self.next_frame
-    }
-
     /// Opens the next slot for writing: its sequence goes odd and stays odd until
     /// [`FrameGuard::commit`]. Dropping the guard without commit abandons the slot
     /// (it is marked empty, readers skip it).
@@ -393,10 +389,6 @@ impl<R: RegionMut> RingStatus<R> {
     pub fn set_fps(&self, fps: f64) {
         let milli = (fps * 1000.0).clamp(0.0, u32::MAX as f64) as u32;
         self.header().fps_milli.store(milli, Ordering::Relaxed);
-    }
-
-    pub fn count_dropped(&self) {
-        self.count_dropped_n(1);
     }
 
     /// Adds `n` to the header's count of dropped or damaged frames.
@@ -493,10 +485,47 @@ pub struct RingInfo {
     pub checksum: bool,
 }
 
-/// Why a blocking read returned without a frame.
+/// The payload of one slot, between `read_begin` and `read_validate` in
+/// [`RingReader::read_slot`]: the only two ways the ring reads bytes the writer
+/// may be changing at the same moment (see `proto/doc/decisions.md`, "Racy
+/// payload copy"). What is read through it may be torn, and is trusted only
+/// after `read_slot` validated the slot's sequence; otherwise it is thrown
+/// away and the read is retried.
+struct RacyPayload<'r> {
+    ptr: *const u8,
+    len: usize,
+    /// Borrows the reader's region: the bytes stay mapped while this lives.
+    _region: PhantomData<&'r [u8]>,
+}
+
+impl RacyPayload<'_> {
+    /// Copies the payload into `dst` (at most `dst.len()` bytes).
+    fn copy_to(&self, dst: &mut [u8]) {
+        let n = self.len.min(dst.len());
+        // SAFETY: `ptr` is valid for reads of `len` ≥ `n` bytes (the payload lies
+        // inside the mapped region, which the borrow keeps alive); `dst` is the
+        // caller's exclusive buffer, not in the region, so the two do not overlap.
+        unsafe { seqlock::copy_racy(self.ptr, dst.as_mut_ptr(), n) }
+    }
+
+    /// Calls `f` on the payload in place (zero-copy).
+    fn view<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        // SAFETY: `ptr` is valid for reads of `len` bytes for as long as the borrow.
+        // The writer (another process) may change these bytes while `f` looks at
+        // them; `f`'s result is discarded unless `read_validate` proves no write
+        // overlapped (the zero-copy form of the seqlock argument).
+        f(unsafe { std::slice::from_raw_parts(self.ptr, self.len) })
+    }
+}
+
+/// Which frame a read takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
+    /// The newest published frame this reader has not returned yet, skipping
+    /// older ones (counted in [`FrameMeta::missed`]): [`RingReader::latest`].
     Latest,
+    /// The frame after the last one returned, in order; the oldest still in the
+    /// ring when the writer lapped the reader: [`RingReader::next`].
     Next,
 }
 
@@ -633,39 +662,52 @@ impl<R: Region> RingReader<R> {
         self.stale_after = d;
     }
 
-    /// Tries once to read frame `number` into `dst`. `Ok(None)`: the slot no longer
-    /// (or not yet) holds that frame, or was being written.
-    fn read_slot(&self, number: u64, dst: &mut [u8]) -> Option<FrameMeta> {
-        let index = number % u64::from(self.info.slot_count);
-        let slot = slot_header(&self.mem, self.info.slot_stride, index);
-        let stamp = seqlock::read_begin(&slot.seq)?;
-        if slot.frame.load(Ordering::Relaxed) != number {
-            return None;
+    /// Which frame a read in `mode` takes now, given the newest published one;
+    /// `None` when there is none this reader has not returned.
+    fn wanted(&self, mode: ReadMode) -> Option<u64> {
+        let last = self.last_frame();
+        match mode {
+            ReadMode::Latest => (last > self.cursor).then_some(last),
+            ReadMode::Next => self.next_wanted(last),
         }
-        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes) as usize;
-        let n = len.min(dst.len());
-        let payload = slot_ptr(&self.mem, self.info.slot_stride, index);
-        // SAFETY: the payload (SLOT_HEADER.. + frame_bytes) lies inside the mapped
-        // region; `n` ≤ dst.len(); `dst` is the caller's exclusive buffer, not in the
-        // region, so the two do not overlap. Validated right below.
-        unsafe { seqlock::copy_racy(payload.add(layout::SLOT_HEADER), dst.as_mut_ptr(), n) };
-        let meta = FrameMeta {
-            number,
-            wall_ns: slot.wall_ns.load(Ordering::Relaxed),
-            mono_ns: slot.mono_ns.load(Ordering::Relaxed),
-            len: len as u64,
-            missed: 0,
-            checksum: slot.checksum.load(Ordering::Relaxed),
-            stream_time: StreamTime::load(slot),
-        };
-        seqlock::read_validate(&slot.seq, stamp).then_some(meta)
     }
 
-    /// Calls `f` on the payload of frame `number` in place, then validates.
-    fn view_slot<T>(
+    /// The one read loop of the ring: takes the frame `mode` wants, hands its
+    /// payload to `take` (a copy or a zero-copy view, see [`RacyPayload`]) and
+    /// returns the result only if the seqlock proves no write overlapped; else
+    /// tries again. A frame can be overwritten while it is read only if the
+    /// writer laps the whole ring meanwhile, and each retry targets the frame
+    /// wanted then, so a few retries suffice; 64 failures in a row are
+    /// [`Error::Contended`].
+    fn read<T>(
+        &mut self,
+        mode: ReadMode,
+        mut take: impl FnMut(&FrameMeta, &RacyPayload<'_>) -> T,
+    ) -> Result<Option<(FrameMeta, T)>, Error> {
+        for _ in 0..64 {
+            let Some(want) = self.wanted(mode) else {
+                return Ok(None);
+            };
+            if let Some(read) = self.read_slot(want, &mut take) {
+                self.cursor = want;
+                return Ok(Some(read));
+            }
+            std::hint::spin_loop();
+        }
+        Err(Error::Contended {
+            stream: self.info.stream_id.clone(),
+        })
+    }
+
+    /// Tries once to read frame `number`: its metadata (the one place a
+    /// [`FrameMeta`] is built) and `take` on its payload, between
+    /// `read_begin` and `read_validate`. `None`: the slot no longer (or not yet)
+    /// holds that frame, or was written meanwhile; whatever `take` did is then
+    /// to be thrown away.
+    fn read_slot<T>(
         &self,
         number: u64,
-        f: &mut impl FnMut(&FrameMeta, &[u8]) -> T,
+        take: &mut impl FnMut(&FrameMeta, &RacyPayload<'_>) -> T,
     ) -> Option<(FrameMeta, T)> {
         let index = number % u64::from(self.info.slot_count);
         let slot = slot_header(&self.mem, self.info.slot_stride, index);
@@ -673,69 +715,44 @@ impl<R: Region> RingReader<R> {
         if slot.frame.load(Ordering::Relaxed) != number {
             return None;
         }
-        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes) as usize;
+        let len = slot.len.load(Ordering::Relaxed).min(self.info.frame_bytes);
         let meta = FrameMeta {
             number,
             wall_ns: slot.wall_ns.load(Ordering::Relaxed),
             mono_ns: slot.mono_ns.load(Ordering::Relaxed),
-            len: len as u64,
-            missed: 0,
+            len,
+            missed: number - self.cursor - 1,
             checksum: slot.checksum.load(Ordering::Relaxed),
             stream_time: StreamTime::load(slot),
         };
-        let payload = slot_ptr(&self.mem, self.info.slot_stride, index);
-        // SAFETY: the payload lies inside the mapped region for `len` bytes and stays
-        // mapped for the call. The writer (another process) may change these bytes
-        // while `f` looks at them; `f`'s result is discarded unless `read_validate`
-        // below proves no write overlapped (the zero-copy form of the seqlock
-        // argument, see proto/doc/decisions.md "Racy payload copy").
-        let bytes = unsafe { std::slice::from_raw_parts(payload.add(layout::SLOT_HEADER), len) };
-        let out = f(&meta, bytes);
+        let payload = RacyPayload {
+            // SAFETY: `slot_ptr` is inside the region and the payload starts
+            // SLOT_HEADER bytes into the slot (stride ≥ SLOT_HEADER + frame_bytes).
+            ptr: unsafe {
+                slot_ptr(&self.mem, self.info.slot_stride, index).add(layout::SLOT_HEADER)
+            },
+            len: len as usize,
+            _region: PhantomData,
+        };
+        let out = take(&meta, &payload);
         seqlock::read_validate(&slot.seq, stamp).then_some((meta, out))
     }
 
     /// The newest frame this reader has not returned yet, copied into `dst`
     /// (`dst.len()` ≥ frame_bytes), without waiting. `Ok(None)` when there is none.
     pub fn try_latest(&mut self, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
-        self.check_dst(dst)?;
-        // A frame can be overwritten while we copy only if the writer laps the whole
-        // ring meanwhile; each retry targets the then-newest frame, so a few suffice.
-        for _ in 0..64 {
-            let last = self.last_frame();
-            if last <= self.cursor {
-                return Ok(None);
-            }
-            if let Some(mut m) = self.read_slot(last, dst) {
-                m.missed = last - self.cursor - 1;
-                self.cursor = last;
-                return Ok(Some(m));
-            }
-            std::hint::spin_loop();
-        }
-        Err(Error::Contended {
-            stream: self.info.stream_id.clone(),
-        })
+        self.try_copy(ReadMode::Latest, dst)
     }
 
     /// The next frame in order (`position() + 1`), or the oldest one still in the
     /// ring when the reader fell behind, with `missed` counting the frames lost.
     pub fn try_next(&mut self, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
+        self.try_copy(ReadMode::Next, dst)
+    }
+
+    fn try_copy(&mut self, mode: ReadMode, dst: &mut [u8]) -> Result<Option<FrameMeta>, Error> {
         self.check_dst(dst)?;
-        for _ in 0..64 {
-            let last = self.last_frame();
-            let Some(want) = self.next_wanted(last) else {
-                return Ok(None);
-            };
-            if let Some(mut m) = self.read_slot(want, dst) {
-                m.missed = want - self.cursor - 1;
-                self.cursor = want;
-                return Ok(Some(m));
-            }
-            std::hint::spin_loop();
-        }
-        Err(Error::Contended {
-            stream: self.info.stream_id.clone(),
-        })
+        Ok(self.read(mode, |_, p| p.copy_to(dst))?.map(|(m, ())| m))
     }
 
     /// Frame to read next in sequential mode given the newest published one: frames
@@ -784,25 +801,7 @@ impl<R: Region> RingReader<R> {
         mut f: impl FnMut(&FrameMeta, &[u8]) -> T,
     ) -> Result<(FrameMeta, T), Error> {
         self.wait_for(timeout, |r| {
-            for _ in 0..64 {
-                let last = r.last_frame();
-                let want = match mode {
-                    ReadMode::Latest if last > r.cursor => last,
-                    ReadMode::Next => match r.next_wanted(last) {
-                        Some(w) => w,
-                        None => return Ok(None),
-                    },
-                    ReadMode::Latest => return Ok(None),
-                };
-                if let Some((mut m, out)) = r.view_slot(want, &mut f) {
-                    m.missed = want - r.cursor - 1;
-                    r.cursor = want;
-                    return Ok(Some((m, out)));
-                }
-            }
-            Err(Error::Contended {
-                stream: r.info.stream_id.clone(),
-            })
+            r.read(mode, |m, p| p.view(|bytes| f(m, bytes)))
         })
     }
 
@@ -847,294 +846,6 @@ impl<R: Region> RingReader<R> {
     }
 }
 
+/// The ring's tests, one suite run over every [`Region`] backend.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    fn config(w: u32, h: u32, slots: u32) -> RingConfig {
-        RingConfig {
-            stream_id: "cam-1".into(),
-            geometry: Geometry {
-                width: w,
-                height: h,
-                pixel_format: PixelFormat::Gray,
-            },
-            slot_count: slots,
-            generation: 7,
-            checksum: true,
-            writer_pid: 42,
-        }
-    }
-
-    fn ring(w: u32, h: u32, slots: u32) -> (RingWriter<Arc<HeapRegion>>, Arc<HeapRegion>) {
-        let c = config(w, h, slots);
-        let mem = Arc::new(HeapRegion::new(c.segment_size().unwrap() as usize));
-        (RingWriter::create(mem.clone(), &c).unwrap(), mem)
-    }
-
-    fn frame(n: u8, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| n.wrapping_mul(31).wrapping_add(i as u8))
-            .collect()
-    }
-
-    #[test]
-    fn reader_sees_header_as_written() {
-        let (_w, mem) = ring(8, 4, 3);
-        let r = RingReader::open(&*mem).unwrap();
-        let i = r.info();
-        assert_eq!(i.stream_id, "cam-1");
-        assert_eq!(i.geometry.width, 8);
-        assert_eq!(i.frame_bytes, 32);
-        assert_eq!(i.slot_count, 3);
-        assert_eq!(i.generation, 7);
-        assert_eq!(i.writer_pid, 42);
-        assert!(i.checksum);
-        assert_eq!(r.state(), StreamState::Starting);
-        assert_eq!(r.last_frame(), 0);
-    }
-
-    #[test]
-    fn stream_time_travels_with_the_frame() {
-        let (mut w, mem) = ring(8, 4, 4);
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        let t = StreamTime {
-            pts_ns: -5,
-            wall_ns: 1_000,
-        };
-        let g = w.begin_frame();
-        g.commit_with(1, 2, Some(t));
-        assert_eq!(r.try_next(&mut buf).unwrap().unwrap().stream_time, Some(t));
-        w.publish(&frame(2, 32), 3, 4).unwrap();
-        assert_eq!(r.try_next(&mut buf).unwrap().unwrap().stream_time, None);
-    }
-
-    #[test]
-    fn latest_skips_to_newest_and_counts_missed() {
-        let (mut w, mem) = ring(8, 4, 4);
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        assert_eq!(r.try_latest(&mut buf).unwrap(), None);
-        for n in 1..=3 {
-            w.publish(&frame(n, 32), 100 + n as u64, 200 + n as u64)
-                .unwrap();
-        }
-        let m = r.try_latest(&mut buf).unwrap().unwrap();
-        assert_eq!((m.number, m.missed, m.wall_ns, m.mono_ns), (3, 2, 103, 203));
-        assert_eq!(buf, frame(3, 32));
-        assert_eq!(m.checksum, crc32fast::hash(&buf));
-        assert_eq!(
-            r.try_latest(&mut buf).unwrap(),
-            None,
-            "never the same frame twice"
-        );
-    }
-
-    #[test]
-    fn next_returns_every_frame_while_keeping_up() {
-        let (mut w, mem) = ring(8, 4, 4);
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        for n in 1..=2u8 {
-            w.publish(&frame(n, 32), 0, 0).unwrap();
-        }
-        for n in 1..=2u8 {
-            let m = r.try_next(&mut buf).unwrap().unwrap();
-            assert_eq!((m.number, m.missed), (n as u64, 0));
-            assert_eq!(buf, frame(n, 32));
-        }
-        assert_eq!(r.try_next(&mut buf).unwrap(), None);
-    }
-
-    #[test]
-    fn next_reports_frames_lost_when_lapped() {
-        let (mut w, mem) = ring(8, 4, 4);
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        for n in 1..=10u8 {
-            w.publish(&frame(n, 32), 0, 0).unwrap();
-        }
-        // 4 slots: frames 8, 9, 10 are safe; 1..=7 are gone.
-        let m = r.try_next(&mut buf).unwrap().unwrap();
-        assert_eq!((m.number, m.missed), (8, 7));
-        assert_eq!(buf, frame(8, 32));
-        assert_eq!(r.try_next(&mut buf).unwrap().unwrap().number, 9);
-    }
-
-    #[test]
-    fn reader_attaching_late_starts_at_the_newest_frame() {
-        let (mut w, mem) = ring(8, 4, 3);
-        for n in 1..=5u8 {
-            w.publish(&frame(n, 32), 0, 0).unwrap();
-        }
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        assert_eq!(r.try_latest(&mut buf).unwrap().unwrap().number, 5);
-    }
-
-    #[test]
-    fn a_slot_being_written_is_not_read() {
-        let (mut w, mem) = ring(8, 4, 3);
-        w.publish(&frame(1, 32), 0, 0).unwrap();
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        {
-            // Writer is inside frame 2's slot: readers see frame 1 only.
-            let mut g = w.begin_frame();
-            g.payload_mut().fill(0xAA);
-            let m = r.try_latest(&mut buf).unwrap().unwrap();
-            assert_eq!(m.number, 1);
-            assert_eq!(buf, frame(1, 32));
-            // abandoned: dropped without commit
-        }
-        assert_eq!(r.try_latest(&mut buf).unwrap(), None);
-        assert_eq!(w.publish(&frame(3, 32), 0, 0).unwrap(), 2);
-        assert_eq!(r.try_latest(&mut buf).unwrap().unwrap().number, 2);
-    }
-
-    #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "writes the slot while the zero-copy view borrows it, on purpose: the race the \
-                  seqlock validation exists for (proto/doc/decisions.md); loom models it instead"
-    )]
-    fn torn_view_is_retried_and_never_returned() {
-        let (mut w, mem) = ring(8, 4, 3);
-        w.publish(&frame(1, 32), 0, 0).unwrap();
-        let mut r = RingReader::open(&*mem).unwrap();
-        // The closure runs while the writer laps the ring (simulated inside the
-        // closure on the first call): that result must be discarded.
-        let mut calls = 0;
-        let writer = std::cell::RefCell::new(&mut w);
-        let (m, sum) = r
-            .view(ReadMode::Latest, Duration::from_secs(1), |m, bytes| {
-                calls += 1;
-                if calls == 1 {
-                    let mut w = writer.borrow_mut();
-                    for n in 2..=4u8 {
-                        w.publish(&frame(n, 32), 0, 0).unwrap();
-                    }
-                }
-                (m.number, bytes.iter().map(|b| *b as u32).sum::<u32>())
-            })
-            .unwrap();
-        assert_eq!(
-            calls, 2,
-            "first view overlapped a write and must be retried"
-        );
-        assert_eq!(m.number, 4);
-        assert_eq!(sum.0, 4);
-        assert_eq!(sum.1, frame(4, 32).iter().map(|b| *b as u32).sum::<u32>());
-    }
-
-    #[test]
-    fn blocking_reads_end_on_timeout_stop_and_dead_writer() {
-        let (w, mem) = ring(8, 4, 3);
-        let mut r = RingReader::open(&*mem).unwrap();
-        let mut buf = vec![0; 32];
-        w.status().heartbeat();
-        let e = r.latest(&mut buf, Duration::from_millis(20)).unwrap_err();
-        assert!(matches!(e, Error::Timeout { .. }), "{e}");
-        r.set_stale_after(Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(5));
-        let e = r.latest(&mut buf, Duration::from_secs(5)).unwrap_err();
-        assert!(matches!(e, Error::WriterGone { .. }), "{e}");
-        w.status().set_state(StreamState::Stopped);
-        let e = r.next(&mut buf, Duration::from_secs(5)).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::StreamEnded {
-                    state: StreamState::Stopped,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn bad_headers_are_refused() {
-        let c = config(8, 4, 3);
-        let size = c.segment_size().unwrap() as usize;
-        let mem = HeapRegion::new(size);
-        assert!(matches!(
-            RingReader::open(&mem),
-            Err(Error::BadMagic { found: 0 })
-        ));
-        let _w = RingWriter::create(&mem, &c).unwrap();
-        let small = HeapRegion::new(100);
-        assert!(matches!(
-            RingReader::open(&small),
-            Err(Error::SegmentTooSmall { .. })
-        ));
-        // Version from the future.
-        // SAFETY: test-only poke into a region we own, no reader is active.
-        unsafe {
-            *mem.as_mut_ptr()
-                .add(layout::offsets::LAYOUT_VERSION)
-                .cast::<u32>() = 99
-        };
-        assert!(matches!(
-            RingReader::open(&mem),
-            Err(Error::LayoutVersion { found: 99, .. })
-        ));
-    }
-
-    #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "the payload copy races with the writer by design (validated by the seqlock, see \
-                  proto/doc/decisions.md); miri checks the interleavings above, loom the concurrency"
-    )]
-    fn threads_never_see_a_torn_frame() {
-        // Writer fills every byte of a frame with its number; readers check that
-        // all bytes agree and that the checksum matches.
-        let (mut w, mem) = ring(64, 64, 3);
-        let n_frames: u64 = 3000;
-        let readers: Vec<_> = (0..3)
-            .map(|i| {
-                let mem = mem.clone();
-                std::thread::spawn(move || {
-                    let mut r = RingReader::open(&*mem).unwrap();
-                    let mut buf = vec![0u8; 64 * 64];
-                    let mut seen = 0u64;
-                    let mut last = 0;
-                    while last < n_frames {
-                        let res = if i == 0 {
-                            r.try_next(&mut buf)
-                        } else {
-                            r.try_latest(&mut buf)
-                        };
-                        match res {
-                            Ok(Some(m)) => {
-                                let b = (m.number % 251) as u8;
-                                assert!(buf.iter().all(|x| *x == b), "torn frame {}", m.number);
-                                assert_eq!(m.checksum, crc32fast::hash(&buf));
-                                assert!(m.number > last);
-                                last = m.number;
-                                seen += 1;
-                            }
-                            Ok(None) | Err(Error::Contended { .. }) => std::thread::yield_now(),
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    seen
-                })
-            })
-            .collect();
-        let mut data = vec![0u8; 64 * 64];
-        for n in 1..=n_frames {
-            data.fill((n % 251) as u8);
-            w.publish(&data, 0, 0).unwrap();
-            if n % 64 == 0 {
-                std::thread::yield_now();
-            }
-        }
-        for r in readers {
-            assert!(r.join().unwrap() >= 1);
-        }
-    }
-}
+mod conformance;

@@ -4,7 +4,9 @@
 //!
 //! On Linux a segment named `/fb-cam.1` is the file `/dev/shm/fb-cam.1`, which is
 //! how the Python client opens it. (Windows would sit behind the same
-//! [`Region`] trait with the `shared_memory` crate; it is not built yet.)
+//! [`Region`] trait with the `shared_memory` crate; it is not built yet. The
+//! ring's conformance suite, `ring/conformance.rs`, runs every ring test over
+//! each region, and is where that one plugs in.)
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -251,7 +253,9 @@ pub enum StaleVerdict {
 /// A heartbeat this old means the segment's writer is gone even when a process
 /// with its pid exists (the pid was reused by another program). Far above
 /// [`crate::layout::HEARTBEAT_STALE_MS`], so a broker that was merely slow or
-/// stopped for a while keeps its segments.
+/// stopped for a while keeps its segments. Also how old the file of a segment
+/// that never got its magic (its writer crashed while creating it) must be to
+/// be removed: a younger one may still be being created.
 pub const STALE_SEGMENT_MS: u64 = 60_000;
 
 /// Removes segments with `prefix` whose writer process is gone, and only those.
@@ -262,7 +266,7 @@ pub const STALE_SEGMENT_MS: u64 = 60_000;
 /// container restart where the broker is pid 1 again); or when its heartbeat
 /// has not moved for [`STALE_SEGMENT_MS`] (its pid now belongs to another
 /// program). A segment whose header never got its magic (a crash during
-/// creation) is removed when older than a minute.
+/// creation) is removed when its file is older than [`STALE_SEGMENT_MS`].
 pub fn remove_stale(prefix: &str) -> Vec<StaleVerdict> {
     let me = std::process::id();
     let now = crate::ring::monotonic_ns();
@@ -278,7 +282,10 @@ pub fn remove_stale(prefix: &str) -> Vec<StaleVerdict> {
                 if magic != crate::layout::MAGIC {
                     let old = std::fs::metadata(Path::new(SHM_DIR).join(&name[1..]))
                         .and_then(|m| m.modified())
-                        .map(|t| t.elapsed().map(|e| e.as_secs() > 60).unwrap_or(false))
+                        .map(|t| {
+                            t.elapsed()
+                                .is_ok_and(|e| e.as_millis() > u128::from(STALE_SEGMENT_MS))
+                        })
                         .unwrap_or(false);
                     if old {
                         let _ = unlink(&name);
@@ -455,6 +462,43 @@ mod tests {
         );
         assert!(!Path::new(SHM_DIR).join(&dead_name[1..]).exists());
         assert!(Path::new(SHM_DIR).join(&live_name[1..]).exists());
+    }
+
+    #[test]
+    fn unpublished_segments_are_removed_only_when_old() {
+        let prefix = format!("fbunpub{}-", std::process::id());
+        let (young, old) = (format!("/{prefix}young.1"), format!("/{prefix}old.1"));
+        for name in [&young, &old] {
+            // Created but never published: no magic (a crash during creation).
+            let mut seg = OwnedSegment::create(name, 8192, 0o600).unwrap();
+            seg.leak_name();
+        }
+        let long_ago = std::time::SystemTime::now()
+            - std::time::Duration::from_millis(STALE_SEGMENT_MS + 1_000);
+        std::fs::File::options()
+            .write(true)
+            .open(Path::new(SHM_DIR).join(&old[1..]))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let v = remove_stale(&prefix);
+        assert!(
+            v.contains(&StaleVerdict::Removed {
+                name: old.clone(),
+                pid: 0,
+                why: "never initialized"
+            }),
+            "{v:?}"
+        );
+        assert!(
+            v.contains(&StaleVerdict::Skipped {
+                name: young.clone(),
+                reason: "no magic yet".into()
+            }),
+            "{v:?}"
+        );
+        assert!(!Path::new(SHM_DIR).join(&old[1..]).exists());
+        unlink(&young).unwrap();
     }
 
     #[test]

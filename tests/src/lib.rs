@@ -89,7 +89,7 @@ impl Camera {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting the RTSP test camera (run scripts/setup.sh for GStreamer)")?;
+            .context("starting the RTSP test camera (run scripts/setup.sh --test for GStreamer)")?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
         let Some(url) = line.trim().strip_prefix("READY ") else {

@@ -273,7 +273,15 @@ fn hostile_control_frames_get_clear_errors() {
         Some(Response::Error {
             code: ErrorCode::UnsupportedVersion,
             message,
-        }) => assert!(message.contains("99"), "{message}"),
+        }) => {
+            assert!(message.contains("99"), "{message}");
+            // The broker's own version, in the form every client reads it from.
+            assert_eq!(
+                control::refused_by_version(&message),
+                Some(control::PROTOCOL_VERSION),
+                "{message}"
+            );
+        }
         other => panic!("{other:?}"),
     }
 

@@ -16,13 +16,6 @@ pub struct BrokerLink {
     client: Mutex<Option<Client>>,
 }
 
-fn lost(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. } | ClientError::Disconnected { .. }
-    )
-}
-
 impl BrokerLink {
     pub fn new(socket: impl Into<PathBuf>) -> Arc<Self> {
         Arc::new(BrokerLink {
@@ -36,7 +29,7 @@ impl BrokerLink {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Client>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+        framebroker_proto::lock::lock(&self.client)
     }
 
     /// The cached client, or a new connection. `true` when it is new.
@@ -57,7 +50,7 @@ impl BrokerLink {
     ) -> Result<T, ClientError> {
         let (client, fresh) = self.client()?;
         match f(&client) {
-            Err(e) if lost(&e) => {
+            Err(e) if e.is_connection_lost() => {
                 self.slot().take();
                 if fresh {
                     return Err(e);
@@ -65,7 +58,7 @@ impl BrokerLink {
                 tracing::info!(error = %crate::errors::redact(&e.to_string()), "broker connection lost; reconnecting");
                 let (client, _) = self.client()?;
                 let r = f(&client);
-                if matches!(&r, Err(e) if lost(e)) {
+                if matches!(&r, Err(e) if e.is_connection_lost()) {
                     self.slot().take();
                 }
                 r

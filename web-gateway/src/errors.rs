@@ -11,42 +11,12 @@ use warp::{Rejection, Reply};
 
 use crate::models::ErrorBody;
 
-/// `text` with the credentials of every URL in it replaced by `***`: the
-/// user-info (`rtsp://admin:pw@cam` → `rtsp://***@cam`, as
-/// [`redact_text`](framebroker_proto::naming::redact_text)) and credential-looking
-/// query parameters (`?user=…&password=…` → `?user=***&password=***`, as
-/// [`redact_url`](framebroker_proto::naming::redact_url) does for one URL, which
-/// `redact_text` leaves alone). For everything the gateway answers or logs that
-/// may hold a URL: broker messages, ffmpeg errors, parser echoes.
-pub fn redact(text: &str) -> String {
-    use framebroker_proto::naming::{redact_text, redact_url};
-    let text = redact_text(text);
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find("://") {
-        // The scheme: the letters (and + . -) before "://".
-        let scheme_start = rest[..i]
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+.-".contains(*c)))
-            .map(|(p, c)| p + c.len_utf8())
-            .unwrap_or(0);
-        out.push_str(&rest[..scheme_start]);
-        let url = &rest[scheme_start..];
-        let after = i - scheme_start + 3;
-        let mut end = url[after..]
-            .find(|c: char| c.is_whitespace() || "'\"<>`".contains(c))
-            .map_or(url.len(), |e| after + e);
-        // Punctuation that ends a sentence ends the URL too.
-        while end > after && url[..end].ends_with([':', ',', ';', '.', ')']) {
-            end -= 1;
-        }
-        out.push_str(&redact_url(&url[..end]));
-        rest = &url[end..];
-    }
-    out.push_str(rest);
-    out
-}
+/// `text` with every credential in it replaced by `***`: the user-info of
+/// every URL and credential-looking `key=value` pairs (`?user=…&password=…`).
+/// For everything the gateway answers or logs that may hold a URL: broker
+/// messages, ffmpeg errors, parser echoes. The one redaction of the project,
+/// [`framebroker_proto::naming::redact_text`].
+pub use framebroker_proto::naming::redact_text as redact;
 
 /// Message of the answer to a request no route matches. The OpenAPI test tells a
 /// missing route from a missing stream by it.

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framebroker_client::{Client, Error as ClientError, FrameMeta, PixelFormat};
+use framebroker_client::{Client, FrameMeta, PixelFormat};
 use framebroker_proto::control::ErrorCode;
 use tokio::sync::watch;
 use warp::http::StatusCode;
@@ -389,13 +389,6 @@ enum Outcome {
     Retry(String),
 }
 
-fn lost(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. } | ClientError::Disconnected { .. }
-    )
-}
-
 impl StreamHub {
     fn new(id: String, cfg: HubConfig) -> Arc<Self> {
         Arc::new(StreamHub {
@@ -734,7 +727,7 @@ impl StreamHub {
                 return match e.code() {
                     Some(ErrorCode::NotFound) => Outcome::End(End::stopped(id)),
                     Some(ErrorCode::NotReady) => Outcome::Retry(e.to_string()),
-                    _ if lost(&e) => Outcome::End(End::error(
+                    _ if e.is_connection_lost() => Outcome::End(End::error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("broker unavailable: {e}"),
                     )),

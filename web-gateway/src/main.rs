@@ -1,7 +1,9 @@
 //! `framebroker-gateway`: the web gateway binary.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -94,8 +96,22 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Errors go to standard error through `writeln!`, never `eprintln!`, which
+/// panics when stderr is a pipe its reader closed (`… 2>&1 | head -1`); the
+/// gateway prints nothing else itself (logs go through `tracing`, which drops
+/// what it cannot write; `--help` and `--version` are clap's, which do too).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     let file = match &cli.config {
@@ -155,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     );
     // Refuse before binding anything.
     if let Err(msg) = auth::check_exposure(cfg.listen, &cfg.auth, cfg.insecure_no_auth) {
-        eprintln!("framebroker-gateway: {msg}");
+        let _ = writeln!(std::io::stderr(), "framebroker-gateway: {msg}");
         std::process::exit(2);
     }
     if cfg.insecure_no_auth && !cfg.listen.ip().is_loopback() && !cfg.auth.enabled() {

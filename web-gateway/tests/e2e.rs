@@ -525,7 +525,7 @@ async fn token_is_required_over_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_rtsp_camera_through_the_gateway() {
-    let cam = Camera::start(320, 240, 30, "smpte").expect("RTSP camera (scripts/setup.sh)");
+    let cam = Camera::start(320, 240, 30, "smpte").expect("RTSP camera (scripts/setup.sh --test)");
     let broker = Broker::start(&[]).unwrap();
     let gw = Gateway::start(&broker.socket);
     let body = format!(
