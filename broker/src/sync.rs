@@ -1,10 +1,12 @@
 //! The broker's locks: one poison policy, and the order of the two locks that may
 //! be held together.
 //!
-//! **Poison policy.** A panic while a lock is held is a bug; the supervisor
-//! catches it and fails the stream, and the rest of the broker goes on. Every
-//! value behind the broker's locks is whole between any two statements (plain
-//! fields, each written in one assignment), so a poisoned lock is used as it is.
+//! **Poison policy.** The project's one policy, [`framebroker_proto::lock`]: a
+//! panic while a lock is held is a bug; the supervisor catches it and fails the
+//! stream, and the rest of the broker goes on. Every value behind the broker's
+//! locks is whole between any two statements (plain fields, each written in one
+//! assignment), so a poisoned lock is used as it is. [`Lock::locked`] is that
+//! policy as a method.
 //!
 //! **Lock order.** The stream table ([`Rank::Streams`]) may be held while taking
 //! a stream's status ([`Rank::Status`]), never the other way round, and no two
@@ -16,29 +18,19 @@
 //! of those is held while taking the table or a status.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+
+pub use framebroker_proto::lock::wait_timeout;
 
 /// `lock()` with the poison policy above.
-pub trait Lock<T> {
+pub trait Lock<T: ?Sized> {
     fn locked(&self) -> MutexGuard<'_, T>;
 }
 
-impl<T> Lock<T> for Mutex<T> {
+impl<T: ?Sized> Lock<T> for Mutex<T> {
     fn locked(&self) -> MutexGuard<'_, T> {
-        self.lock().unwrap_or_else(PoisonError::into_inner)
+        framebroker_proto::lock::lock(self)
     }
-}
-
-/// `Condvar::wait_timeout` with the poison policy above.
-pub fn wait_timeout<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    d: Duration,
-) -> MutexGuard<'a, T> {
-    cv.wait_timeout(guard, d)
-        .unwrap_or_else(PoisonError::into_inner)
-        .0
 }
 
 /// The locks that may be held together, outermost first.
