@@ -91,6 +91,10 @@ pub trait RunningSource: Send {
     fn hwaccel_error(&self) -> Option<Error> {
         None
     }
+    /// The frame rate the input declares (its stream information), once known.
+    fn declared_fps(&self) -> Option<f64> {
+        None
+    }
 }
 
 pub trait SourceFactory: Send + Sync {
@@ -372,6 +376,32 @@ struct StderrState {
     decode_errors: std::sync::atomic::AtomicU64,
     /// The first line saying the hardware decoder could not be set up.
     hwaccel_error: Mutex<Option<Error>>,
+    /// The input's declared frame rate (see [`declared_rate`]).
+    declared_fps: Mutex<Option<f64>>,
+}
+
+/// The frame rate a stream line of ffmpeg's log declares: `30 fps` (the container's
+/// or SDP's average rate), else `30 tbr` (the rate ffmpeg guesses from the
+/// timestamps; a lavfi source prints only this). `None` when it says neither, or
+/// a value that is not a positive finite number.
+pub fn declared_rate(line: &str) -> Option<f64> {
+    let value = |unit: &str| {
+        line.split(',').find_map(|part| {
+            let mut words = part.split_whitespace();
+            let (n, u) = (words.next()?, words.next()?);
+            if u != unit || words.next().is_some() {
+                return None;
+            }
+            // ffmpeg prints e.g. `29.97`, `30`, `1k` (1000) or `90k`.
+            let (digits, scale) = match n.strip_suffix('k') {
+                Some(d) => (d, 1000.0),
+                None => (n, 1.0),
+            };
+            let v = digits.parse::<f64>().ok()? * scale;
+            (v.is_finite() && v > 0.0).then_some(v)
+        })
+    };
+    value("fps").or_else(|| value("tbr"))
 }
 
 impl StderrState {
@@ -416,8 +446,26 @@ fn drain_log(
     let mut showinfo = ShowinfoParser::default();
     loop {
         match parser.parse_next_event() {
+            Ok(FfmpegEvent::ParsedInputStream(s)) => {
+                // The first video stream of the input is the one decoded (`0:v:0`).
+                if s.video_data().is_some() {
+                    if let Some(fps) = declared_rate(&s.raw_log_message) {
+                        let mut d = st.declared_fps.locked();
+                        d.get_or_insert(fps);
+                    }
+                }
+            }
             Ok(FfmpegEvent::ParsedOutputStream(s)) => {
                 let k = s.parent_index as usize;
+                // An input line without `fps` (a lavfi source prints only `tbr`) is
+                // not parsed as a stream; the main output then says the rate its
+                // frames come at (passthrough: the input's).
+                if k == 0 {
+                    if let Some(fps) = declared_rate(&s.raw_log_message) {
+                        let mut d = st.declared_fps.locked();
+                        d.get_or_insert(fps);
+                    }
+                }
                 if let (Some(v), Some(pixel_format)) = (s.video_data(), formats.get(k)) {
                     let _ = geo_tx.send((
                         k,
@@ -681,6 +729,10 @@ impl RunningSource for FfmpegSource {
         self.shared.hwaccel_error.locked().clone()
     }
 
+    fn declared_fps(&self) -> Option<f64> {
+        *self.shared.declared_fps.locked()
+    }
+
     fn frames(&mut self) -> &mut dyn Read {
         &mut self.stdout
     }
@@ -818,6 +870,27 @@ mod tests {
     }
 
     #[test]
+    fn declared_rates_from_stream_lines() {
+        let cam = "[info]   Stream #0:0: Video: h264 (Constrained Baseline), yuv420p(tv, smpte170m, progressive), 640x480 [SAR 1:1 DAR 4:3], 30 fps, 30 tbr, 90k tbn";
+        assert_eq!(declared_rate(cam), Some(30.0));
+        let ntsc =
+            "Stream #0:0: Video: h264 (Main), yuv420p, 1920x1080, 29.97 fps, 29.97 tbr, 90k tbn";
+        assert_eq!(declared_rate(ntsc), Some(29.97));
+        let lavfi = "  Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24, 320x240 [SAR 1:1 DAR 4:3], 15 tbr, 15 tbn";
+        assert_eq!(declared_rate(lavfi), Some(15.0));
+        let out = "  Stream #0:0: Video: rawvideo (BGR[24] / 0x18524742), bgr24, 640x480, q=2-31, 221184 kb/s, 25 fps, 25 tbn";
+        assert_eq!(declared_rate(out), Some(25.0));
+        assert_eq!(
+            declared_rate("Stream #0:0: Video: h264, yuv420p, 640x480, 90k tbn"),
+            None
+        );
+        assert_eq!(
+            declared_rate("Stream #0:0: Video: h264, 0 fps, nan tbr"),
+            None
+        );
+    }
+
+    #[test]
     fn showinfo_lines_give_pts() {
         let mut p = ShowinfoParser::default();
         assert_eq!(p.parse("[info] frame=    1 fps=0.0"), None);
@@ -922,6 +995,7 @@ mod tests {
         assert_eq!(r.geometries, [(0, QVGA)]);
         assert!(r.state.last_error.locked().is_none());
         assert_eq!(r.decode_errors(), 0);
+        assert_eq!(*r.state.declared_fps.locked(), Some(15.0));
         assert_eq!(
             r.frame(0).unwrap().pts_ns,
             1_000_000_000,

@@ -15,7 +15,7 @@ use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
 use framebroker_proto::config::Config;
 use framebroker_proto::control::default_socket_path;
-use framebroker_proto::control::{HwAccel, VariantRequest};
+use framebroker_proto::control::{HwAccel, StreamInfo, VariantRequest};
 use framebroker_proto::naming::{self, UrlPolicy};
 
 #[derive(Parser)]
@@ -459,6 +459,24 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a stream with a parent reads its decode, for `streams ls` / `stats`:
+/// `variant of P`, or `alias on P` when another listed id shares its ring (ring
+/// generations are unique per broker, so the same one means the same ring), or
+/// `decode of P` before its ring exists.
+fn relation(s: &StreamInfo, list: &[StreamInfo]) -> Option<String> {
+    let p = s.parent.as_deref()?;
+    Some(if s.generation == 0 {
+        format!("decode of {p}")
+    } else if list
+        .iter()
+        .any(|t| t.id != s.id && t.generation == s.generation)
+    {
+        format!("alias on {p}")
+    } else {
+        format!("variant of {p}")
+    })
+}
+
 fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
     let client = Client::connect_to(&socket)?;
     match cmd {
@@ -500,7 +518,15 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             req.allow_duplicate_url = allow_duplicate;
             let (info, created) = client.start(req)?;
             if created {
-                out!("started {} ({})", info.id, info.url);
+                match &info.parent {
+                    // Same camera already decoded: an alias or a variant of that decode.
+                    Some(p) => out!(
+                        "started {} ({}) on the running decode of {p}",
+                        info.id,
+                        info.url
+                    ),
+                    None => out!("started {} ({})", info.id, info.url),
+                }
             } else {
                 out!("already running as {} ({})", info.id, info.url);
             }
@@ -522,10 +548,11 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                     "FORMAT",
                     "READERS"
                 );
-                for s in list {
-                    // A variant shows its parent in place of the URL it shares.
-                    let source = match &s.parent {
-                        Some(p) => format!("(variant of {p})"),
+                for s in &list {
+                    // A variant or an alias shows its decode in place of the URL
+                    // it shares.
+                    let source = match relation(s, &list) {
+                        Some(r) => format!("({r})"),
                         None => s.url.clone(),
                     };
                     out!(
@@ -561,8 +588,9 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                 out!("readers         {}", s.info.readers);
                 out!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 out!("bytes/frame     {}", s.bytes_per_frame);
-                if let Some(p) = &s.info.parent {
-                    out!("variant of      {p}");
+                if let Some(r) = relation(&s.info, &client.list()?) {
+                    let (what, p) = r.rsplit_once(' ').unwrap_or(("", &r));
+                    out!("{what:<15} {p}");
                 }
                 out!("decoder         {}", s.decoder);
                 out!("ffmpeg pid      {}", s.ffmpeg_pid);

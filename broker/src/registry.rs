@@ -211,6 +211,11 @@ fn mib(bytes: u64) -> String {
     }
 }
 
+/// Bytes of a ring of `slots` frames of `frame_bytes` (saturating on nonsense).
+fn ring_bytes(frame_bytes: u64, slots: u32) -> u64 {
+    layout::segment_size(frame_bytes, slots).unwrap_or(u64::MAX)
+}
+
 fn budget_message(need: u64, used: u64, budget: u64) -> String {
     format!(
         "shared-memory budget exceeded: the ring needs {}, {} of {} are in use (raise --shm-budget-mb)",
@@ -220,9 +225,49 @@ fn budget_message(need: u64, used: u64, budget: u64) -> String {
     )
 }
 
+/// One registered id: the stream it shows and the decode it belongs to.
 struct Entry {
     handle: Arc<StreamHandle>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    family: Arc<Family>,
+}
+
+/// One decode (one ffmpeg): its main stream, which runs the supervisor and owns
+/// the outputs, and the supervisor's thread. The ids of a family are the entries
+/// that point to it: the main stream's, its variants', and aliases. The decode
+/// runs while any of them is registered, even after the main id was stopped.
+struct Family {
+    root: Arc<StreamHandle>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Whether `output` (a main stream or a variant) delivers `size` (`None`:
+/// native) in `pixel_format`: a native output matches an explicit size equal to
+/// the native size once that is known.
+fn output_matches(
+    output: &StreamHandle,
+    size: Option<(u32, u32)>,
+    pixel_format: framebroker_proto::PixelFormat,
+) -> bool {
+    output.spec.pixel_format == pixel_format
+        && match (size, output.spec.size) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some((w, h)), None) => output
+                .status()
+                .geometry
+                .is_some_and(|g| (g.width, g.height) == (w, h)),
+            (None, Some(_)) => false,
+        }
+}
+
+fn describe_output(
+    size: Option<(u32, u32)>,
+    pixel_format: framebroker_proto::PixelFormat,
+) -> String {
+    match size {
+        Some((w, h)) => format!("{w}x{h} {}", pixel_format.name()),
+        None => format!("native size {}", pixel_format.name()),
+    }
 }
 
 /// All streams of one broker.
@@ -245,8 +290,11 @@ pub struct Broker {
 /// handing back a stream without them would leave the caller attaching to ids
 /// that do not exist.
 fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), Refusal> {
+    let have = running.variants();
     for w in wanted {
-        if !running.spec.variants.iter().any(|v| v == w) {
+        if !have.iter().any(|v| {
+            v.id() == w.id && v.spec.size == w.size && v.spec.pixel_format == w.pixel_format
+        }) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!(
@@ -268,14 +316,12 @@ fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), R
     Ok(())
 }
 
-/// Takes a main stream out of the list with its variants (which share its
-/// decode and never outlive it).
-fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Entry> {
-    let entry = streams.remove(id)?;
-    for v in &entry.handle.variants {
-        streams.remove(v.id());
-    }
-    Some(entry)
+/// Takes every id of the decode of `id` out of the list and returns the decode
+/// (to be stopped).
+fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Arc<Family>> {
+    let family = streams.get(id)?.family.clone();
+    streams.retain(|_, e| !Arc::ptr_eq(&e.family, &family));
+    Some(family)
 }
 
 impl Broker {
@@ -363,41 +409,42 @@ impl Broker {
         let mut streams = self.streams();
         if streams
             .get(&req.id)
-            .is_some_and(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
+            .is_some_and(|e| e.family.root.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
             if let Some(old) = remove_family(&mut streams, &req.id) {
-                old.handle.request_stop();
+                self.retire(&old);
             }
         }
         if let Some(e) = streams.get(&req.id) {
-            if let Some(parent) = &e.handle.parent {
+            let h = &e.handle;
+            if h.spec.url != req.url {
                 return Err(Refusal::new(
                     ErrorCode::AlreadyExists,
-                    format!("{:?} is already a variant of stream {parent:?}", req.id),
+                    format!(
+                        "stream {:?} already exists with another URL ({})",
+                        req.id, h.spec.redacted
+                    ),
                 ));
             }
-            if e.handle.spec.url == req.url {
-                lacks_variants(&e.handle, &variants)?;
-                return Ok((e.handle.info(), false));
+            if Arc::ptr_eq(h, &e.family.root) {
+                lacks_variants(h, &variants)?;
+                return Ok((h.info(), false));
+            }
+            // A variant or an alias: the same request again gets it.
+            if variants.is_empty() && output_matches(h.source(), size, req.pixel_format) {
+                return Ok((h.info(), false));
             }
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!(
-                    "stream {:?} already exists with another URL ({})",
-                    req.id, e.handle.spec.redacted
+                    "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
+                    req.id,
+                    if h.alias_of.is_some() { "an alias" } else { "a variant" },
+                    e.family.root.id(),
+                    describe_output(h.source().spec.size, h.source().spec.pixel_format),
                 ),
             ));
-        }
-        if !req.allow_duplicate_url {
-            if let Some(e) = streams
-                .values()
-                .find(|e| e.handle.spec.url == req.url && !e.handle.status().state.is_final())
-            {
-                lacks_variants(&e.handle, &variants)?;
-                tracing::info!(requested = %req.id, running = e.handle.id(), "URL already running: single ingest");
-                return Ok((e.handle.info(), false));
-            }
         }
         if let Some(v) = variants.iter().find(|v| streams.contains_key(&v.id)) {
             return Err(Refusal::new(
@@ -409,28 +456,45 @@ impl Broker {
         // the room is needed; they do not count against the limit, and the
         // oldest make way below, so the list stays within --max-streams and a
         // client starting bad URLs cannot grow the broker without bound.
-        let ended: usize = streams
+        let ended = streams
             .values()
-            .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
-            .map(|e| 1 + e.handle.variants.len())
-            .sum();
+            .filter(|e| e.family.root.status().state.is_final())
+            .count();
         let active = streams.len().saturating_sub(ended);
-        let wanted = 1 + variants.len();
+        let running = if req.allow_duplicate_url {
+            None
+        } else {
+            streams
+                .values()
+                .find(|e| {
+                    e.family.root.spec.url == req.url && !e.family.root.status().state.is_final()
+                })
+                .map(|e| e.family.clone())
+        };
+        if let Some(family) = &running {
+            // The variants asked for must be there already; the request adds one id.
+            lacks_variants(&family.root, &variants)?;
+        }
+        let wanted = if running.is_some() {
+            1
+        } else {
+            1 + variants.len()
+        };
         if active + wanted > self.cfg.max_streams {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "at most {} streams, variants included (raise --max-streams); \
+                    "at most {} streams, variants and aliases included (raise --max-streams); \
                      {active} running, this request needs {wanted}",
                     self.cfg.max_streams
                 ),
             ));
         }
+        if let Some(family) = running {
+            return self.join_family(&mut streams, &family, &req.id, size, &req);
+        }
         // Rings of known size (the main stream's and each variant's): refuse now
-        // rather than fail later, counting the rings of streams still starting as if
-        // they were allocated.
-        let ring_bytes =
-            |bytes: u64, slots: u32| layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
+        // rather than fail later.
         let need: u64 = std::iter::once((size, req.pixel_format))
             .chain(variants.iter().map(|v| (v.size, v.pixel_format)))
             .filter_map(|(size, pf)| {
@@ -438,39 +502,18 @@ impl Broker {
                 Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), slots))
             })
             .fold(0u64, u64::saturating_add);
-        if need > 0 {
-            let pending: u64 = streams
-                .values()
-                .filter(|e| {
-                    e.handle.status().segment.is_none() && !e.handle.status().state.is_final()
-                })
-                .filter_map(|e| {
-                    let (w, h) = e.handle.spec.size?;
-                    Some(ring_bytes(
-                        e.handle.spec.pixel_format.frame_bytes(w, h)?,
-                        e.handle.slot_count,
-                    ))
-                })
-                .sum();
-            let used = *self.alloc.used.locked() + pending;
-            if used.saturating_add(need) > self.cfg.shm_budget {
-                return Err(Refusal::new(
-                    ErrorCode::LimitExceeded,
-                    budget_message(need, used, self.cfg.shm_budget),
-                ));
-            }
-        }
+        self.check_budget(&streams, need)?;
         while streams.len() + wanted > self.cfg.max_streams {
             let Some(oldest) = streams
                 .values()
-                .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
-                .min_by_key(|e| e.handle.started)
+                .filter(|e| e.family.root.status().state.is_final())
+                .min_by_key(|e| e.family.root.started)
                 .map(|e| e.handle.id().to_string())
             else {
                 break;
             };
             if let Some(old) = remove_family(&mut streams, &oldest) {
-                old.handle.request_stop();
+                self.retire(&old);
             }
             tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
         }
@@ -521,54 +564,210 @@ impl Broker {
             })?;
         tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
         let info = handle.info();
-        for v in &handle.variants {
+        let family = Arc::new(Family {
+            root: handle.clone(),
+            thread: Mutex::new(Some(thread)),
+        });
+        for v in handle.variants() {
             tracing::info!(stream = v.id(), parent = %req.id, "variant added");
             streams.insert(
                 v.id().to_string(),
                 Entry {
-                    handle: v.clone(),
-                    thread: None,
+                    handle: v,
+                    family: family.clone(),
                 },
             );
         }
+        streams.insert(req.id, Entry { handle, family });
+        Ok((info, true))
+    }
+
+    /// Refuses `need` more bytes of rings when they would not fit the budget,
+    /// counting the rings of streams still starting as if they were allocated.
+    fn check_budget(&self, streams: &HashMap<String, Entry>, need: u64) -> Result<(), Refusal> {
+        if need == 0 {
+            return Ok(());
+        }
+        let pending: u64 = streams
+            .values()
+            .filter(|e| e.handle.alias_of.is_none())
+            .filter(|e| e.handle.status().segment.is_none() && !e.handle.status().state.is_final())
+            .filter_map(|e| {
+                let (w, h) = e.handle.spec.size?;
+                Some(ring_bytes(
+                    e.handle.spec.pixel_format.frame_bytes(w, h)?,
+                    e.handle.slot_count,
+                ))
+            })
+            .sum();
+        let used = *self.alloc.used.locked() + pending;
+        if used.saturating_add(need) > self.cfg.shm_budget {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                budget_message(need, used, self.cfg.shm_budget),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new id for a camera that is already decoded: an alias of the output of
+    /// the same size and format (same ring), else a variant added to the decode
+    /// (ffmpeg restarts with one more output; the other rings stay). The caller
+    /// checked the id and the stream limit.
+    fn join_family(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        family: &Arc<Family>,
+        id: &str,
+        size: Option<(u32, u32)>,
+        req: &StartRequest,
+    ) -> Result<(StreamInfo, bool), Refusal> {
+        let root = &family.root;
+        if id == root.id() {
+            // The main id was stopped while other ids kept its decode, and comes
+            // back: a new stream under that id (readers of the stopped one are not
+            // its readers), on the main output, listed as a main stream again.
+            let mut h = StreamHandle::alias(id, root.clone(), id, req.on_demand);
+            h.parent = None;
+            let h = Arc::new(h);
+            let info = h.info();
+            streams.insert(
+                id.to_string(),
+                Entry {
+                    handle: h,
+                    family: family.clone(),
+                },
+            );
+            tracing::info!(stream = id, "main id back on its running decode");
+            return Ok((info, true));
+        }
+        let outputs: Vec<Arc<StreamHandle>> = std::iter::once(root.clone())
+            .chain(root.variants())
+            .collect();
+        let handle = match outputs
+            .iter()
+            .find(|o| output_matches(o, size, req.pixel_format))
+        {
+            Some(target) => {
+                tracing::info!(
+                    stream = id,
+                    of = target.id(),
+                    decode = root.id(),
+                    "alias added: same camera, same output"
+                );
+                Arc::new(StreamHandle::alias(
+                    id,
+                    target.clone(),
+                    root.id(),
+                    req.on_demand,
+                ))
+            }
+            None => {
+                if outputs.len() > MAX_VARIANTS {
+                    return Err(Refusal::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the decode of {:?} already has {MAX_VARIANTS} variants; ask for one of \
+                             their sizes and formats, or set allow_duplicate_url for a decode of its own",
+                            root.id()
+                        ),
+                    ));
+                }
+                let need = size.map_or(0, |(w, h)| {
+                    ring_bytes(
+                        req.pixel_format.frame_bytes(w, h).unwrap_or(0),
+                        root.slot_count,
+                    )
+                });
+                self.check_budget(streams, need)?;
+                let output = OutputSpec {
+                    id: id.to_string(),
+                    size,
+                    pixel_format: req.pixel_format,
+                };
+                let v = Arc::new(StreamHandle::added_variant(root, output, req.on_demand));
+                tracing::info!(
+                    stream = id,
+                    decode = root.id(),
+                    "{}: variant added to the running decode",
+                    describe_output(size, req.pixel_format)
+                );
+                root.add_variant(v.clone());
+                v
+            }
+        };
+        let info = handle.info();
         streams.insert(
-            req.id,
+            id.to_string(),
             Entry {
                 handle,
-                thread: Some(thread),
+                family: family.clone(),
             },
         );
         Ok((info, true))
     }
 
-    /// Stops a stream: its readers see `stopped`, its segment is unlinked.
-    ///
-    /// Stopping a main stream stops its variants; a variant cannot be stopped alone
-    /// (it shares its parent's ffmpeg).
-    pub fn stop(&self, id: &str) -> Result<(), Refusal> {
-        let entry = {
-            let mut streams = self.streams();
-            let e = streams
-                .get(id)
-                .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
-            if let Some(parent) = &e.handle.parent {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "stream {id:?} is a variant of {parent:?} and shares its decode: \
-                         stop {parent:?} (which stops its variants)"
-                    ),
-                ));
+    /// Stops a decode none of whose ids is left; otherwise drops the outputs no
+    /// id reads any more (the decode restarts without them).
+    fn prune(&self, streams: &HashMap<String, Entry>, family: &Arc<Family>) {
+        let ids: Vec<&Arc<StreamHandle>> = streams
+            .values()
+            .filter(|e| Arc::ptr_eq(&e.family, family))
+            .map(|e| &e.handle)
+            .collect();
+        if ids.is_empty() {
+            self.retire(family);
+            return;
+        }
+        for v in family.root.variants() {
+            let read = ids.iter().any(|h| {
+                Arc::ptr_eq(h, &v) || h.alias_of.as_ref().is_some_and(|t| Arc::ptr_eq(t, &v))
+            });
+            if !read {
+                tracing::info!(stream = v.id(), "no id reads this variant any more");
+                family.root.remove_variant(&v);
             }
-            remove_family(&mut streams, id).expect("looked up above")
-        };
-        entry.handle.request_stop();
-        // The supervisor exits within a moment; shutdown waits for it.
-        if let Some(t) = entry.thread {
+        }
+    }
+
+    /// Stops a decode; shutdown waits for its supervisor.
+    fn retire(&self, family: &Family) {
+        family.root.request_stop();
+        if let Some(t) = family.thread.locked().take() {
             let mut stopping = self.stopping.locked();
             stopping.retain(|t| !t.is_finished());
             stopping.push(t);
         }
+    }
+
+    /// Stops one id: its readers see `stopped` unless another id still reads the
+    /// same ring (an alias).
+    ///
+    /// The main stream's id takes the variants of its own start request with it;
+    /// any other id (a variant, an alias) goes alone. The decode stops when no id
+    /// of it is left; until then it runs on, without the outputs nobody reads.
+    pub fn stop(&self, id: &str) -> Result<(), Refusal> {
+        let mut streams = self.streams();
+        let e = streams
+            .get(id)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
+        let family = e.family.clone();
+        let handle = e.handle.clone();
+        let mut gone = vec![id.to_string()];
+        if Arc::ptr_eq(&handle, &family.root) {
+            for v in family.root.variants().iter().filter(|v| !v.standalone) {
+                if streams
+                    .get(v.id())
+                    .is_some_and(|e| Arc::ptr_eq(&e.handle, v))
+                {
+                    gone.push(v.id().to_string());
+                }
+            }
+        }
+        for g in &gone {
+            streams.remove(g);
+        }
+        self.prune(&streams, &family);
         tracing::info!(stream = id, "stream removed");
         Ok(())
     }
@@ -589,6 +788,7 @@ impl Broker {
                     readers: 0,
                     on_demand: true,
                     parent: None,
+                    declared_fps: 0.0,
                 });
             }
         }
@@ -612,7 +812,7 @@ impl Broker {
         }
         let h = self.get(id)?;
         let Some(a) = h.attachment() else {
-            let s = h.status();
+            let s = h.source().status();
             return Err(Refusal::new(
                 ErrorCode::NotReady,
                 match s.state {
@@ -643,22 +843,24 @@ impl Broker {
         Ok((a, h))
     }
 
-    /// Runs `f` on the stream whose ffmpeg a reader of `h` keeps running, which
-    /// owns the idle time of an on-demand stream: `h` itself, or its parent for
-    /// a variant.
-    fn with_idle_owner(&self, h: &StreamHandle, f: impl FnOnce(&StreamHandle)) {
-        match &h.parent {
-            None => f(h),
-            Some(p) => {
-                if let Some(parent) = self.current(p) {
-                    f(&parent)
-                }
-            }
+    /// Runs `f` on the id whose idle time a reader of `h` counts for: `h` itself,
+    /// or for a variant of the main stream's own start request, the main stream.
+    fn with_idle_owner(&self, h: &Arc<StreamHandle>, f: impl FnOnce(&StreamHandle)) {
+        if h.parent.is_none() || h.standalone {
+            return f(h);
+        }
+        let root = self
+            .streams()
+            .values()
+            .find(|e| Arc::ptr_eq(&e.handle, h))
+            .map(|e| e.family.root.clone());
+        if let Some(root) = root {
+            f(&root)
         }
     }
 
     /// Gives back one reader registered by [`attach`](Self::attach).
-    pub fn detach(&self, handle: &StreamHandle) {
+    pub fn detach(&self, handle: &Arc<StreamHandle>) {
         let prev = handle
             .readers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
@@ -681,14 +883,14 @@ impl Broker {
 
     /// Stops everything (shutdown).
     pub fn shutdown(&self) {
-        let entries: Vec<Entry> = self.streams().drain().map(|(_, e)| e).collect();
-        for e in &entries {
-            e.handle.request_stop();
-        }
-        for mut e in entries {
-            if let Some(t) = e.thread.take() {
-                let _ = t.join();
+        let mut families: Vec<Arc<Family>> = Vec::new();
+        for (_, e) in self.streams().drain() {
+            if !families.iter().any(|f| Arc::ptr_eq(f, &e.family)) {
+                families.push(e.family);
             }
+        }
+        for f in &families {
+            self.retire(f);
         }
         let stopping: Vec<_> = self.stopping.locked().drain(..).collect();
         for t in stopping {
@@ -702,7 +904,7 @@ impl Broker {
         std::thread::Builder::new()
             .name("ticker".into())
             .spawn(move || {
-                let mut rates: HashMap<String, VecDeque<(Duration, u64)>> = HashMap::new();
+                let mut rates: HashMap<usize, VecDeque<(Duration, u64)>> = HashMap::new();
                 while let Some(b) = broker.upgrade() {
                     b.tick(&mut rates);
                     drop(b);
@@ -712,11 +914,25 @@ impl Broker {
             .expect("spawn ticker")
     }
 
-    /// Once per heartbeat interval: heartbeats, rates, and the stall and idle
-    /// policies ([`StreamHandle::kill_if_stalled`], [`StreamHandle::idle`]).
-    fn tick(&self, rates: &mut HashMap<String, VecDeque<(Duration, u64)>>) {
-        let handles: Vec<Arc<StreamHandle>> =
-            self.streams().values().map(|e| e.handle.clone()).collect();
+    /// Once per heartbeat interval: heartbeats, rates and the stall policy
+    /// ([`StreamHandle::kill_if_stalled`]) for every output, and the idle policy
+    /// ([`StreamHandle::idle`]) for every id.
+    fn tick(&self, rates: &mut HashMap<usize, VecDeque<(Duration, u64)>>) {
+        // Every output of every decode once (a decode whose main id was stopped
+        // still writes for its other ids), and every registered id.
+        let (handles, ids) = {
+            let streams = self.streams();
+            let mut outputs: Vec<Arc<StreamHandle>> = Vec::new();
+            for e in streams.values() {
+                let root = &e.family.root;
+                if !outputs.iter().any(|o| Arc::ptr_eq(o, root)) {
+                    outputs.push(root.clone());
+                    outputs.extend(root.variants());
+                }
+            }
+            let ids: Vec<Arc<StreamHandle>> = streams.values().map(|e| e.handle.clone()).collect();
+            (outputs, ids)
+        };
         let now_ns = self.clock.monotonic_ns();
         let now = Duration::from_nanos(now_ns);
         let mut idle = Vec::new();
@@ -726,7 +942,7 @@ impl Broker {
                 r.heartbeat();
             }
             let live = h.status().state == StreamState::Live;
-            let samples = rates.entry(h.id().to_string()).or_default();
+            let samples = rates.entry(Arc::as_ptr(h) as usize).or_default();
             let frames = h.frames_written.load(Ordering::Relaxed);
             if let Some(fps) = measure_fps(samples, now, frames, live) {
                 h.status().fps = fps;
@@ -735,14 +951,22 @@ impl Broker {
                 }
             }
             h.kill_if_stalled(now_ns, &self.cfg.supervisor);
+        }
+        rates.retain(|k, _| handles.iter().any(|h| Arc::as_ptr(h) as usize == *k));
+        for h in &ids {
             if h.idle(now_ns, self.cfg.idle_grace) {
-                idle.push(h.id().to_string());
+                idle.push(h.clone());
             }
         }
-        rates.retain(|id, _| handles.iter().any(|h| h.id() == id));
-        for id in idle {
-            tracing::info!(stream = %id, "no readers for {:?}: stopping on-demand stream", self.cfg.idle_grace);
-            let _ = self.stop(&id);
+        for h in idle {
+            if self.current(h.id()).is_some_and(|c| Arc::ptr_eq(&c, &h)) {
+                tracing::info!(
+                    stream = h.id(),
+                    "no readers for {:?}: stopping on-demand stream",
+                    self.cfg.idle_grace
+                );
+                let _ = self.stop(h.id());
+            }
         }
     }
 }
@@ -793,11 +1017,23 @@ mod tests {
         runs: AtomicU32,
         frames: usize,
         sizes: Vec<(u32, u32)>,
+        /// The variant outputs of each run (ids), in order.
+        spawned: Mutex<Vec<Vec<String>>>,
     }
 
     struct FakeRun {
         geometry: Geometry,
         data: std::io::Cursor<Vec<u8>>,
+        /// Each variant output's geometry and frames (same numbering as the main).
+        variants: Vec<(Geometry, Vec<u8>)>,
+    }
+
+    /// `frames` frames of `g`, frame k filled with byte k, then half a frame.
+    fn fake_frames(g: Geometry, frames: usize) -> Vec<u8> {
+        let n = g.frame_bytes() as usize;
+        let mut data: Vec<u8> = (0..frames).flat_map(|k| vec![k as u8; n]).collect();
+        data.extend(vec![0xEE; n / 2]);
+        data
     }
 
     impl RunningSource for FakeRun {
@@ -825,6 +1061,22 @@ mod tests {
         fn decode_errors(&self) -> u64 {
             0
         }
+        fn declared_fps(&self) -> Option<f64> {
+            Some(25.0)
+        }
+        fn variant_geometries(
+            &mut self,
+            _: Duration,
+            _: &dyn Fn() -> bool,
+        ) -> Result<Vec<Geometry>, Error> {
+            Ok(self.variants.iter().map(|v| v.0).collect())
+        }
+        fn take_variant_outputs(&mut self) -> Vec<Box<dyn Read + Send>> {
+            std::mem::take(&mut self.variants)
+                .into_iter()
+                .map(|(_, d)| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>)
+                .collect()
+        }
     }
 
     impl SourceFactory for Fake {
@@ -842,18 +1094,37 @@ mod tests {
                 height,
                 pixel_format: PixelFormat::Gray,
             };
-            let n = geometry.frame_bytes() as usize;
-            // Frame k of the run is filled with byte k; a half frame at the end.
-            let mut data: Vec<u8> = (0..self.frames).flat_map(|k| vec![k as u8; n]).collect();
-            data.extend(vec![0xEE; n / 2]);
+            self.spawned
+                .lock()
+                .unwrap()
+                .push(spec.variants.iter().map(|v| v.id.clone()).collect());
+            let variants = spec
+                .variants
+                .iter()
+                .map(|v| {
+                    let (width, height) = v.size.unwrap_or((width, height));
+                    let g = Geometry {
+                        width,
+                        height,
+                        pixel_format: v.pixel_format,
+                    };
+                    (g, fake_frames(g, self.frames))
+                })
+                .collect();
             Ok(Box::new(FakeRun {
                 geometry,
-                data: std::io::Cursor::new(data),
+                data: std::io::Cursor::new(fake_frames(geometry, self.frames)),
+                variants,
             }))
         }
     }
 
     fn broker(sizes: Vec<(u32, u32)>) -> (Arc<Broker>, String) {
+        let (b, _, prefix) = fake_broker(sizes);
+        (b, prefix)
+    }
+
+    fn fake_broker(sizes: Vec<(u32, u32)>) -> (Arc<Broker>, Arc<Fake>, String) {
         let prefix = format!(
             "fbunit{}-{}-",
             std::process::id(),
@@ -869,17 +1140,160 @@ mod tests {
             idle_grace: Duration::from_millis(200),
             ..BrokerConfig::default()
         };
-        (
-            Broker::new(
-                cfg,
-                Arc::new(Fake {
-                    runs: AtomicU32::new(0),
-                    frames: 5,
-                    sizes,
-                }),
-            ),
-            prefix,
-        )
+        let fake = Arc::new(Fake {
+            runs: AtomicU32::new(0),
+            frames: 5,
+            sizes,
+            spawned: Mutex::new(Vec::new()),
+        });
+        (Broker::new(cfg, fake.clone()), fake, prefix)
+    }
+
+    fn ids(b: &Broker) -> Vec<String> {
+        b.list().into_iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn a_second_id_for_a_running_url_is_an_alias_on_the_same_ring() {
+        let (b, prefix) = broker(vec![(16, 8)]);
+        let (a, created) = b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(created && a.parent.is_none());
+        let (alias, created) = b.start(StartRequest::new("cam.2", "testsrc://x")).unwrap();
+        assert!(created, "a stream of its own");
+        assert_eq!(alias.id, "cam.2");
+        assert_eq!(
+            alias.parent.as_deref(),
+            Some("a"),
+            "parent names the decode"
+        );
+        // The same request again is that alias, not a new one.
+        let (again, created) = b.start(StartRequest::new("cam.2", "testsrc://x")).unwrap();
+        assert!(!created && again.id == "cam.2");
+        assert!(wait(|| b.attach("a").is_ok() && b.attach("cam.2").is_ok()));
+        let (att_a, _) = b.attach("a").unwrap();
+        let (att_b, hb) = b.attach("cam.2").unwrap();
+        assert_eq!(att_b.id, "cam.2");
+        assert_eq!(
+            (att_a.segment.as_str(), att_a.generation),
+            (att_b.segment.as_str(), att_b.generation),
+            "one ring"
+        );
+        assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
+        assert_eq!(ids(&b), ["a", "cam.2"]);
+        // Readers per id.
+        assert_eq!(b.stats("a").unwrap().info.readers, 2);
+        assert_eq!(b.stats("cam.2").unwrap().info.readers, 2);
+        b.detach(&hb);
+        assert_eq!(b.stats("cam.2").unwrap().info.readers, 1);
+        // Stopping the original id keeps the decode for the alias.
+        b.stop("a").unwrap();
+        assert_eq!(b.stats("a").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(ids(&b), ["cam.2"]);
+        let before = b.stats("cam.2").unwrap().frames_written;
+        assert!(
+            wait(|| b.stats("cam.2").unwrap().frames_written > before + 10),
+            "the alias keeps getting frames"
+        );
+        assert_eq!(b.attach("cam.2").unwrap().0.segment, att_a.segment);
+        // The original id comes back as itself on the same decode.
+        let (back, created) = b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(created && back.parent.is_none());
+        assert_eq!(b.attach("a").unwrap().0.segment, att_a.segment);
+        // The last id gone, the decode stops and its ring is unlinked.
+        b.stop("a").unwrap();
+        b.stop("cam.2").unwrap();
+        assert!(b.list().is_empty());
+        assert!(wait(|| framebroker_proto::shm::list(&prefix).is_empty()));
+        b.shutdown();
+    }
+
+    #[test]
+    fn another_size_under_a_new_id_is_a_variant_added_to_the_running_decode() {
+        let (b, fake, prefix) = fake_broker(vec![(16, 8)]);
+        b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(wait(|| b.attach("a").is_ok()));
+        let (main, _) = b.attach("a").unwrap();
+        let mut req = StartRequest::new("small", "testsrc://x");
+        req.width = Some(8);
+        req.height = Some(4);
+        let (v, created) = b.start(req.clone()).unwrap();
+        assert!(created);
+        assert_eq!((v.id.as_str(), v.parent.as_deref()), ("small", Some("a")));
+        assert!(wait(|| b.attach("small").is_ok()));
+        let (small, _) = b.attach("small").unwrap();
+        assert_eq!((small.width, small.height), (8, 4));
+        assert!(
+            fake.spawned
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|run| run == &["small"]),
+            "the decode restarted with the extra output"
+        );
+        assert_eq!(
+            b.attach("a").unwrap().0.segment,
+            main.segment,
+            "the main ring stays across the restart"
+        );
+        // The same size again under a third id: an alias of the variant.
+        req.id = "small2".into();
+        let (s2, _) = b.start(req).unwrap();
+        assert_eq!(s2.parent.as_deref(), Some("a"));
+        assert_eq!(b.attach("small2").unwrap().0.segment, small.segment);
+        // The variant's id goes; its alias keeps the output.
+        b.stop("small").unwrap();
+        assert_eq!(b.attach("small2").unwrap().0.segment, small.segment);
+        // The last reader of the output gone, the decode drops it.
+        let runs = fake.spawned.lock().unwrap().len();
+        b.stop("small2").unwrap();
+        assert!(wait(|| fake
+            .spawned
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(runs)
+            .any(|run| run.is_empty())));
+        assert!(wait(|| framebroker_proto::shm::list(&prefix).len() == 1));
+        assert_eq!(ids(&b), ["a"]);
+        b.shutdown();
+    }
+
+    #[test]
+    fn refused_alias_requests_change_nothing() {
+        let (b, _) = broker(vec![(16, 8)]);
+        b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        for bad in [".x", "a..b", "a/b", ""] {
+            let e = b.start(StartRequest::new(bad, "testsrc://x")).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidId, "{bad:?}: {}", e.message);
+        }
+        let mut odd = StartRequest::new("b", "testsrc://x");
+        odd.width = Some(8);
+        let e = b.start(odd).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidGeometry);
+        b.start(StartRequest::new("b", "testsrc://x")).unwrap();
+        // An alias asked for at another size is refused, not changed.
+        let mut other = StartRequest::new("b", "testsrc://x");
+        other.width = Some(8);
+        other.height = Some(4);
+        let e = b.start(other).unwrap_err();
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "{}", e.message);
+        assert!(
+            e.message.contains("an alias of stream \"a\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(ids(&b), ["a", "b"]);
+        // With allow_duplicate_url the same URL gets a decode of its own.
+        let mut dup = StartRequest::new("c", "testsrc://x");
+        dup.allow_duplicate_url = true;
+        let (c, created) = b.start(dup).unwrap();
+        assert!(created && c.parent.is_none());
+        assert!(wait(|| b.attach("a").is_ok() && b.attach("c").is_ok()));
+        assert_ne!(
+            b.attach("a").unwrap().0.segment,
+            b.attach("c").unwrap().0.segment
+        );
+        b.shutdown();
     }
 
     fn wait(mut f: impl FnMut() -> bool) -> bool {

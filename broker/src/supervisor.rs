@@ -14,7 +14,7 @@ use framebroker_proto::{Geometry, RingStatus, StreamState};
 
 use crate::clock::{Clock, Wakeup};
 use crate::error::{Error, ErrorKind};
-use crate::ffmpeg::{FrameClock, KillHandle, SourceFactory, SourceSpec};
+use crate::ffmpeg::{FrameClock, KillHandle, OutputSpec, SourceFactory, SourceSpec};
 use crate::sync::{Lock, Rank, RankedGuard, RankedMutex};
 
 /// Settings every supervisor shares.
@@ -110,6 +110,9 @@ pub struct Status {
     pub fps: f64,
     /// What decodes, as the stats say it (see [`StreamStats::decoder`]).
     pub decoder: String,
+    /// The rate the source declares (0.0 until a run learned it; kept across
+    /// restarts, updated by each run that reports one).
+    pub declared_fps: f64,
 }
 
 /// One stream, shared between its supervisor thread, the ticker and the control
@@ -118,10 +121,27 @@ pub struct StreamHandle {
     pub spec: SourceSpec,
     pub slot_count: u32,
     pub on_demand: bool,
-    /// For a variant: the id of the main stream whose decode feeds it.
+    /// For a variant or an alias: the id of the main stream whose decode feeds it.
     pub parent: Option<String>,
-    /// For a main stream: its variants (each also registered as a stream).
-    pub variants: Vec<Arc<StreamHandle>>,
+    /// For a main stream: its variants (each also registered as a stream), in
+    /// the order of ffmpeg's outputs `1..`. Changed while running by
+    /// [`add_variant`](Self::add_variant) / [`remove_variant`](Self::remove_variant),
+    /// which restart the decode with the new outputs.
+    variants: Mutex<Vec<Arc<StreamHandle>>>,
+    /// Bumped by every change of `variants`; a run whose outputs are older is
+    /// restarted at once.
+    outputs_version: AtomicU64,
+    /// Set with a change of the outputs: the run that ends next ended for it, not
+    /// because of the camera (no backoff, no reconnect counted).
+    reconfigure: AtomicBool,
+    /// For an alias: the stream whose ring it reads (the main stream or one of its
+    /// variants, same size and format). An alias has no ring and no writer of its
+    /// own; its id, readers and on-demand rule are its own.
+    pub alias_of: Option<Arc<StreamHandle>>,
+    /// An alias, or a variant added to a running decode by a later start request:
+    /// its id is stopped alone and is idle by its own readers (a variant of the
+    /// main stream's own start request goes with the main stream).
+    pub standalone: bool,
     /// The broker's clock (stall, idle, backoff and uptime read it).
     pub clock: Clock,
     /// When the stream was added, on [`clock`](Self::clock).
@@ -163,7 +183,7 @@ impl StreamHandle {
                 h.parent = Some(spec.id.clone());
                 Arc::new(h)
             })
-            .collect();
+            .collect::<Vec<_>>();
         let decoder = match spec.hwaccel {
             HwAccel::None => "software".to_string(),
             h => h.name().to_string(),
@@ -173,7 +193,11 @@ impl StreamHandle {
             slot_count,
             on_demand,
             parent: None,
-            variants,
+            variants: Mutex::new(variants),
+            outputs_version: AtomicU64::new(0),
+            reconfigure: AtomicBool::new(false),
+            alias_of: None,
+            standalone: false,
             started: clock.monotonic(),
             status: RankedMutex::new(
                 Rank::Status,
@@ -189,6 +213,7 @@ impl StreamHandle {
                     ffmpeg_pid: 0,
                     fps: 0.0,
                     decoder,
+                    declared_fps: 0.0,
                 },
             ),
             readers: AtomicU32::new(0),
@@ -208,6 +233,74 @@ impl StreamHandle {
 
     pub fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    /// Another id for the output `target` (of the decode whose main stream is
+    /// `parent`): same ring, its own id, readers and on-demand rule.
+    pub fn alias(id: &str, target: Arc<StreamHandle>, parent: &str, on_demand: bool) -> Self {
+        let spec = SourceSpec {
+            id: id.to_string(),
+            variants: Vec::new(),
+            ..target.spec.clone()
+        };
+        let mut h = StreamHandle::new(spec, target.slot_count, on_demand, target.clock.clone());
+        h.parent = Some(parent.to_string());
+        h.alias_of = Some(target);
+        h.standalone = true;
+        h
+    }
+
+    /// A variant of `parent`'s decode asked for by a later start request (see
+    /// [`add_variant`](Self::add_variant)).
+    pub fn added_variant(parent: &StreamHandle, output: OutputSpec, on_demand: bool) -> Self {
+        let spec = SourceSpec {
+            id: output.id,
+            size: output.size,
+            pixel_format: output.pixel_format,
+            variants: Vec::new(),
+            ..parent.spec.clone()
+        };
+        let mut h = StreamHandle::new(spec, parent.slot_count, on_demand, parent.clock.clone());
+        h.parent = Some(parent.id().to_string());
+        h.standalone = true;
+        h
+    }
+
+    /// The stream whose ring and counters this id shows: the alias's target, else
+    /// itself.
+    pub fn source(&self) -> &StreamHandle {
+        self.alias_of.as_deref().unwrap_or(self)
+    }
+
+    /// The variants of a main stream, in output order.
+    pub fn variants(&self) -> Vec<Arc<StreamHandle>> {
+        self.variants.locked().clone()
+    }
+
+    /// Adds an output to the running decode. ffmpeg cannot grow its filter graph
+    /// while it runs, so the decode restarts at once with the extra output; the
+    /// rings of the other outputs stay (same geometry), their readers attached.
+    pub fn add_variant(&self, v: Arc<StreamHandle>) {
+        self.variants.locked().push(v);
+        self.outputs_changed("a variant was added");
+    }
+
+    /// Takes an output out of the decode (restarted at once without it); its ring
+    /// is marked stopped and unlinked by the supervisor.
+    pub fn remove_variant(&self, v: &StreamHandle) {
+        self.variants.locked().retain(|x| !std::ptr::eq(&**x, v));
+        self.outputs_changed("a variant was removed");
+    }
+
+    fn outputs_changed(&self, why: &str) {
+        self.outputs_version.fetch_add(1, Ordering::AcqRel);
+        self.reconfigure.store(true, Ordering::Release);
+        // Wakes a backoff sleep too: the new outputs start now.
+        self.wakeup.wake();
+        if let Some(k) = self.kill.locked().as_ref() {
+            tracing::info!(stream = self.id(), "restarting ffmpeg: {why}");
+            k();
+        }
     }
 
     /// The stream's status; see [`crate::sync`] for the lock order.
@@ -237,7 +330,9 @@ impl StreamHandle {
     }
 
     fn sleep_unless_stopped(&self, d: Duration) {
-        self.clock.sleep(&self.wakeup, d, &|| !self.stopping());
+        self.clock.sleep(&self.wakeup, d, &|| {
+            !self.stopping() && !self.reconfigure.load(Ordering::Acquire)
+        });
     }
 
     /// Notes that the source made progress (a frame, a new run), on the clock.
@@ -263,7 +358,7 @@ impl StreamHandle {
     /// its own first frame, not when the main output does).
     fn set_state_all(&self, state: StreamState) {
         self.set_state(state);
-        for v in &self.variants {
+        for v in &self.variants() {
             if state != StreamState::Live {
                 v.set_state(state);
             }
@@ -272,7 +367,7 @@ impl StreamHandle {
 
     fn set_decoder(&self, decoder: &str) {
         self.status().decoder = decoder.to_string();
-        for v in &self.variants {
+        for v in &self.variants() {
             v.status().decoder = decoder.to_string();
         }
     }
@@ -313,29 +408,42 @@ impl StreamHandle {
         true
     }
 
-    /// The idle policy: an on-demand main stream stops once neither it nor any
-    /// of its variants has had a reader for more than `grace` at `now_ns`
-    /// (attach and detach keep [`idle_since_ns`](Self::idle_since_ns)).
+    /// The idle policy: an on-demand id stops once it has had no reader for more
+    /// than `grace` at `now_ns`. A main stream counts the readers of its
+    /// request's variants too (which go with it, and are never idle alone); an
+    /// alias or an added variant counts its own. Attach and detach keep
+    /// [`idle_since_ns`](Self::idle_since_ns).
     pub fn idle(&self, now_ns: u64, grace: Duration) -> bool {
         let since = self.idle_since_ns.load(Ordering::Relaxed);
         self.on_demand
-            && self.parent.is_none()
+            && (self.parent.is_none() || self.standalone)
             && since != 0
             && self.total_readers() == 0
             && Duration::from_nanos(now_ns.saturating_sub(since)) > grace
     }
 
-    /// Readers of this stream and of its variants (what keeps an on-demand stream).
+    /// Readers of this stream and of the variants of its own start request (what
+    /// keeps an on-demand main stream).
     pub fn total_readers(&self) -> u32 {
         self.readers.load(Ordering::Relaxed)
             + self
-                .variants
+                .variants()
                 .iter()
+                .filter(|v| !v.standalone)
                 .map(|v| v.readers.load(Ordering::Relaxed))
                 .sum::<u32>()
     }
 
     pub fn info(&self) -> StreamInfo {
+        if let Some(t) = &self.alias_of {
+            return StreamInfo {
+                id: self.spec.id.clone(),
+                readers: self.readers.load(Ordering::Relaxed),
+                on_demand: self.on_demand,
+                parent: self.parent.clone(),
+                ..t.info()
+            };
+        }
         let s = self.status();
         let g = s.geometry;
         StreamInfo {
@@ -349,10 +457,17 @@ impl StreamHandle {
             readers: self.readers.load(Ordering::Relaxed),
             on_demand: self.on_demand,
             parent: self.parent.clone(),
+            declared_fps: s.declared_fps,
         }
     }
 
     pub fn stats(&self) -> StreamStats {
+        if let Some(t) = &self.alias_of {
+            return StreamStats {
+                info: self.info(),
+                ..t.stats()
+            };
+        }
         let info = self.info();
         let s = self.status();
         StreamStats {
@@ -372,6 +487,12 @@ impl StreamHandle {
     /// What a reader needs to map the ring; `None` until the ring exists or once
     /// the stream has ended.
     pub fn attachment(&self) -> Option<Attachment> {
+        if let Some(t) = &self.alias_of {
+            return Some(Attachment {
+                id: self.spec.id.clone(),
+                ..t.attachment()?
+            });
+        }
         let s = self.status();
         let g = s.geometry?;
         if s.state.is_final() {
@@ -415,7 +536,7 @@ pub fn run(
     let id = handle.id().to_string();
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut writer: Option<Writer> = None;
-    let mut variant_writers: Vec<Option<Writer>> = handle.variants.iter().map(|_| None).collect();
+    let mut variant_writers: Vec<VariantWriter> = Vec::new();
     let mut permanent_failures = 0;
     let mut final_state = StreamState::Stopped;
     // Set once the hardware decoder proved unusable: software from then on.
@@ -437,6 +558,11 @@ pub fn run(
         attempt += 1;
         if handle.stopping() {
             break;
+        }
+        if handle.reconfigure.swap(false, Ordering::AcqRel) {
+            // Ended (or was about to start) for a change of the outputs: start again
+            // now with the new ones, the same rings for the unchanged outputs.
+            continue;
         }
         let error = match outcome {
             RunOutcome::Ended {
@@ -490,12 +616,13 @@ pub fn run(
     }
     if final_state == StreamState::Failed {
         let why = handle.status().last_error.clone();
-        for v in &handle.variants {
+        for v in &handle.variants() {
             v.status().last_error = why.clone();
         }
     }
     handle.set_state_all(final_state);
-    for (v, w) in handle.variants.iter().zip(variant_writers.iter_mut()) {
+    for (v, w) in variant_writers.iter_mut() {
+        v.set_state(final_state);
         *v.ring.locked() = None;
         if let Some(w) = w.take() {
             alloc.release(w.region().len() as u64);
@@ -541,8 +668,40 @@ struct RunCtx<'a> {
     alloc: &'a dyn SegmentAllocator,
     cfg: &'a SupervisorConfig,
     writer: &'a mut Option<Writer>,
-    variant_writers: &'a mut Vec<Option<Writer>>,
+    variant_writers: &'a mut Vec<VariantWriter>,
     software: bool,
+}
+
+/// A variant and its ring (none until its geometry is known).
+type VariantWriter = (Arc<StreamHandle>, Option<Writer>);
+
+/// Brings the variant writers in line with the stream's current variants, in
+/// output order: a removed variant's ring is marked stopped (its readers see it)
+/// and given back; a new one starts without a ring; the others keep theirs.
+fn sync_variant_writers(
+    handle: &StreamHandle,
+    alloc: &dyn SegmentAllocator,
+    writers: &mut Vec<VariantWriter>,
+) -> Vec<Arc<StreamHandle>> {
+    let current = handle.variants();
+    let mut old = std::mem::take(writers);
+    for v in &current {
+        let w = old
+            .iter()
+            .position(|(h, _)| Arc::ptr_eq(h, v))
+            .and_then(|i| old.swap_remove(i).1);
+        writers.push((v.clone(), w));
+    }
+    for (v, w) in old {
+        v.set_state(StreamState::Stopped);
+        *v.ring.locked() = None;
+        if let Some(w) = w {
+            w.status().set_state(StreamState::Stopped);
+            alloc.release(w.region().len() as u64);
+        }
+        tracing::info!(stream = v.id(), "variant left the decode; ring unlinked");
+    }
+    current
 }
 
 /// Makes sure `writer` is a ring of `geometry` for `handle`: keeps the current one
@@ -660,14 +819,22 @@ fn pump(
 fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
     let handle = ctx.handle;
     let id = handle.id();
-    let spec = if ctx.software && handle.spec.hwaccel != HwAccel::None {
-        SourceSpec {
-            hwaccel: HwAccel::None,
-            ..handle.spec.clone()
-        }
-    } else {
-        handle.spec.clone()
+    let version = handle.outputs_version.load(Ordering::Acquire);
+    let variants = sync_variant_writers(handle, ctx.alloc, ctx.variant_writers);
+    let mut spec = SourceSpec {
+        variants: variants
+            .iter()
+            .map(|v| OutputSpec {
+                id: v.id().to_string(),
+                size: v.spec.size,
+                pixel_format: v.spec.pixel_format,
+            })
+            .collect(),
+        ..handle.spec.clone()
     };
+    if ctx.software {
+        spec.hwaccel = HwAccel::None;
+    }
     let mut source = match ctx.factory.spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
@@ -680,6 +847,12 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
     };
     handle.status().ffmpeg_pid = source.pid();
     *handle.kill.locked() = Some(source.kill_handle());
+    if handle.outputs_version.load(Ordering::Acquire) != version {
+        // The outputs changed while this ffmpeg was being started: it has the old
+        // ones, so it ends now and the loop starts the new set.
+        handle.reconfigure.store(true, Ordering::Release);
+        (source.kill_handle())();
+    }
     tracing::info!(stream = id, pid = source.pid(), url = %handle.spec.redacted, hwaccel = %spec.hwaccel, "source started");
 
     let outcome = (|| {
@@ -692,33 +865,35 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
             Ok(g) => g,
             Err(e) => return ended(e),
         };
+        if let Some(fps) = source.declared_fps() {
+            // Every output of the decode runs at the input's rate.
+            handle.status().declared_fps = fps;
+            for v in &variants {
+                v.status().declared_fps = fps;
+            }
+        }
         if let Err(e) = ensure_ring(handle, ctx.alloc, ctx.writer, geometry) {
             return RunOutcome::Fatal(e);
         }
         let mut outputs = Vec::new();
-        if !handle.variants.is_empty() {
+        if !variants.is_empty() {
             let geos = match source.variant_geometries(ctx.cfg.probe_timeout, &|| handle.stopping())
             {
                 Ok(g) => g,
                 Err(e) => return ended(e),
             };
             outputs = source.take_variant_outputs();
-            if geos.len() != handle.variants.len() || outputs.len() != handle.variants.len() {
+            if geos.len() != variants.len() || outputs.len() != variants.len() {
                 return RunOutcome::Fatal(Error::new(
                     ErrorKind::Internal,
                     format!(
                         "internal error: the source has {} variant outputs, the stream {}",
                         outputs.len(),
-                        handle.variants.len()
+                        variants.len()
                     ),
                 ));
             }
-            for ((v, w), g) in handle
-                .variants
-                .iter()
-                .zip(ctx.variant_writers.iter_mut())
-                .zip(geos)
-            {
+            for ((v, w), g) in ctx.variant_writers.iter_mut().zip(geos) {
                 if let Err(e) = ensure_ring(v, ctx.alloc, w, g) {
                     return RunOutcome::Fatal(e.context(format_args!("variant {}", v.id())));
                 }
@@ -729,13 +904,9 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
         let w = ctx.writer.as_mut().expect("writer set above");
         let variant_writers = &mut *ctx.variant_writers;
         let frames = std::thread::scope(|scope| {
-            for ((v, w), mut input) in handle
-                .variants
-                .iter()
-                .zip(variant_writers.iter_mut())
-                .zip(outputs)
-            {
+            for ((v, w), mut input) in variant_writers.iter_mut().zip(outputs) {
                 let w = w.as_mut().expect("variant writer set above");
+                let v = &**v;
                 let clock = clock.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("variant-{}", v.id()))
@@ -780,7 +951,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                     }
                 })
             };
-            if !handle.variants.is_empty() {
+            if !variants.is_empty() {
                 // The main output ended: make sure the variants' pipes end too.
                 kill();
             }
@@ -920,6 +1091,7 @@ mod tests {
         assert_eq!(st.reconnects, 2);
         assert_eq!(st.info.state, StreamState::Live);
         assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
+        assert_eq!(st.info.declared_fps, 25.0, "the source's declared rate");
         assert_eq!(a.generation, 1, "same segment across restarts");
         assert_eq!(framebroker_proto::shm::list(&h.prefix).len(), 1);
         // The half frame at the end of each run was abandoned, never published.
@@ -1224,13 +1396,35 @@ mod tests {
         h.readers.store(1, Ordering::Relaxed);
         assert!(!h.idle(at(grace) + 1, grace));
         h.readers.store(0, Ordering::Relaxed);
-        h.variants[0].readers.store(1, Ordering::Relaxed);
+        let v = h.variants()[0].clone();
+        v.readers.store(1, Ordering::Relaxed);
         assert!(!h.idle(at(grace) + 1, grace));
-        h.variants[0].readers.store(0, Ordering::Relaxed);
-        // Being read (idle_since 0) is never idle; a variant is never idle itself.
+        v.readers.store(0, Ordering::Relaxed);
+        // Being read (idle_since 0) is never idle; a variant of the request is
+        // never idle itself (its main stream decides for both).
         h.idle_since_ns.store(0, Ordering::Relaxed);
         assert!(!h.idle(u64::MAX, grace));
-        assert!(!h.variants[0].idle(u64::MAX, grace), "its parent decides");
+        assert!(!v.idle(u64::MAX, grace), "its parent decides");
+        // A variant added by a later request (or an alias) is idle by its own
+        // readers, and does not keep its decode's main stream.
+        let added = Arc::new(StreamHandle::added_variant(
+            &h,
+            crate::ffmpeg::OutputSpec {
+                id: "w".into(),
+                size: Some((4, 4)),
+                pixel_format: PixelFormat::Gray,
+            },
+            true,
+        ));
+        h.add_variant(added.clone());
+        added.readers.store(1, Ordering::Relaxed);
+        h.idle_since_ns.store(t0, Ordering::Relaxed);
+        assert!(h.idle(at(grace) + 1, grace), "not kept by an added variant");
+        added.readers.store(0, Ordering::Relaxed);
+        let t2 = added.idle_since_ns.load(Ordering::Relaxed);
+        let g = grace.as_nanos() as u64;
+        assert!(!added.idle(t2 + g, grace));
+        assert!(added.idle(t2 + g + 1, grace));
         let always = StreamHandle::new(sp, 8, false, clock.clone());
         assert!(!always.idle(u64::MAX, grace), "not on demand");
     }

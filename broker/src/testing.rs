@@ -157,6 +157,10 @@ impl RunningSource for FakeRun {
     fn hwaccel_error(&self) -> Option<Error> {
         self.run.hwaccel_error.clone()
     }
+    /// A camera at 25 fps.
+    fn declared_fps(&self) -> Option<f64> {
+        Some(25.0)
+    }
 }
 
 impl SourceFactory for Arc<Script> {

@@ -19,7 +19,7 @@ use crate::layout::{PixelFormat, StreamState};
 use crate::Error;
 
 /// Version of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// `b"FBCP"` as a little-endian u32: the first field of every Hello.
 pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"FBCP");
 /// Largest frame (the bytes after the length) either side accepts. Checked before
@@ -46,7 +46,9 @@ pub enum Request {
         protocol: u32,
         client: String,
     },
-    /// Start a stream, or return the one already running for this URL.
+    /// Start a stream. The same id and URL again returns the running stream; a
+    /// new id for a URL already decoded becomes an alias or a variant of that
+    /// decode (see `proto/doc/control-protocol.md`).
     Start(StartRequest),
     /// Stop a stream; its readers see `stopped`.
     Stop { id: String },
@@ -63,7 +65,7 @@ pub enum Request {
 /// Parameters of [`Request::Start`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
-    /// Stream id (`[A-Za-z0-9_-]{1,64}`).
+    /// Stream id (`[A-Za-z0-9_.-]{1,64}`, not starting with `.`, without `..`).
     pub id: String,
     /// Source: `rtsp://`, `rtsps://`, `testsrc://…`.
     pub url: String,
@@ -75,8 +77,8 @@ pub struct StartRequest {
     pub ring_slots: Option<u32>,
     /// RTSP transport.
     pub transport: Transport,
-    /// Start a second stream on a URL that is already running under another id
-    /// (normally the running one is returned: single ingest is the point).
+    /// Start a second decode of a URL that is already running under another id
+    /// (normally the new id reads the running decode: single ingest is the point).
     pub allow_duplicate_url: bool,
     /// Stop the stream once its last reader detaches (after the broker's grace period).
     pub on_demand: bool,
@@ -227,7 +229,7 @@ pub enum Response {
         protocol: u32,
         broker: String,
     },
-    /// `created` is false when an already running stream was returned.
+    /// `created` is false when the requested id was already running.
     Started {
         stream: StreamInfo,
         created: bool,
@@ -265,8 +267,12 @@ pub struct StreamInfo {
     pub generation: u64,
     pub readers: u32,
     pub on_demand: bool,
-    /// For a variant: the id of the main stream whose decode feeds it.
+    /// For a variant or an alias: the id of the main stream whose decode feeds it.
     pub parent: Option<String>,
+    /// The frame rate the source declares (ffmpeg's stream information, e.g. the
+    /// camera's SDP or a `testsrc` rate), in frames per second; 0.0 while not known
+    /// yet. [`StreamStats::fps`] is the measured rate.
+    pub declared_fps: f64,
 }
 
 /// Counters of one stream.
