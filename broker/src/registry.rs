@@ -12,7 +12,7 @@ use framebroker_proto::control::{
     Attachment, ErrorCode, HwAccel, StartRequest, StreamInfo, StreamStats, MAX_VARIANTS,
 };
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
-use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
+use framebroker_proto::naming::{self, classify_url, redact_url, Source, UrlPolicy};
 use framebroker_proto::ring::RingConfig;
 use framebroker_proto::shm::{self, OwnedSegment};
 use framebroker_proto::{Geometry, StreamState};
@@ -324,6 +324,104 @@ fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Arc<F
     Some(family)
 }
 
+/// A start request that passed [`Broker::validate`]: its URL classified, its
+/// sizes and variants checked, its slot count decided.
+struct Checked {
+    req: StartRequest,
+    source: Source,
+    size: Option<(u32, u32)>,
+    variants: Vec<OutputSpec>,
+    slots: u32,
+}
+
+impl Checked {
+    /// Bytes of the rings whose size is known now (the main stream's and each
+    /// variant's): refused at once rather than failing later.
+    fn ring_bytes(&self) -> u64 {
+        std::iter::once((self.size, self.req.pixel_format))
+            .chain(self.variants.iter().map(|v| (v.size, v.pixel_format)))
+            .filter_map(|(size, pf)| {
+                let (w, h) = size?;
+                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), self.slots))
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// What [`Broker::admit`] gives a request.
+enum Admission {
+    /// The stream that runs under the id already.
+    Running(StreamInfo),
+    /// The request's id joins the running decode of the same URL.
+    Join(Arc<Family>),
+    /// A new decode.
+    New,
+}
+
+/// The variants of a request, checked: at most [`MAX_VARIANTS`], valid ids used
+/// once, valid sizes.
+fn checked_variants(req: &StartRequest) -> Result<Vec<OutputSpec>, Refusal> {
+    if req.variants.len() > MAX_VARIANTS {
+        return Err(Refusal::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
+                req.id,
+                req.variants.len()
+            ),
+        ));
+    }
+    let mut variants = Vec::with_capacity(req.variants.len());
+    for v in &req.variants {
+        naming::validate_stream_id(&v.id)?;
+        if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidId,
+                format!("variant id {:?} is used twice in the request", v.id),
+            ));
+        }
+        variants.push(OutputSpec {
+            id: v.id.clone(),
+            size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
+            pixel_format: v.pixel_format,
+        });
+    }
+    Ok(variants)
+}
+
+/// The answer to a request for an id that is registered: the same stream when
+/// the request asks for what it is, else a refusal.
+fn answer_same_id(e: &Entry, c: &Checked) -> Result<StreamInfo, Refusal> {
+    let (h, req) = (&e.handle, &c.req);
+    if h.spec.url != req.url {
+        return Err(Refusal::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "stream {:?} already exists with another URL ({})",
+                req.id, h.spec.redacted
+            ),
+        ));
+    }
+    if Arc::ptr_eq(h, &e.family.root) {
+        lacks_variants(h, &c.variants)?;
+        return Ok(h.info());
+    }
+    // A variant or an alias: the same request again gets it.
+    if c.variants.is_empty() && output_matches(h.source(), c.size, req.pixel_format) {
+        return Ok(h.info());
+    }
+    Err(Refusal::new(
+        ErrorCode::AlreadyExists,
+        format!(
+            "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
+            req.id,
+            if h.alias_of.is_some() { "an alias" } else { "a variant" },
+            e.family.root.id(),
+            describe_output(h.source().spec.size, h.source().spec.pixel_format),
+        ),
+    ))
+}
+
 impl Broker {
     pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
         Self::with_clock(cfg, factory, clock::real())
@@ -368,118 +466,114 @@ impl Broker {
     }
 
     /// Starts a stream, or returns the one running with the same id and URL, or
-    /// (unless `allow_duplicate_url`) with the same URL under another id.
+    /// (unless `allow_duplicate_url`) puts the id on the running decode of the
+    /// same URL (see [`join_family`](Self::join_family)).
     ///
     /// Variants in the request become streams of their own (listed with `parent`
     /// set) fed by the same ffmpeg; everything about them is checked before
-    /// anything starts.
+    /// anything starts. Three steps: [`validate`](Self::validate) the request on
+    /// its own, [`admit`](Self::admit) it against the table (every refusal comes
+    /// before any change), then [`spawn`](Self::spawn) the new decode.
     pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<(StreamInfo, bool), Refusal> {
+        let checked = self.validate(req)?;
+        let mut streams = self.streams();
+        match self.admit(&mut streams, &checked)? {
+            Admission::Running(info) => Ok((info, false)),
+            Admission::Join(family) => {
+                let c = &checked;
+                self.join_family(&mut streams, &family, &c.req.id, c.size, &c.req)
+            }
+            Admission::New => self.spawn(&mut streams, checked),
+        }
+    }
+
+    /// Checks a start request on its own: ids, URL, sizes, variants, slots.
+    fn validate(&self, req: StartRequest) -> Result<Checked, Refusal> {
         naming::validate_stream_id(&req.id)?;
         let source = classify_url(&req.url, &self.cfg.url_policy)?;
         let size = checked_size(&req.id, req.width, req.height, req.pixel_format)?;
-        if req.variants.len() > MAX_VARIANTS {
-            return Err(Refusal::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
-                    req.id,
-                    req.variants.len()
-                ),
-            ));
-        }
-        let mut variants = Vec::with_capacity(req.variants.len());
-        for v in &req.variants {
-            naming::validate_stream_id(&v.id)?;
-            if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidId,
-                    format!("variant id {:?} is used twice in the request", v.id),
-                ));
-            }
-            variants.push(OutputSpec {
-                id: v.id.clone(),
-                size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
-                pixel_format: v.pixel_format,
-            });
-        }
+        let variants = checked_variants(&req)?;
         let slots = req.ring_slots.unwrap_or(self.cfg.default_slots);
         if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
         }
-        let mut streams = self.streams();
+        Ok(Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        })
+    }
+
+    /// Decides what a checked request gets from the table: a running stream, a
+    /// place on a running decode, or a new decode; refuses it when an id is
+    /// taken or a limit would be passed. Changes nothing unless it admits: then
+    /// a failed stream under the same id, and the oldest ended streams when the
+    /// room is needed, make way.
+    fn admit(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: &Checked,
+    ) -> Result<Admission, Refusal> {
+        let id = &c.req.id;
         if streams
-            .get(&req.id)
+            .get(id)
             .is_some_and(|e| e.family.root.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
-            if let Some(old) = remove_family(&mut streams, &req.id) {
+            if let Some(old) = remove_family(streams, id) {
                 self.retire(&old);
             }
         }
-        if let Some(e) = streams.get(&req.id) {
-            let h = &e.handle;
-            if h.spec.url != req.url {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "stream {:?} already exists with another URL ({})",
-                        req.id, h.spec.redacted
-                    ),
-                ));
-            }
-            if Arc::ptr_eq(h, &e.family.root) {
-                lacks_variants(h, &variants)?;
-                return Ok((h.info(), false));
-            }
-            // A variant or an alias: the same request again gets it.
-            if variants.is_empty() && output_matches(h.source(), size, req.pixel_format) {
-                return Ok((h.info(), false));
-            }
-            return Err(Refusal::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
-                    req.id,
-                    if h.alias_of.is_some() { "an alias" } else { "a variant" },
-                    e.family.root.id(),
-                    describe_output(h.source().spec.size, h.source().spec.pixel_format),
-                ),
-            ));
+        if let Some(e) = streams.get(id) {
+            return answer_same_id(e, c).map(Admission::Running);
         }
-        if let Some(v) = variants.iter().find(|v| streams.contains_key(&v.id)) {
+        if let Some(v) = c.variants.iter().find(|v| streams.contains_key(&v.id)) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!("variant id {:?} is already a stream; pick another id", v.id),
             ));
         }
-        // Failed (or stopped) streams stay listed with their last error until
-        // the room is needed; they do not count against the limit, and the
-        // oldest make way below, so the list stays within --max-streams and a
-        // client starting bad URLs cannot grow the broker without bound.
-        let ended = streams
-            .values()
-            .filter(|e| e.family.root.status().state.is_final())
-            .count();
-        let active = streams.len().saturating_sub(ended);
-        let running = if req.allow_duplicate_url {
+        let running = if c.req.allow_duplicate_url {
             None
         } else {
             streams
                 .values()
                 .find(|e| {
-                    e.family.root.spec.url == req.url && !e.family.root.status().state.is_final()
+                    e.family.root.spec.url == c.req.url && !e.family.root.status().state.is_final()
                 })
                 .map(|e| e.family.clone())
         };
-        if let Some(family) = &running {
+        if let Some(family) = running {
             // The variants asked for must be there already; the request adds one id.
-            lacks_variants(&family.root, &variants)?;
+            lacks_variants(&family.root, &c.variants)?;
+            self.check_stream_limit(streams, 1)?;
+            return Ok(Admission::Join(family));
         }
-        let wanted = if running.is_some() {
-            1
-        } else {
-            1 + variants.len()
-        };
+        let wanted = 1 + c.variants.len();
+        self.check_stream_limit(streams, wanted)?;
+        self.check_budget(streams, c.ring_bytes())?;
+        self.make_room(streams, wanted);
+        Ok(Admission::New)
+    }
+
+    /// Refuses `wanted` more ids when the running ones would pass
+    /// `--max-streams`. Failed (or stopped) streams stay listed with their last
+    /// error until the room is needed; they do not count against the limit, and
+    /// the oldest make way ([`make_room`](Self::make_room)), so the list stays
+    /// within `--max-streams` and a client starting bad URLs cannot grow the
+    /// broker without bound.
+    fn check_stream_limit(
+        &self,
+        streams: &HashMap<String, Entry>,
+        wanted: usize,
+    ) -> Result<(), Refusal> {
+        let ended = streams
+            .values()
+            .filter(|e| e.family.root.status().state.is_final())
+            .count();
+        let active = streams.len().saturating_sub(ended);
         if active + wanted > self.cfg.max_streams {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
@@ -490,19 +584,11 @@ impl Broker {
                 ),
             ));
         }
-        if let Some(family) = running {
-            return self.join_family(&mut streams, &family, &req.id, size, &req);
-        }
-        // Rings of known size (the main stream's and each variant's): refuse now
-        // rather than fail later.
-        let need: u64 = std::iter::once((size, req.pixel_format))
-            .chain(variants.iter().map(|v| (v.size, v.pixel_format)))
-            .filter_map(|(size, pf)| {
-                let (w, h) = size?;
-                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), slots))
-            })
-            .fold(0u64, u64::saturating_add);
-        self.check_budget(&streams, need)?;
+        Ok(())
+    }
+
+    /// Removes the oldest ended streams until `wanted` more ids fit the list.
+    fn make_room(&self, streams: &mut HashMap<String, Entry>, wanted: usize) {
         while streams.len() + wanted > self.cfg.max_streams {
             let Some(oldest) = streams
                 .values()
@@ -512,11 +598,27 @@ impl Broker {
             else {
                 break;
             };
-            if let Some(old) = remove_family(&mut streams, &oldest) {
+            if let Some(old) = remove_family(streams, &oldest) {
                 self.retire(&old);
             }
             tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
         }
+    }
+
+    /// Starts the decode of an admitted request: its stream, the variants of the
+    /// request, and the supervisor's thread.
+    fn spawn(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: Checked,
+    ) -> Result<(StreamInfo, bool), Refusal> {
+        let Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        } = c;
         let spec = SourceSpec {
             id: req.id.clone(),
             redacted: redact_url(&req.url),
@@ -535,33 +637,7 @@ impl Broker {
             req.on_demand,
             self.clock.clone(),
         ));
-        let (h, f, a, c) = (
-            handle.clone(),
-            self.factory.clone(),
-            self.alloc.clone() as Arc<dyn SegmentAllocator>,
-            self.cfg.supervisor.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name(format!("stream-{}", req.id))
-            .spawn(move || {
-                let h2 = h.clone();
-                let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
-                if std::panic::catch_unwind(run).is_err() {
-                    // A bug, not a camera problem: say so instead of hanging in `starting`.
-                    h2.status().state = StreamState::Failed;
-                    h2.status().last_error =
-                        Some("internal error: the stream supervisor panicked (see the log)".into());
-                    if let Some(r) = h2.ring_status() {
-                        r.set_state(StreamState::Failed);
-                    }
-                }
-            })
-            .map_err(|e| {
-                Refusal::new(
-                    ErrorCode::Internal,
-                    format!("cannot start supervisor thread: {e}"),
-                )
-            })?;
+        let thread = self.spawn_supervisor(&handle)?;
         tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
         let info = handle.info();
         let family = Arc::new(Family {
@@ -580,6 +656,40 @@ impl Broker {
         }
         streams.insert(req.id, Entry { handle, family });
         Ok((info, true))
+    }
+
+    /// The supervisor's thread for `handle`. A panic in it is a bug, not a camera
+    /// problem: the stream says so (`failed`) instead of hanging in `starting`.
+    fn spawn_supervisor(
+        &self,
+        handle: &Arc<StreamHandle>,
+    ) -> Result<std::thread::JoinHandle<()>, Refusal> {
+        let (h, f, a, c) = (
+            handle.clone(),
+            self.factory.clone(),
+            self.alloc.clone() as Arc<dyn SegmentAllocator>,
+            self.cfg.supervisor.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("stream-{}", handle.id()))
+            .spawn(move || {
+                let h2 = h.clone();
+                let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
+                if std::panic::catch_unwind(run).is_err() {
+                    h2.status().state = StreamState::Failed;
+                    h2.status().last_error =
+                        Some("internal error: the stream supervisor panicked (see the log)".into());
+                    if let Some(r) = h2.ring_status() {
+                        r.set_state(StreamState::Failed);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("cannot start supervisor thread: {e}"),
+                )
+            })
     }
 
     /// Refuses `need` more bytes of rings when they would not fit the budget,
