@@ -1509,4 +1509,50 @@ mod tests {
         assert_eq!(measure_fps(&mut s, ms(3100), 120, false), Some(0.0));
         assert!(s.is_empty(), "a reconnect starts a new window");
     }
+
+    #[test]
+    fn validate_refuses_a_bad_request_on_its_own_and_admit_changes_nothing_it_refuses() {
+        use framebroker_proto::control::VariantRequest;
+        let (b, prefix) = broker(vec![(16, 8)]);
+        let code = |r: StartRequest| b.validate(r).err().map(|e| e.code);
+        let req = |id: &str| StartRequest::new(id, "testsrc://");
+        assert_eq!(code(req("a b")), Some(ErrorCode::InvalidId));
+        assert_eq!(
+            code(StartRequest::new("s", "ftp://h/x")),
+            Some(ErrorCode::InvalidUrl)
+        );
+        let mut r = req("s");
+        r.width = Some(320);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry), "width alone");
+        let mut r = req("s");
+        r.ring_slots = Some(MIN_SLOTS - 1);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry));
+        let mut r = req("s");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        assert_eq!(
+            code(r),
+            Some(ErrorCode::InvalidId),
+            "a variant named like its stream"
+        );
+        let mut r = req("s");
+        r.variants = (0..=MAX_VARIANTS)
+            .map(|k| VariantRequest::new(format!("v{k}"), None, PixelFormat::Gray))
+            .collect();
+        assert_eq!(code(r), Some(ErrorCode::LimitExceeded));
+        let ok = b.validate(req("s")).unwrap();
+        assert_eq!((ok.slots, ok.size), (b.cfg.default_slots, None));
+        // Admitted against a table that refuses it: nothing changes.
+        let mut r = req("t");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        let c = b.validate(r).unwrap();
+        b.start(req("s")).unwrap();
+        let ids = |b: &Broker| b.list().into_iter().map(|s| s.id).collect::<Vec<_>>();
+        let mut streams = b.streams();
+        let e = b.admit(&mut streams, &c).err().unwrap();
+        drop(streams);
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "{}", e.message);
+        assert_eq!(ids(&b), ["s"]);
+        b.shutdown();
+        assert!(framebroker_proto::shm::list(&prefix).is_empty());
+    }
 }
