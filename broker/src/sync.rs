@@ -14,8 +14,10 @@
 //! builds (every test) and costs nothing in release builds. Nothing else is
 //! held while taking either. Under the table the broker may also take a
 //! stream's stop machinery (its kill handle, and under it the kill reason and
-//! the source's `alive` flag; its wakeup) and the allocator's byte count; none
-//! of those is held while taking the table or a status.
+//! the source's `alive` flag; its wakeup), a decode's list of variants, a
+//! decode's supervisor thread (and under it the list of stopping ones) and the
+//! allocator's byte count; none of those is held while taking the table or a
+//! status.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
