@@ -63,7 +63,6 @@ redact() {
         -e "s#$tmp#/tmp/fbfixture#g"
 }
 
-want() { [ $# -eq 0 ] || [[ " ${cases[*]} " == *" $1 "* ]]; }
 cases=("$@")
 w() { [ ${#cases[@]} -eq 0 ] || [[ " ${cases[*]} " == *" $1 "* ]]; }
 
