@@ -1064,7 +1064,11 @@ impl Broker {
         }
         rates.retain(|k, _| handles.iter().any(|h| Arc::as_ptr(h) as usize == *k));
         for h in &ids {
-            if h.idle(now_ns, self.cfg.idle_grace) {
+            if h.idle(
+                now_ns,
+                self.cfg.idle_grace,
+                self.cfg.supervisor.probe_timeout,
+            ) {
                 idle.push(h.clone());
             }
         }

@@ -413,13 +413,24 @@ impl StreamHandle {
     /// request's variants too (which go with it, and are never idle alone); an
     /// alias or an added variant counts its own. Attach and detach keep
     /// [`idle_since_ns`](Self::idle_since_ns).
-    pub fn idle(&self, now_ns: u64, grace: Duration) -> bool {
+    ///
+    /// Until its output has published a first frame nobody can read it, so a
+    /// stream that has never been live gets `start` (the time a source has to
+    /// deliver its first frame) on top of the grace: a slow camera is not
+    /// stopped before its first reader could attach, and one that never comes
+    /// up still stops.
+    pub fn idle(&self, now_ns: u64, grace: Duration, start: Duration) -> bool {
         let since = self.idle_since_ns.load(Ordering::Relaxed);
+        let allowed = if self.source().ever_live.load(Ordering::Relaxed) {
+            grace
+        } else {
+            grace + start
+        };
         self.on_demand
             && (self.parent.is_none() || self.standalone)
             && since != 0
             && self.total_readers() == 0
-            && Duration::from_nanos(now_ns.saturating_sub(since)) > grace
+            && Duration::from_nanos(now_ns.saturating_sub(since)) > allowed
     }
 
     /// Readers of this stream and of the variants of its own start request (what
@@ -1381,6 +1392,8 @@ mod tests {
     fn an_on_demand_stream_is_idle_one_nanosecond_after_the_grace() {
         let clock = SimulatedClocks::new();
         let grace = Duration::from_secs(10);
+        // No allowance for a start here: the grace alone (the allowance below).
+        const NOW: Duration = Duration::ZERO;
         let mut sp = spec("s", HwAccel::None);
         sp.variants = vec![crate::ffmpeg::OutputSpec {
             id: "v".into(),
@@ -1390,21 +1403,21 @@ mod tests {
         let h = StreamHandle::new(sp.clone(), 8, true, clock.clone());
         let t0 = clock.monotonic_ns();
         let at = |d: Duration| t0 + d.as_nanos() as u64;
-        assert!(!h.idle(at(grace), grace));
-        assert!(h.idle(at(grace) + 1, grace));
+        assert!(!h.idle(at(grace), grace, NOW));
+        assert!(h.idle(at(grace) + 1, grace, NOW));
         // A reader of the stream, or of one of its variants, keeps it.
         h.readers.store(1, Ordering::Relaxed);
-        assert!(!h.idle(at(grace) + 1, grace));
+        assert!(!h.idle(at(grace) + 1, grace, NOW));
         h.readers.store(0, Ordering::Relaxed);
         let v = h.variants()[0].clone();
         v.readers.store(1, Ordering::Relaxed);
-        assert!(!h.idle(at(grace) + 1, grace));
+        assert!(!h.idle(at(grace) + 1, grace, NOW));
         v.readers.store(0, Ordering::Relaxed);
         // Being read (idle_since 0) is never idle; a variant of the request is
         // never idle itself (its main stream decides for both).
         h.idle_since_ns.store(0, Ordering::Relaxed);
-        assert!(!h.idle(u64::MAX, grace));
-        assert!(!v.idle(u64::MAX, grace), "its parent decides");
+        assert!(!h.idle(u64::MAX, grace, NOW));
+        assert!(!v.idle(u64::MAX, grace, NOW), "its parent decides");
         // A variant added by a later request (or an alias) is idle by its own
         // readers, and does not keep its decode's main stream.
         let added = Arc::new(StreamHandle::added_variant(
@@ -1419,14 +1432,47 @@ mod tests {
         h.add_variant(added.clone());
         added.readers.store(1, Ordering::Relaxed);
         h.idle_since_ns.store(t0, Ordering::Relaxed);
-        assert!(h.idle(at(grace) + 1, grace), "not kept by an added variant");
+        assert!(
+            h.idle(at(grace) + 1, grace, NOW),
+            "not kept by an added variant"
+        );
         added.readers.store(0, Ordering::Relaxed);
         let t2 = added.idle_since_ns.load(Ordering::Relaxed);
         let g = grace.as_nanos() as u64;
-        assert!(!added.idle(t2 + g, grace));
-        assert!(added.idle(t2 + g + 1, grace));
+        assert!(!added.idle(t2 + g, grace, NOW));
+        assert!(added.idle(t2 + g + 1, grace, NOW));
         let always = StreamHandle::new(sp, 8, false, clock.clone());
-        assert!(!always.idle(u64::MAX, grace), "not on demand");
+        assert!(!always.idle(u64::MAX, grace, NOW), "not on demand");
+    }
+
+    #[test]
+    fn a_stream_never_live_gets_its_start_on_top_of_the_grace() {
+        let clock = SimulatedClocks::new();
+        let (grace, start) = (Duration::from_millis(1500), Duration::from_secs(20));
+        let h = StreamHandle::new(spec("s", HwAccel::None), 8, true, clock.clone());
+        let t0 = clock.monotonic_ns();
+        let at = |d: Duration| t0 + d.as_nanos() as u64;
+        // Starting slowly (no frame yet, so nobody could attach): kept.
+        assert!(!h.idle(at(grace) + 1, grace, start));
+        assert!(!h.idle(at(grace + start), grace, start));
+        // Never came up and nobody waits: it stops all the same.
+        assert!(h.idle(at(grace + start) + 1, grace, start));
+        // Once it has been live, the grace alone counts (from the first frame).
+        h.ever_live.store(true, Ordering::Relaxed);
+        assert!(h.idle(at(grace) + 1, grace, start));
+        // An alias follows the output it reads.
+        let target = Arc::new(StreamHandle::new(
+            spec("t", HwAccel::None),
+            8,
+            false,
+            clock.clone(),
+        ));
+        let alias = StreamHandle::alias("a", target.clone(), "t", true);
+        let a0 = alias.idle_since_ns.load(Ordering::Relaxed);
+        let after = |d: Duration| a0 + d.as_nanos() as u64 + 1;
+        assert!(!alias.idle(after(grace), grace, start));
+        target.ever_live.store(true, Ordering::Relaxed);
+        assert!(alias.idle(after(grace), grace, start));
     }
 
     #[test]
