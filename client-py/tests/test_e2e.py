@@ -416,7 +416,14 @@ def test_stream_stopped_while_reading_then_back(broker: Broker, camera: Camera) 
     with broker.client() as c:
         c.stop(sid)
     t0 = time.monotonic()
-    assert cap.read() == (False, None)
+    # A frame published between the read above and the stop is still a new
+    # frame (as in the crash test below); the ring holds at most a few.
+    got = cap.read()
+    for _ in range(8):
+        if not got[0]:
+            break
+        got = cap.read()
+    assert got == (False, None)
     assert time.monotonic() - t0 < 1.0
     assert cap.isOpened()
     with broker.client() as c:
