@@ -7,7 +7,8 @@
 //! Backends: [`Heap`], the in-process [`HeapRegion`] (the one miri runs), and
 //! [`Shm`], real POSIX shared memory: the writer's [`OwnedSegment`] and, for
 //! every reader, its own read-only mapping ([`ReadOnlySegment`]), as in
-//! production.
+//! production; on Windows, `WinShm`: a named file mapping with its wake events
+//! (`shm_windows.rs`), read through read-only views.
 
 use std::sync::Arc;
 
@@ -66,6 +67,30 @@ impl Backend for Shm {
     }
 }
 
+/// A Windows named file mapping with its wake events, read through separate
+/// read-only views (`shm_windows.rs`).
+#[cfg(all(windows, not(miri)))]
+struct WinShm;
+
+#[cfg(all(windows, not(miri)))]
+impl Backend for WinShm {
+    type Mem = Arc<crate::shm::OwnedSegment>;
+    type View = crate::shm::ReadOnlySegment;
+    fn zeroed(len: usize) -> Self::Mem {
+        use std::sync::atomic::AtomicU32;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "/fbring-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Arc::new(crate::shm::OwnedSegment::create(&name, len as u64, 0o600).unwrap())
+    }
+    fn view(mem: &Self::Mem) -> Self::View {
+        crate::shm::ReadOnlySegment::open(mem.name(), None).unwrap()
+    }
+}
+
 /// One `#[test]` per body for backend `$backend`, in module `$module`.
 macro_rules! instantiate {
     ($module:ident: $backend:ty) => {
@@ -111,6 +136,8 @@ macro_rules! instantiate {
 instantiate!(heap: super::Heap);
 #[cfg(all(unix, not(miri)))]
 instantiate!(shm: super::Shm);
+#[cfg(all(windows, not(miri)))]
+instantiate!(windows_shm: super::WinShm);
 
 fn config(w: u32, h: u32, slots: u32) -> RingConfig {
     RingConfig {
