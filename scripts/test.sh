@@ -4,7 +4,7 @@
 #   1. cargo fmt --check and clippy -D warnings over the workspace,
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
 #      with the real broker, ffmpeg and RTSP test camera),
-#   3. the loom model of the seqlock, miri on the in-process ring, and a bounded
+#   3. the loom models of the seqlock and of the Windows wake-up, miri on the in-process ring, and a bounded
 #      fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
 #      gateway clients; real broker, real OpenCV 4.x and 5.x),
@@ -41,9 +41,9 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
-step "loom model of the seqlock"
+step "loom models of the seqlock and of the Windows wake-up"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p framebroker-proto --test loom_seqlock --release --locked
+    cargo test -p framebroker-proto --test loom_seqlock --test loom_wake_events --release --locked
 
 step "miri on the in-process ring"
 if cargo +nightly miri --version >/dev/null 2>&1; then
