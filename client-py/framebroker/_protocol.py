@@ -151,6 +151,11 @@ class StatsRequest:
 
 
 @dataclass(frozen=True)
+class ReloadRequest:
+    """Re-read the broker's config file (what SIGHUP does on Unix, on every system)."""
+
+
+@dataclass(frozen=True)
 class AttachRequest:
     id: str
 
@@ -248,11 +253,31 @@ class ErrorResponse:
     message: str
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    summary: str
+
+
 Request = Union[
-    HelloRequest, StartRequest, StopRequest, ListRequest, StatsRequest, AttachRequest, DetachRequest
+    HelloRequest,
+    StartRequest,
+    StopRequest,
+    ListRequest,
+    StatsRequest,
+    AttachRequest,
+    DetachRequest,
+    ReloadRequest,
 ]
 Response = Union[
-    HelloResponse, Started, Stopped, StreamList, StatsResponse, Attachment, Detached, ErrorResponse
+    HelloResponse,
+    Started,
+    Stopped,
+    StreamList,
+    StatsResponse,
+    Attachment,
+    Detached,
+    ErrorResponse,
+    Reloaded,
 ]
 
 #: Variant order of ``Request`` (the index is the wire tag).
@@ -264,6 +289,7 @@ REQUEST_VARIANTS: Tuple[type, ...] = (
     StatsRequest,
     AttachRequest,
     DetachRequest,
+    ReloadRequest,
 )
 #: Variant order of ``Response`` (the index is the wire tag).
 RESPONSE_VARIANTS: Tuple[type, ...] = (
@@ -275,6 +301,7 @@ RESPONSE_VARIANTS: Tuple[type, ...] = (
     Attachment,
     Detached,
     ErrorResponse,
+    Reloaded,
 )
 
 # --------------------------------------------------------------------------- codec
@@ -507,6 +534,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsRequest: _Struct(StatsRequest, [STR]),
     AttachRequest: _Struct(AttachRequest, [STR]),
     DetachRequest: _Struct(DetachRequest, [STR]),
+    ReloadRequest: _Struct(ReloadRequest, []),
     StreamInfo: _STREAM_INFO,
     StreamStats: _STREAM_STATS,
     VariantRequest: _VARIANT,
@@ -520,6 +548,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsResponse: _Struct(StatsResponse, [_STREAM_STATS]),
     Detached: _Struct(Detached, [STR]),
     ErrorResponse: _Struct(ErrorResponse, [_Enum(ErrorCode), STR]),
+    Reloaded: _Struct(Reloaded, [STR]),
 }
 
 
@@ -839,3 +868,9 @@ class BrokerClient:
 
     def detach(self, id: str) -> None:
         self._expect(DetachRequest(id), Detached, f"detach stream {id}")
+
+    def reload(self) -> str:
+        """Makes the broker re-read its config file and apply its streams (SIGHUP's
+        job, on every system); returns what changed. ``BrokerError`` when the broker
+        runs without a config file or the file is invalid (nothing changes then)."""
+        return self._expect(ReloadRequest(), Reloaded, "reload the config").summary

@@ -58,6 +58,9 @@ pub enum Request {
     Attach { id: String },
     /// Stop being a reader (also implied when the connection closes).
     Detach { id: String },
+    /// Re-read the broker's config file and apply its streams: what SIGHUP does on
+    /// Unix, on every system (Windows has no SIGHUP). Answered by `Reloaded`.
+    Reload,
 }
 
 /// Parameters of [`Request::Start`].
@@ -248,6 +251,11 @@ pub enum Response {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// The config file was reloaded; `summary` says what changed (streams started,
+    /// stopped, restarted; settings that need a restart).
+    Reloaded {
+        summary: String,
     },
 }
 
