@@ -4,15 +4,18 @@
 #   1. cargo fmt --check and clippy -D warnings over the workspace,
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
 #      with the real broker, ffmpeg and RTSP test camera),
-#   3. the loom models of the seqlock and of the Windows wake-up, miri on the in-process ring, and a bounded
-#      fuzzing run of the control protocol,
+#   3. the loom models of the seqlock and of the Windows wake-up, miri on the
+#      in-process ring, and a bounded fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
 #      gateway clients; real broker, real OpenCV 4.x and 5.x),
 #   5. the deployment files: Dockerfile and its entrypoint, systemd units
 #      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
 #      Kubernetes manifests (schema check),
 #   6. every example of the README's "Use it" section, run for real,
-#   7. a smoke run of the benchmark suite (every section runs; no timing is
+#   7. the Windows stage: the workspace cross-built for x86_64-pc-windows-gnu and
+#      linted, the proto tests and a cross-process end-to-end test under Wine
+#      (tests/windows/run.sh),
+#   8. a smoke run of the benchmark suite (every section runs; no timing is
 #      asserted: the numbers come from bench/run.py, see docs/BENCHMARKS.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -77,6 +80,9 @@ FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
 step "README examples: every block of \"## Use it\" run against a real broker, gateway and camera"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/readme
+
+step "Windows under Wine: cross-build, clippy, unit tests, cross-process end to end"
+bash tests/windows/run.sh
 
 step "benchmarks: every section runs (a smoke run on the debug build; numbers: bench/run.py)"
 FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \
