@@ -212,6 +212,9 @@ fn print_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     match writeln!(std::io::stdout().lock(), "{line}") {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        // Windows: a pipe whose reader has gone can also say "not connected".
+        #[cfg(windows)]
+        Err(e) if e.raw_os_error() == Some(233) => Err(OutputClosed.into()),
         Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
