@@ -22,6 +22,8 @@ What it checks, in order (each step prints one ``ok`` line or fails):
    size is refused by the Windows unit tests run under Wine just before.)
 6. The broker is killed: its ffmpeg dies with it (the Job object), a following
    reader notices within the heartbeat limit and re-attaches to a new broker.
+7. Ctrl-C (SIGINT, which Wine delivers as CTRL_C_EVENT) shuts the new broker
+   down cleanly: exit 0, no ffmpeg, no segment left.
 
 ``--figures`` also measures wake latency and read cost here and, with the Linux
 build, on Linux (not a pass/fail criterion: Wine is an emulation layer).
@@ -365,8 +367,20 @@ def main_checks(ffmpeg: Path) -> None:
     log(f"ok broker killed: both ffmpeg (one stalled on a frozen camera) gone after {ffmpeg_gone:.1f} s, the reader noticed after "
         f"{noticed:.1f} s ({ended['ms']} ms after its last frame: {ended['ended'][:80]}), "
         f"re-attached to the new broker and read {len(after)} good frames")
-    stop(broker2.proc)
-    wait_for("ffmpeg to die with the second broker", lambda: not processes_of(ffmpeg), 10)
+
+    # 7. Ctrl-C (Wine turns SIGINT into CTRL_C_EVENT for the console handler):
+    # a clean shutdown, no ffmpeg and no segment left.
+    segments = [f"/{prefix}{s}.{g}" for s in ("demo", "cam") for g in (1, 2)]
+    r = run(wine("fb-hostile.exe", "--gone", segments[0]), timeout=60)
+    assert r.returncode != 0, "the live broker's segment should still open"
+    broker2.proc.send_signal(signal.SIGINT)
+    code = broker2.proc.wait(timeout=20)
+    text = (WORK / "broker-2.log").read_text()
+    assert code == 0 and "Ctrl-C: shutting down" in text and "bye" in text, (code, text[-500:])
+    wait_for("no ffmpeg after the shutdown", lambda: not processes_of(ffmpeg), 5)
+    r = run(wine("fb-hostile.exe", *sum((["--gone", s] for s in segments), [])), timeout=60)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    log("ok Ctrl-C: clean shutdown (exit 0), no ffmpeg and no segment left")
 
 
 def figures(ffmpeg: Path) -> None:

@@ -3,7 +3,8 @@
 //! opens its own connection, sends what a broken or malicious client would, and
 //! prints one JSON line `{"case": .., "answer": ..}` with what the broker said
 //! (`"closed"` when it closed the connection without a word). Exits non-zero if
-//! any answer is not the clear refusal the protocol promises.
+//! any answer is not the clear refusal the protocol promises. With `--gone NAME`
+//! it checks instead that no segment of that name can be opened any more.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +20,11 @@ use serde_json::json;
 #[derive(Parser)]
 struct Args {
     #[arg(long)]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// Instead: check that these segments no longer exist (after a clean
+    /// shutdown), printing one line each; exits non-zero if one still opens.
+    #[arg(long)]
+    gone: Vec<String>,
 }
 
 fn connect(socket: &std::path::Path) -> anyhow::Result<Stream> {
@@ -45,8 +50,32 @@ fn answer(s: &mut Stream) -> Option<Response> {
     control::read_frame::<Response>(s).ok().flatten()
 }
 
+fn check_gone(names: &[String]) -> anyhow::Result<()> {
+    let mut left = Vec::new();
+    for name in names {
+        let r = framebroker_proto::shm::ReadOnlySegment::open(name, None);
+        println!(
+            "{}",
+            json!({"segment": name, "gone": r.is_err(), "open": r.as_ref().err().map(|e| e.to_string())})
+        );
+        if r.is_ok() {
+            left.push(name.clone());
+        }
+    }
+    if !left.is_empty() {
+        anyhow::bail!("segments left behind: {left:?}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if !a.gone.is_empty() {
+        return check_gone(&a.gone);
+    }
+    let Some(socket) = a.socket else {
+        anyhow::bail!("--socket or --gone");
+    };
     let mut ok = true;
     let mut report = |case: &str, got: Option<Response>, good: bool| {
         ok &= good;
@@ -66,21 +95,21 @@ fn main() -> anyhow::Result<()> {
     };
 
     // Bytes that are no framebroker client at all.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let r = answer(&mut s);
     let good = r.is_none() || refused(&r);
     report("http_request", r, good);
 
     // A request before the hello.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(&frame(&Request::List))?;
     let r = answer(&mut s);
     let good = refused(&r);
     report("no_hello", r, good);
 
     // A good hello, then a length prefix far above the limit.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(&frame(&control::hello("fb-hostile")))?;
     let hello = answer(&mut s);
     s.write_all(&u32::MAX.to_le_bytes())?;
@@ -89,7 +118,7 @@ fn main() -> anyhow::Result<()> {
     report("oversized_frame", r, good);
 
     // A good hello, then a body that decodes to nothing.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(&frame(&control::hello("fb-hostile")))?;
     answer(&mut s);
     s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])?;
@@ -98,13 +127,13 @@ fn main() -> anyhow::Result<()> {
     report("garbage_body", r, good);
 
     // A client that connects, sends half a frame and goes away.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(&[200, 0, 0, 0, 1, 2, 3])?;
     drop(s);
     std::thread::sleep(Duration::from_millis(100));
 
     // The broker still serves a proper client.
-    let mut s = connect(&a.socket)?;
+    let mut s = connect(&socket)?;
     s.write_all(&frame(&control::hello("fb-hostile")))?;
     answer(&mut s);
     s.write_all(&frame(&Request::List))?;
