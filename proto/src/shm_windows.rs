@@ -109,6 +109,10 @@ pub struct OwnedSegment {
     view: View,
     mapping: Option<OwnedHandle>,
     events: [WakeEvent; WAKE_EVENTS],
+    /// One bump at a time: frames and state changes may come from different
+    /// threads of the broker, and the event order needs one writer of the word.
+    /// Only the broker's own threads take it, never a reader.
+    bump_lock: std::sync::Mutex<()>,
 }
 
 impl OwnedSegment {
@@ -175,6 +179,7 @@ impl OwnedSegment {
             view,
             mapping: Some(mapping),
             events,
+            bump_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -209,6 +214,7 @@ unsafe impl RegionMut for OwnedSegment {
         self.view.ptr
     }
     fn bump_wake(&self, word: &AtomicU32) {
+        let _one_writer = crate::lock::lock(&self.bump_lock);
         wake_events::bump(word, &self.events)
     }
 }

@@ -45,8 +45,9 @@ pub fn event_index(value: u32) -> usize {
     (value % WAKE_EVENTS as u32) as usize
 }
 
-/// The writer's bump of the wake word (it is the only writer of the word): reset
-/// the event of the new value, publish the new value, set the event of the old one.
+/// The writer's bump of the wake word: reset the event of the new value, publish
+/// the new value, set the event of the old one. The caller makes sure bumps of
+/// one word never run at once (one writer; the Windows segment holds a lock).
 pub fn bump<W: WakeWord, E: Event>(word: &W, events: &[E; WAKE_EVENTS]) {
     let old = word.load(Ordering::Relaxed);
     let new = old.wrapping_add(1);
