@@ -37,8 +37,8 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` owner-only. A live broker already there is an error; a stale
-    /// socket file from a dead one is replaced.
+    /// Binds the named pipe for `path` (`\\.\pipe\X` or `X`), owner-only; a broker
+    /// (or anyone) already holding the name is an error.
     #[cfg(windows)]
     pub fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
         let pipe = framebroker_proto::naming::windows_pipe_name(&path.to_string_lossy());
@@ -49,6 +49,8 @@ impl ControlSocket {
         })
     }
 
+    /// Binds `path` owner-only. A live broker already there is an error; a stale
+    /// socket file from a dead one is replaced.
     #[cfg(unix)]
     pub fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
