@@ -283,10 +283,11 @@ fn the_reload_command_applies_the_file_and_reports_refusals() {
     let prefix = format!("{}-", unique("fbc"));
     let cfg = dir.path().join("framebroker.toml");
     let head = format!("[broker]\nshm_prefix = \"{prefix}\"\n");
-    let stream = |id: &str| {
-        format!("[[streams]]\nid = \"{id}\"\nurl = \"testsrc://?size=160x120&rate=10\"\n")
+    // One URL per id: the broker refuses a camera configured twice.
+    let stream = |id: &str, rate: u32| {
+        format!("[[streams]]\nid = \"{id}\"\nurl = \"testsrc://?size=160x120&rate={rate}\"\n")
     };
-    write(&cfg, &format!("{head}{}", stream("a")));
+    write(&cfg, &format!("{head}{}", stream("a", 10)));
     let b = Broker::start_configured(&cfg, &prefix, &[], &[]).unwrap();
     let c = b.client();
     let reload = || {
@@ -298,7 +299,10 @@ fn the_reload_command_applies_the_file_and_reports_refusals() {
             .unwrap()
     };
 
-    write(&cfg, &format!("{head}{}{}", stream("a"), stream("b")));
+    write(
+        &cfg,
+        &format!("{head}{}{}", stream("a", 10), stream("b", 12)),
+    );
     let out = reload();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -317,7 +321,7 @@ fn the_reload_command_applies_the_file_and_reports_refusals() {
 
     write(
         &cfg,
-        &format!("{head}{}pixel_format = \"bgra\"\n", stream("c")),
+        &format!("{head}{}pixel_format = \"bgra\"\n", stream("c", 14)),
     );
     let out = reload();
     let err = String::from_utf8_lossy(&out.stderr);
