@@ -405,7 +405,16 @@ def figures(ffmpeg: Path) -> None:
             reader = lambda *a: [str(LINUX_BIN / "fb-reader"), "--socket", sock, *a]  # noqa: E731
             follower = lambda *a: [str(LINUX_BIN / "fb-follow"), "--socket", sock, *a]  # noqa: E731
             env = dict(os.environ)
+        cli = (wine("framebroker.exe", "--socket", pipe) if system == "wine"
+               else [str(LINUX_BIN / "framebroker"), "--socket", sock])
         try:
+            def fig_live() -> bool:
+                try:
+                    r = run([*cli, "streams", "stats", "fig", "--json"], timeout=15, env=env)
+                except subprocess.TimeoutExpired:
+                    return False
+                return r.returncode == 0 and json.loads(r.stdout)["info"]["state"] == "Live"
+            wait_for(f"the {system} broker", fig_live, 60, step=0.5)
             r = run(reader("--stream", "fig", "--count", "300", "--mode", "next"), timeout=120, env=env)
             assert r.returncode == 0, r.stderr
             ages = sorted(json.loads(x)["age_ns"] / 1e3 for x in r.stdout.decode().splitlines()[30:])

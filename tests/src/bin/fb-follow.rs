@@ -6,7 +6,7 @@
 //! - `{"ended": "<error>", "ms": t}` when the attachment ends (broker killed,
 //!   stream stopped), `t` being the time since the last frame;
 //! - `{"copy_ns": [...]}` with `--measure-copy N`: N timed `latest_into` calls,
-//!   each made when a frame is surely waiting, so it measures the read (the
+//!   each made once a newer frame is published, so it measures the read (the
 //!   protocol and the copy) and not the wait.
 //!
 //! It stops after `--frames` frames or `--seconds`, whichever comes first, and
@@ -77,19 +77,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn measure_copy(sub: &mut Subscription, n: u32, out: &mut impl Write) -> anyhow::Result<()> {
-    // Attach and learn the frame interval from two frames.
     let first = sub.latest(Duration::from_secs(20))?;
-    let second = sub.latest(Duration::from_secs(5))?;
-    let interval = Duration::from_nanos(second.meta.mono_ns.saturating_sub(first.meta.mono_ns))
-        .clamp(Duration::from_millis(5), Duration::from_millis(500));
-    let mut buf = vec![0u8; second.data.len()];
+    let mut buf = vec![0u8; first.data.len()];
+    let mut last = first.meta.number;
     let mut copy_ns = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        // One and a half intervals after the last read, a new frame is waiting.
-        std::thread::sleep(interval * 3 / 2);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while copy_ns.len() < n as usize && Instant::now() < give_up {
+        let reader = sub.reader().ok_or_else(|| anyhow::anyhow!("detached"))?;
+        // Sleep (not spin) until a newer frame is published, so the timed call
+        // returns at once: it measures the read, not a wait.
+        if reader.last_frame() <= last {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let t = Instant::now();
-        sub.latest_into(&mut buf, Duration::from_secs(5))?;
+        let meta = reader.latest_into(&mut buf, Duration::from_secs(5))?;
         copy_ns.push(t.elapsed().as_nanos() as u64);
+        last = meta.number;
     }
     writeln!(
         out,
