@@ -12,15 +12,17 @@ What it checks, in order (each step prints one ``ok`` line or fails):
 
 1. ``testsrc``: two reader processes get byte-identical frames whose CRC is the
    one the broker stored in the slot; exactly one ffmpeg.
-2. ``framebroker reload`` adds the RTSP camera from the edited config file;
-   two readers get the camera's SMPTE bars, byte-identical, CRC as the broker's;
-   one ffmpeg per camera.
+2. ``framebroker reload`` adds the RTSP camera (its URL with credentials) from
+   the edited config file; two readers get the camera's SMPTE bars,
+   byte-identical, CRC as the broker's; one ffmpeg per camera; the credentials
+   appear in no log, listing, stats or gateway answer.
 3. The Windows-Python reader hook (``windows_python_readers``).
 4. The gateway: raw ``/frame``, ``snapshot.jpg`` and a WebSocket frame.
 5. Hostile input: a pipe client sending garbage is refused and dropped, the
    broker keeps serving (``fb-hostile.exe``). (A mapping with a wrong magic or
    size is refused by the Windows unit tests run under Wine just before.)
-6. The broker is killed: its ffmpeg dies with it (the Job object), a following
+6. A frozen camera's ffmpeg is killed by the stall timeout and restarted; then
+   the broker is killed: its ffmpeg dies with it (the Job object), a following
    reader notices within the heartbeat limit and re-attaches to a new broker.
 7. Ctrl-C (SIGINT, which Wine delivers as CTRL_C_EVENT) shuts the new broker
    down cleanly: exit 0, no ffmpeg, no segment left.
@@ -136,7 +138,8 @@ class Broker:
         self.pipe = pipe
         self.proc = start(
             wine("framebroker.exe", "--socket", pipe, "serve", "--config", winpath(config),
-                 "--ffmpeg", winpath(ffmpeg), "--shm-prefix", prefix, "--checksum"),
+                 "--ffmpeg", winpath(ffmpeg), "--shm-prefix", prefix, "--checksum",
+                 "--stall-timeout-ms", "2000"),
             f"broker-{tag}.log", env=wine_env(),
         )
 
@@ -222,6 +225,9 @@ def check_gateway(pipe: str, port: int, stream: str, frame_bytes: int) -> None:
         except OSError:
             return False
     wait_for("the gateway", up, 60, step=0.5)
+    with urllib.request.urlopen(f"{base}/api/streams", timeout=30) as r:
+        listing = r.read().decode()
+    assert "fbuser:" not in listing and "s3cretPW" not in listing, listing
     with urllib.request.urlopen(f"{base}/api/streams/{stream}/frame", timeout=30) as r:
         body = r.read()
         number = int(r.headers["X-Frame-Number"])
@@ -301,6 +307,10 @@ def main_checks(ffmpeg: Path) -> None:
 
     # 2. reload adds the RTSP camera.
     cam, url = camera(320, 240, 15)
+    # With credentials (the test camera does not ask for them): they must never
+    # show in a log, a listing, stats or an API answer.
+    secret = "s3cretPW"
+    url = url.replace("rtsp://", f"rtsp://fbuser:{secret}@", 1)
     write_config(cfg, {"demo": demo_url, "cam": url})
     r = broker.cli("reload")
     assert r.returncode == 0, r.stderr.decode(errors="replace")
@@ -314,8 +324,12 @@ def main_checks(ffmpeg: Path) -> None:
         assert all(abs(g - w) <= 40 for g, w in zip(got, want)), f"bars {bars}"
     ffmpegs = processes_of(ffmpeg)
     assert len(ffmpegs) == 2, f"{len(ffmpegs)} ffmpeg processes for two streams: {ffmpegs}"
+    shown = [summary, broker.cli("streams", "ls").stdout.decode(),
+             json.dumps(broker.stats("cam")), (WORK / "broker-1.log").read_text()]
+    assert not any(secret in t for t in shown), "a credential leaked"
+    assert "***" in shown[1], shown[1]
     log(f"ok reload ({summary}); RTSP camera: 2 readers, {shared} shared byte-identical frames, "
-        "SMPTE bars, CRC = the broker's, one ffmpeg per camera")
+        "SMPTE bars, CRC = the broker's, one ffmpeg per camera, credentials redacted")
 
     # 3. The Windows-Python reader.
     windows_python_readers(pipe, "demo", broker)
@@ -339,9 +353,20 @@ def main_checks(ffmpeg: Path) -> None:
     # Freeze the camera first: its ffmpeg then waits on the network and writes
     # nothing, so only the Job object can end it in time (an ffmpeg that writes
     # would also end on the broken pipe; this one would wait for its I/O timeout).
+    # The broker sees the camera's stream stall and kills that ffmpeg itself
+    # (TerminateProcess through the kill handle), then starts a new one, which
+    # hangs on the frozen camera.
+    before = set(processes_of(ffmpeg))
+    reconnects = broker.stats("cam")["reconnects"]
     cam.send_signal(signal.SIGSTOP)
+
+    def restarted() -> bool:
+        now = set(processes_of(ffmpeg))
+        return (len(now) == 2 and now != before
+                and broker.stats("cam")["reconnects"] > reconnects)
+    wait_for("the stalled camera's ffmpeg to be killed and restarted", restarted, 30, step=0.5)
+    log("ok stall: the frozen camera's ffmpeg was killed and a new one started")
     time.sleep(1.0)
-    assert len(processes_of(ffmpeg)) == 2
     broker.proc.send_signal(signal.SIGKILL)
     broker.proc.wait(timeout=10)
     killed_at = time.monotonic()
