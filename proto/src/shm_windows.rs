@@ -366,33 +366,14 @@ pub fn remove_stale(_prefix: &str) -> Vec<StaleVerdict> {
 }
 
 #[cfg(test)]
+#[path = "shm_test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
+    use super::test_support::{config, unique};
     use super::*;
-    use crate::layout::{Geometry, PixelFormat};
-    use crate::ring::{HeapRegion, RingConfig, RingReader, RingWriter};
-
-    fn unique(tag: &str) -> String {
-        format!(
-            "/fbtest-{tag}-{}-{}",
-            std::process::id(),
-            crate::ring::monotonic_ns() % 1_000_000_007
-        )
-    }
-
-    fn config() -> RingConfig {
-        RingConfig {
-            stream_id: "t".into(),
-            geometry: Geometry {
-                width: 16,
-                height: 8,
-                pixel_format: PixelFormat::Bgr24,
-            },
-            slot_count: 3,
-            generation: 1,
-            checksum: false,
-            writer_pid: std::process::id(),
-        }
-    }
+    use crate::ring::{HeapRegion, RingReader, RingWriter};
 
     #[test]
     fn create_is_exclusive_and_names_vanish_with_the_last_handle() {
