@@ -142,6 +142,12 @@ class Broker:
                  "--stall-timeout-ms", "2000"),
             f"broker-{tag}.log", env=wine_env(),
         )
+        log_file = WORK / f"broker-{tag}.log"
+
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"the broker exited; see {log_file}"
+            return "framebroker ready" in log_file.read_text(errors="replace")
+        wait_for("the broker's pipe", ready, 60)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return run(wine("framebroker.exe", "--socket", self.pipe, *args), timeout=timeout)
