@@ -1,4 +1,4 @@
-"""Cross-process end-to-end test of framebroker on Windows, run under Wine.
+r"""Cross-process end-to-end test of framebroker on Windows, run under Wine.
 
 ``tests/windows/run.sh`` builds the Windows binaries, prepares a fresh Wine
 prefix and a Windows ffmpeg, then runs this driver with the project's Linux
@@ -26,6 +26,8 @@ What it checks, in order (each step prints one ``ok`` line or fails):
    reader notices within the heartbeat limit and re-attaches to a new broker.
 7. Ctrl-C (SIGINT, which Wine delivers as CTRL_C_EVENT) shuts the new broker
    down cleanly: exit 0, no ffmpeg, no segment left.
+8. Without ``--socket`` broker and CLI meet on ``\\.\pipe\framebroker-<user>``;
+   ``FRAMEBROKER_SOCKET`` names a pipe the same way ``--socket`` does.
 
 ``--figures`` also measures wake latency and read cost here and, with the Linux
 build, on Linux (not a pass/fail criterion: Wine is an emulation layer).
@@ -36,6 +38,7 @@ Every wait is bounded; every process started here is stopped on the way out.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import shutil
@@ -412,6 +415,29 @@ def main_checks(ffmpeg: Path) -> None:
     r = run(wine("fb-hostile.exe", *sum((["--gone", s] for s in segments), [])), timeout=60)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     log("ok Ctrl-C: clean shutdown (exit 0), no ffmpeg and no segment left")
+
+    # 8. The per-user default pipe, and FRAMEBROKER_SOCKET naming it (this Wine
+    # prefix has its own wineserver, so its pipe names are its own).
+    default = start(wine("framebroker.exe", "serve", "--ffmpeg", winpath(ffmpeg),
+                         "--shm-prefix", f"{tag}d-"), "broker-default.log", env=wine_env())
+    wait_for("the default broker", lambda: "framebroker ready" in
+             (WORK / "broker-default.log").read_text(errors="replace"), 60)
+    line = next(x for x in (WORK / "broker-default.log").read_text().splitlines()
+                if "framebroker ready" in x)
+    user = getpass.getuser()
+    assert f"socket=\\\\.\\pipe\\framebroker-{user} " in line, line
+    r = run(wine("framebroker.exe", "streams", "ls"), timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    env = wine_env()
+    env["FRAMEBROKER_SOCKET"] = f"framebroker-{user}"
+    r = run(wine("framebroker.exe", "streams", "ls"), timeout=60, env=env)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    env["FRAMEBROKER_SOCKET"] = f"{tag}-nobody"
+    r = run(wine("framebroker.exe", "streams", "ls"), timeout=60, env=env)
+    assert r.returncode != 0 and f"{tag}-nobody" in r.stderr.decode(errors="replace")
+    default.send_signal(signal.SIGINT)
+    assert default.wait(timeout=20) == 0
+    log(f"ok default pipe \\\\.\\pipe\\framebroker-{user}; FRAMEBROKER_SOCKET names a pipe")
 
 
 def figures(ffmpeg: Path) -> None:
