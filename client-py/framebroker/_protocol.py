@@ -157,6 +157,11 @@ class StatsRequest:
 
 
 @dataclass(frozen=True)
+class ReloadRequest:
+    """Re-read the broker's config file (what SIGHUP does on Unix, on every system)."""
+
+
+@dataclass(frozen=True)
 class AttachRequest:
     id: str
 
@@ -257,11 +262,31 @@ class ErrorResponse:
     message: str
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    summary: str
+
+
 Request = Union[
-    HelloRequest, StartRequest, StopRequest, ListRequest, StatsRequest, AttachRequest, DetachRequest
+    HelloRequest,
+    StartRequest,
+    StopRequest,
+    ListRequest,
+    StatsRequest,
+    AttachRequest,
+    DetachRequest,
+    ReloadRequest,
 ]
 Response = Union[
-    HelloResponse, Started, Stopped, StreamList, StatsResponse, Attachment, Detached, ErrorResponse
+    HelloResponse,
+    Started,
+    Stopped,
+    StreamList,
+    StatsResponse,
+    Attachment,
+    Detached,
+    ErrorResponse,
+    Reloaded,
 ]
 
 #: Variant order of ``Request`` (the index is the wire tag).
@@ -273,6 +298,7 @@ REQUEST_VARIANTS: Tuple[type, ...] = (
     StatsRequest,
     AttachRequest,
     DetachRequest,
+    ReloadRequest,
 )
 #: Variant order of ``Response`` (the index is the wire tag).
 RESPONSE_VARIANTS: Tuple[type, ...] = (
@@ -284,6 +310,7 @@ RESPONSE_VARIANTS: Tuple[type, ...] = (
     Attachment,
     Detached,
     ErrorResponse,
+    Reloaded,
 )
 
 # --------------------------------------------------------------------------- codec
@@ -516,6 +543,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsRequest: _Struct(StatsRequest, [STR]),
     AttachRequest: _Struct(AttachRequest, [STR]),
     DetachRequest: _Struct(DetachRequest, [STR]),
+    ReloadRequest: _Struct(ReloadRequest, []),
     StreamInfo: _STREAM_INFO,
     StreamStats: _STREAM_STATS,
     VariantRequest: _VARIANT,
@@ -529,6 +557,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsResponse: _Struct(StatsResponse, [_STREAM_STATS]),
     Detached: _Struct(Detached, [STR]),
     ErrorResponse: _Struct(ErrorResponse, [_Enum(ErrorCode), STR]),
+    Reloaded: _Struct(Reloaded, [STR]),
 }
 
 
@@ -849,3 +878,9 @@ class BrokerClient:
 
     def detach(self, id: str) -> None:
         self._expect(DetachRequest(id), Detached, f"detach stream {id}")
+
+    def reload(self) -> str:
+        """Makes the broker re-read its config file and apply its streams (SIGHUP's
+        job, on every system); returns what changed. ``BrokerError`` when the broker
+        runs without a config file or the file is invalid (nothing changes then)."""
+        return self._expect(ReloadRequest(), Reloaded, "reload the config").summary

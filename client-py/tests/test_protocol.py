@@ -48,8 +48,10 @@ from .paths import TESTDATA
 
 GOLDEN = json.loads((TESTDATA / "golden.json").read_text())
 
-REQUEST_NAMES = ["Hello", "Start", "Stop", "List", "Stats", "Attach", "Detach"]
-RESPONSE_NAMES = ["Hello", "Started", "Stopped", "List", "Stats", "Attached", "Detached", "Error"]
+REQUEST_NAMES = ["Hello", "Start", "Stop", "List", "Stats", "Attach", "Detach", "Reload"]
+RESPONSE_NAMES = [
+    "Hello", "Started", "Stopped", "List", "Stats", "Attached", "Detached", "Error", "Reloaded",
+]
 
 
 # -- serde JSON <-> dataclasses (serde's externally tagged form, as golden.json has it)
