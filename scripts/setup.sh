@@ -6,7 +6,8 @@
 #       editable mode (reading frames from Python; OpenCV is optional there)
 #   scripts/setup.sh --test  also what the tests need (scripts/test.sh):
 #     - apt: GStreamer RTSP server with Python gi (the loopback test camera),
-#       chromium (browser tests), systemd (systemd-analyze)
+#       chromium (browser tests), systemd (systemd-analyze), wine64 (the
+#       Windows stage)
 #     - opencv-python-headless, pytest, websockets in .venv, and .venv-cv4 with
 #       OpenCV 4.x; schemathesis, build, kubernetes-validate, psutil, matplotlib;
 #       the browser tests' npm packages
@@ -54,6 +55,9 @@ if [ "$TEST" = 1 ]; then
                gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)
     APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
     APT_PKGS+=(systemd)   # systemd-analyze verifies the units in deploy/systemd
+    # The Windows stage runs Windows programs (the broker, a Windows CPython:
+    # tests/windows/python_env.sh) under Wine: /usr/lib/wine/wine64.
+    APT_PKGS+=(wine64)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
