@@ -17,7 +17,7 @@ from .paths import TESTDATA
 # regenerated and checked by `cargo test -p framebroker-proto --test golden`.
 RUST_VECTORS = [
     (v["url"], v["stream_id"], v["redacted"])
-    for v in json.loads((TESTDATA / "naming.json").read_text())["vectors"]
+    for v in json.loads((TESTDATA / "naming.json").read_text(encoding="utf-8"))["vectors"]
 ]
 
 

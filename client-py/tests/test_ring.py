@@ -18,12 +18,19 @@ from framebroker import _layout as L
 from framebroker import _ring
 from framebroker._errors import ChecksumMismatch, ReadTimeout, SegmentError, StreamEnded, WriterGone
 from framebroker._layout import PixelFormat, StreamState
+from framebroker._platform import WINDOWS
 from framebroker._ring import Ring
 from framebroker._wait import futex_available
 
 from .ringwriter import RingWriter, frame_bytes
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm (Linux)")
+pytestmark = pytest.mark.skipif(
+    not (WINDOWS or os.path.isdir("/dev/shm")), reason="needs /dev/shm (Linux) or named mappings (Windows)"
+)
+#: For the tests that make or inspect segments as /dev/shm files.
+linux_files = pytest.mark.skipif(
+    WINDOWS, reason="a segment as a /dev/shm file; the Windows equivalents are in test_win32.py"
+)
 
 _counter = itertools.count()
 
@@ -267,6 +274,7 @@ def test_zero_copy_view_is_validated(writer: RingWriter) -> None:
     del view
 
 
+@linux_files
 def test_readers_never_write_and_never_unlink(writer: RingWriter) -> None:
     writer.publish(frame_bytes(1, 32))
     before = open(writer.path, "rb").read()
@@ -299,6 +307,7 @@ def _valid_header() -> bytearray:
     return data
 
 
+@linux_files
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -324,6 +333,7 @@ def test_corrupt_or_foreign_headers_are_refused(mutate, message) -> None:  # typ
         os.unlink("/dev/shm/" + name[1:])
 
 
+@linux_files
 def test_short_files_are_refused_before_mapping() -> None:
     name = _raw_segment(b"\0" * 100)
     try:
@@ -340,6 +350,7 @@ def test_short_files_are_refused_before_mapping() -> None:
         os.unlink("/dev/shm/" + name[1:])
 
 
+@linux_files
 def test_group_writable_segments_are_refused() -> None:
     name = _raw_segment(bytes(_valid_header()), mode=0o620)
     try:
