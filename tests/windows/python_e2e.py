@@ -43,8 +43,8 @@ STREAM = "pye2e"
 SOURCE = "testsrc://?size=320x240&rate=10"
 
 
-class Failed(Exception):
-    pass
+class Failed(AssertionError):
+    """A check that did not hold (an AssertionError, as the broker stage's checks raise)."""
 
 
 def wine_env() -> Dict[str, str]:
@@ -129,6 +129,96 @@ def check_crcs(recs: List[dict], who: str) -> None:
         raise Failed(f"{who}: {len(bad)} of {len(frames)} frames differ from the broker's CRC, e.g. {bad[0]}")
 
 
+def windows_python(env: Dict[str, str]) -> str:
+    """python.exe of the Windows CPython (prepared by python_env.sh; a no-op when ready)."""
+    winpy = subprocess.run(
+        ["bash", str(HERE / "python_env.sh")], env=env, check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    return str(Path(winpy) / "python" / "python.exe")
+
+
+def start_readers(
+    pipe: str, stream: str, count: int, rust_count: int, fb_reader_exe: Optional[Path], logs: Path,
+    env: Dict[str, str], procs: List[Proc],
+) -> "tuple[Proc, Optional[Proc]]":
+    """The Python reader (and the Rust one), both attached, then released together
+    so they read the same frames."""
+    wine = env["WINE"]
+    reader = Proc(
+        "py-reader",
+        [wine, windows_python(env), winpath(HERE / "py_reader.py"), "--socket", pipe, "--stream", stream,
+         "--count", str(count), "--deadline", "240", "--sync-start"],
+        env, logs / f"py-reader-{stream}.log",
+    )
+    procs.append(reader)
+    rust: Optional[Proc] = None
+    if fb_reader_exe is not None:
+        rust = Proc(
+            "fb-reader",
+            [wine, str(fb_reader_exe), "--socket", pipe, "--stream", stream, "--count", str(rust_count),
+             "--mode", "next", "--sync-start"],
+            env, logs / f"fb-reader-{stream}.log",
+        )
+        procs.append(rust)
+    deadline = time.monotonic() + 180
+    while reader.line(deadline, '"attached"') != "attached":
+        pass
+    if rust is not None:
+        while rust.line(deadline, '"attached"') != "attached":
+            pass
+        rust.send("")
+    reader.send("")
+    return reader, rust
+
+
+def identical_frames(reader: Proc, rust: Optional[Proc], frames: int, out: List[dict]) -> str:
+    """Reads ``frames`` records from the Python reader (into ``out``) and, with a
+    Rust reader, as many from it: each frame must carry the broker's CRC, and the
+    frames both read must have the same CRC. Returns a summary."""
+    deadline = time.monotonic() + 180
+    records(reader, frames, deadline, out)
+    check_crcs(out, "Python reader")
+    got = [r for r in out if "number" in r]
+    if rust is None:
+        return f"{len(got)} frames with the broker's CRC"
+    rust_recs: List[dict] = []
+    records(rust, frames, deadline, rust_recs)
+    check_crcs(rust_recs, "Rust reader")
+    by_number = {r["number"]: r["crc"] for r in rust_recs}
+    common = 0
+    for r in got:
+        if r["number"] in by_number:
+            common += 1
+            if by_number[r["number"]] != r["crc"]:
+                raise Failed(f"frame {r['number']}: Python CRC {r['crc']:#x}, Rust {by_number[r['number']]:#x}")
+    if common == 0:
+        raise Failed("the Python and Rust readers read no frame in common")
+    return f"{len(got)} frames with the broker's CRC, {common} byte-identical to the Rust reader's"
+
+
+def check_reader(
+    pipe: str, stream: str, frames: int = 20, fb_reader_exe: Optional[Path] = None,
+    logs: Path = ROOT / "target" / "windows",
+) -> str:
+    """The hook for a stage that runs its own broker (tests/windows/e2e.py): reads
+    ``frames`` frames of the live ``stream`` (slots with CRCs) of the broker at
+    ``pipe`` with the Windows-Python reader, beside fb-reader.exe when given, and
+    checks them as :func:`identical_frames` does. Returns the ``ok`` line; raises
+    ``Failed`` (an ``AssertionError``) with the reason otherwise."""
+    env = wine_env()
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: List[Proc] = []
+    try:
+        reader, rust = start_readers(pipe, stream, frames, frames, fb_reader_exe, logs, env, procs)
+        summary = identical_frames(reader, rust, frames, [])
+        if reader.p.wait(60) != 0:
+            raise Failed(f"py_reader exited with {reader.p.returncode}")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    return f"ok Windows-Python reader (numpy, VideoCapture) on {stream}: {summary}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--broker-exe", type=Path, required=True)
@@ -141,71 +231,27 @@ def main() -> int:
     if not 1 <= a.frames <= 1000:
         ap.error("--frames must be 1..1000")
     env = wine_env()
-    wine = env["WINE"]
     a.logs.mkdir(parents=True, exist_ok=True)
     for f in a.logs.glob("*.log"):
         f.unlink()
-    winpy = subprocess.run(
-        ["bash", str(HERE / "python_env.sh")], env=env, check=True, stdout=subprocess.PIPE, text=True
-    ).stdout.strip()
-    python_exe = str(Path(winpy) / "python" / "python.exe")
     pipe = "\\\\.\\pipe\\" + a.pipe
     ffmpeg = a.ffmpeg or a.broker_exe.parent / "ffmpeg.exe"
     if not ffmpeg.is_file():
         ap.error(f"no Windows ffmpeg at {ffmpeg} (tests/windows/run.sh puts one beside the broker)")
     broker_argv = [
-        wine, str(a.broker_exe), "serve", "--socket", pipe, "--checksum", "--shm-prefix", "fbpy-",
+        env["WINE"], str(a.broker_exe), "serve", "--socket", pipe, "--checksum", "--shm-prefix", "fbpy-",
         "--ffmpeg", winpath(ffmpeg), "--stream", f"{STREAM}={SOURCE}",
     ]
     procs: List[Proc] = []
     try:
         broker = Proc("broker", broker_argv, env, a.logs / "broker.log")
         procs.append(broker)
-        reader = Proc(
-            "py-reader",
-            [wine, python_exe, winpath(HERE / "py_reader.py"), "--socket", pipe, "--stream", STREAM,
-             "--count", str(2 * a.frames), "--deadline", "240", "--sync-start"],
-            env, a.logs / "py-reader.log",
-        )
-        procs.append(reader)
-        rust: Optional[Proc] = None
-        if a.fb_reader_exe:
-            rust = Proc(
-                "fb-reader",
-                [wine, str(a.fb_reader_exe), "--socket", pipe, "--stream", STREAM, "--count", str(a.frames),
-                 "--mode", "next", "--sync-start"],
-                env, a.logs / "fb-reader.log",
-            )
-            procs.append(rust)
-        deadline = time.monotonic() + 180
-        while reader.line(deadline, '"attached"') != "attached":
-            pass
-        if rust is not None:
-            while rust.line(deadline, '"attached"') != "attached":
-                pass
-            rust.send("")
-        reader.send("")
+        reader, rust = start_readers(pipe, STREAM, 2 * a.frames, a.frames, a.fb_reader_exe, a.logs, env, procs)
 
         # 1. Byte-identical frames while the broker runs.
         before: List[dict] = []
-        records(reader, a.frames, deadline, before)
-        check_crcs(before, "Python reader")
-        common = 0
-        if rust is not None:
-            rust_recs: List[dict] = []
-            records(rust, a.frames, deadline, rust_recs)
-            check_crcs(rust_recs, "Rust reader")
-            by_number = {r["number"]: r["crc"] for r in rust_recs}
-            for r in before:
-                if r.get("number") in by_number:
-                    common += 1
-                    if by_number[r["number"]] != r["crc"]:
-                        raise Failed(f"frame {r['number']}: Python CRC {r['crc']:#x}, Rust {by_number[r['number']]:#x}")
-            if common == 0:
-                raise Failed("the Python and Rust readers read no frame in common")
+        print(f"phase 1: {identical_frames(reader, rust, a.frames, before)}", flush=True)
         frames_before = [r for r in before if "number" in r]
-        print(f"phase 1: {len(frames_before)} frames CRC-checked"
-              + (f", {common} of them byte-identical to the Rust reader's" if rust is not None else ""), flush=True)
 
         # 2. The broker dies: the reader notices.
         pid_before = frames_before[-1]["writer_pid"]
