@@ -151,6 +151,11 @@ def start_readers(
         env, logs / f"py-reader-{stream}.log",
     )
     procs.append(reader)
+    deadline = time.monotonic() + 180
+    # The Python reader retries until the broker and its stream are up; fb-reader
+    # connects once, so it starts after.
+    while reader.line(deadline, '"attached"') != "attached":
+        pass
     rust: Optional[Proc] = None
     if fb_reader_exe is not None:
         rust = Proc(
@@ -160,10 +165,6 @@ def start_readers(
             env, logs / f"fb-reader-{stream}.log",
         )
         procs.append(rust)
-    deadline = time.monotonic() + 180
-    while reader.line(deadline, '"attached"') != "attached":
-        pass
-    if rust is not None:
         while rust.line(deadline, '"attached"') != "attached":
             pass
         rust.send("")
