@@ -420,6 +420,30 @@ def section_copy(c: Dict[str, Any], out: List[str]) -> None:
         f"takes {med(pys['us']['read(buf)']):.0f} µs, {med(pys['us']['read(buf) / copyto after sleep']):.2f}× a "
         "`numpy.copyto` after the same sleep (the rest is the interpreter). Against a back-to-back copy with hot caches "
         "every read looks slower: a frame just written by another core is not in this core's cache, for any reader.\n")
+    fence = c.get("python_fence")
+    if fence:
+        section_fence(fence, out)
+
+
+def section_fence(fence: List[Dict[str, Any]], out: List[str]) -> None:
+    out.append(
+        "**The Python read path on aarch64** (and any CPU that may reorder loads) calls a memory fence twice per "
+        "read (proto/doc/decisions.md, \"Seqlock reads from Python\"). `bench_read.py --only fence` forces that path "
+        "here (`FRAMEBROKER_RING_FENCE=always`; on x86-64 the fence is a `lock or`) and times it beside this "
+        "machine's own fence-free path, re-reading the same warm frame, the two paths alternating:\n")
+    out.append("| size | own path µs | fenced path µs | fences cost µs per read | fenced / own |")
+    out.append("|---|---|---|---|---|")
+    for r in fence:
+        u = r["us"]
+        out.append(f"| {r['width']}x{r['height']} | {fmt(u['own path'], 2)} | {fmt(u['fenced path'], 2)} "
+                   f"| {fmt(u['fence cost'], 2)} | {fmt(u['fenced / own'], 2)} |")
+    small, big = fence[0], fence[-1]
+    out.append(
+        f"\nThe fences cost about {med(small['us']['fence cost']):.1f} µs per read "
+        f"({med(small['us']['fenced / own']):.2f}× for {small['width']}x{small['height']}, where the copy is cheapest). "
+        f"At {big['width']}x{big['height']} they cost {med(big['us']['fence cost']):.1f} µs "
+        f"({med(big['us']['fenced / own']):.2f}×): the second fence is a full barrier and waits for the copy's stores to "
+        "drain. These are x86-64 figures for the forced path; no ARM board was measured.\n")
 
 
 def section_gateway(g: Dict[str, Any], cores: int, out: List[str]) -> None:

@@ -355,7 +355,14 @@ def bench_copy(p: Dict[str, Any], tmp: Path) -> Dict[str, Any]:
     py = json.loads(pyout.read_text())["read"]
     if not py:
         raise BenchError("bench_read.py produced no data")
-    return {"rust": rust, "python": py}
+    # The Python read path's fences (aarch64's path), forced here beside the own path.
+    fenceout = tmp / "pyfence.json"
+    run_tool([PY, "bench/bench_read.py", "--only", "fence", *p["copy"]["py"], "--json", str(fenceout)],
+             timeout=600, cwd=REPO / "client-py", env=env)
+    fence = json.loads(fenceout.read_text())["fence"]
+    if not fence:
+        raise BenchError("bench_read.py --only fence produced no data")
+    return {"rust": rust, "python": py, "python_fence": fence}
 
 
 # ---------------------------------------------------------------------------

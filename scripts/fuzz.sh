@@ -46,8 +46,14 @@ def write(target, name, data):
     with open(os.path.join(d, "seed-" + name), "wb") as f:
         f.write(data)
 
+# The same requests for a second id, "cam-2" (as long as "cam-1", so every
+# length prefix stays right): with start_defaults' URL it is another id for a
+# running camera, an alias on the decode of cam-1.
+for n in ("start_defaults", "attach", "detach", "stop", "stats"):
+    req[n + "@2"] = req[n].replace(b"cam-1", b"cam-2")
+
 conversations = {
-    "golden-order": list(req),
+    "golden-order": [n for n in req if "@" not in n],
     "attach-detach": ["start_defaults", "attach", "stats", "detach", "list", "stop"],
     "two-sessions": ["start_defaults", "attach", "hello", "attach", "list",
                      "detach", "hello", "stop", "list"],
@@ -56,6 +62,12 @@ conversations = {
     # A reader of a stopped stream and a reader of its successor (same id).
     "restart-two-sessions": ["start_defaults", "attach", "stop", "start_defaults",
                              "hello", "attach", "list"],
+    # Two ids for one camera: the first stopped while the second reads, then back.
+    "alias": ["start_defaults", "start_defaults@2", "attach", "attach@2", "stop",
+              "attach@2", "stats@2", "start_defaults", "attach", "detach", "stop@2",
+              "list", "stop"],
+    "alias-two-sessions": ["start_defaults", "start_defaults@2", "attach@2", "hello",
+                           "attach", "stop@2", "list", "detach@2", "stop"],
 }
 for (kind, name), body in vec.items():
     write("control_decode", f"{kind}-{name}-body", body)

@@ -55,12 +55,30 @@ if [ "$TEST" = 1 ]; then
                gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)
     APT_PKGS+=(chromium)  # the browser tests drive the system Chromium (no download)
     APT_PKGS+=(systemd)   # systemd-analyze verifies the units in deploy/systemd
+    # The aarch64 stage (scripts/aarch64.sh): cross linker and libc, qemu-user to
+    # run the aarch64 binaries; libatomic1 gives the Python reader's fence (the
+    # ring tests force the fenced path on x86-64 too).
+    APT_PKGS+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libatomic1)
     # The Windows stage runs Windows programs (the broker, a Windows CPython:
     # tests/windows/python_env.sh) under Wine: /usr/lib/wine/wine64.
     APT_PKGS+=(wine64)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
+
+if [ "$TEST" = 1 ]; then
+    # arm64 .debs (Debian's arm64 CPython for the Python ring tests under qemu) are
+    # fetched with `apt-get download`, which needs the architecture known to apt.
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        say "dpkg --add-architecture arm64"
+        "${SUDO[@]}" dpkg --add-architecture arm64
+        "${SUDO[@]}" apt-get update -q >/dev/null
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+        say "rustup target add aarch64-unknown-linux-gnu"
+        rustup target add aarch64-unknown-linux-gnu >/dev/null
+    fi
+fi
 
 # 2. Python venvs: .venv with numpy and the client; with --test also the newest
 #    OpenCV and the test tools (pytest, websockets) in it, and .venv-cv4 with

@@ -13,7 +13,10 @@
 #      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
 #      Kubernetes manifests (schema check),
 #   6. every example of the README's "Use it" section, run for real,
-#   7. a smoke run of the benchmark suite (every section runs; no timing is
+#   7. aarch64 under qemu-user (scripts/aarch64.sh): the workspace cross-built,
+#      the proto and client-rs tests, the Python ring tests on arm64 CPython, and
+#      an aarch64 broker and reader across processes,
+#   8. a smoke run of the benchmark suite (every section runs; no timing is
 #      asserted: the numbers come from bench/run.py, see docs/BENCHMARKS.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -83,6 +86,9 @@ FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
 step "README examples: every block of \"## Use it\" run against a real broker, gateway and camera"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/readme
+
+step "aarch64 under qemu-user: cross-build, proto/client-rs tests, Python ring tests, cross-process run"
+bash scripts/aarch64.sh
 
 step "benchmarks: every section runs (a smoke run on the debug build; numbers: bench/run.py)"
 FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \

@@ -15,7 +15,7 @@ use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
 use framebroker_proto::config::Config;
 use framebroker_proto::control::default_socket_path;
-use framebroker_proto::control::{HwAccel, VariantRequest};
+use framebroker_proto::control::{HwAccel, StreamInfo, VariantRequest};
 use framebroker_proto::naming::{self, UrlPolicy};
 
 #[derive(Parser)]
@@ -126,8 +126,9 @@ enum StreamsCommand {
         /// Start even if this URL already runs under another id.
         #[arg(long)]
         allow_duplicate: bool,
-        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox (falls back
-        /// to software when the device is missing). Default: the broker's.
+        /// Hardware decoder: none, auto, vaapi, cuda, qsv, videotoolbox, and the boards'
+        /// h264_v4l2m2m, hevc_v4l2m2m, h264_rkmpp, hevc_rkmpp (falls back to software
+        /// when the device or decoder is missing). Default: the broker's.
         #[arg(long)]
         hwaccel: Option<String>,
         /// Another output of the same decode, its own stream: ID:WIDTHxHEIGHT:FORMAT
@@ -459,6 +460,24 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a stream with a parent reads its decode, for `streams ls` / `stats`:
+/// `variant of P`, or `alias on P` when another listed id shares its ring (ring
+/// generations are unique per broker, so the same one means the same ring), or
+/// `decode of P` before its ring exists.
+fn relation(s: &StreamInfo, list: &[StreamInfo]) -> Option<String> {
+    let p = s.parent.as_deref()?;
+    Some(if s.generation == 0 {
+        format!("decode of {p}")
+    } else if list
+        .iter()
+        .any(|t| t.id != s.id && t.generation == s.generation)
+    {
+        format!("alias on {p}")
+    } else {
+        format!("variant of {p}")
+    })
+}
+
 fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
     let client = Client::connect_to(&socket)?;
     match cmd {
@@ -478,11 +497,8 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             let mut req = StartRequest::new(id, url);
             req.hwaccel = hwaccel
                 .map(|h| {
-                    HwAccel::from_name(&h).with_context(|| {
-                        format!(
-                            "unknown hwaccel {h:?} (none, auto, vaapi, cuda, qsv, videotoolbox)"
-                        )
-                    })
+                    HwAccel::from_name(&h)
+                        .with_context(|| format!("unknown hwaccel {h:?} ({})", HwAccel::names()))
                 })
                 .transpose()?;
             req.variants = variants
@@ -500,7 +516,15 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
             req.allow_duplicate_url = allow_duplicate;
             let (info, created) = client.start(req)?;
             if created {
-                out!("started {} ({})", info.id, info.url);
+                match &info.parent {
+                    // Same camera already decoded: an alias or a variant of that decode.
+                    Some(p) => out!(
+                        "started {} ({}) on the running decode of {p}",
+                        info.id,
+                        info.url
+                    ),
+                    None => out!("started {} ({})", info.id, info.url),
+                }
             } else {
                 out!("already running as {} ({})", info.id, info.url);
             }
@@ -522,10 +546,11 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                     "FORMAT",
                     "READERS"
                 );
-                for s in list {
-                    // A variant shows its parent in place of the URL it shares.
-                    let source = match &s.parent {
-                        Some(p) => format!("(variant of {p})"),
+                for s in &list {
+                    // A variant or an alias shows its decode in place of the URL
+                    // it shares.
+                    let source = match relation(s, &list) {
+                        Some(r) => format!("({r})"),
                         None => s.url.clone(),
                     };
                     out!(
@@ -561,8 +586,9 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                 out!("readers         {}", s.info.readers);
                 out!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 out!("bytes/frame     {}", s.bytes_per_frame);
-                if let Some(p) = &s.info.parent {
-                    out!("variant of      {p}");
+                if let Some(r) = relation(&s.info, &client.list()?) {
+                    let (what, p) = r.rsplit_once(' ').unwrap_or(("", &r));
+                    out!("{what:<15} {p}");
                 }
                 out!("decoder         {}", s.decoder);
                 out!("ffmpeg pid      {}", s.ffmpeg_pid);
@@ -594,6 +620,26 @@ fn doctor(ffmpeg: Option<PathBuf>) -> anyhow::Result<()> {
                         "none".into()
                     } else {
                         list.join(", ")
+                    }
+                );
+            }
+            // The boards' decoders are ffmpeg decoders, not -hwaccel methods.
+            let out = std::process::Command::new(&f.path)
+                .args(["-hide_banner", "-decoders"])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let have: Vec<&str> = HwAccel::ALL
+                    .iter()
+                    .filter_map(|h| h.decoder())
+                    .filter(|d| text.split_whitespace().any(|w| w == *d))
+                    .collect();
+                println!(
+                    "info  ffmpeg board decoders: {} (each also needs its device)",
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
                     }
                 );
             }

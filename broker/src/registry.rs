@@ -5,21 +5,24 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use framebroker_proto::config::Mode;
 use framebroker_proto::control::{
     Attachment, ErrorCode, HwAccel, StartRequest, StreamInfo, StreamStats, MAX_VARIANTS,
 };
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
-use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
-use framebroker_proto::ring::{monotonic_ns, RingConfig};
+use framebroker_proto::naming::{self, classify_url, redact_url, Source, UrlPolicy};
+use framebroker_proto::ring::RingConfig;
 use framebroker_proto::shm::{self, OwnedSegment};
 use framebroker_proto::{Geometry, StreamState};
 
+use crate::clock::{self, Clock};
 use crate::declared::Declared;
+use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{OutputSpec, SourceFactory, SourceSpec};
 use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
+use crate::sync::{Lock, Rank, RankedGuard, RankedMutex};
 
 /// A refused request: the code and a message for the caller (no secrets in it).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +90,7 @@ impl Default for BrokerConfig {
 }
 
 /// Hands out segments within the budget and the free space of `/dev/shm`.
-struct Allocator {
+pub(crate) struct Allocator {
     prefix: String,
     mode: u32,
     checksum: bool,
@@ -96,13 +99,27 @@ struct Allocator {
     generation: AtomicU64,
 }
 
+impl Allocator {
+    pub(crate) fn new(cfg: &SupervisorConfig, budget: u64) -> Self {
+        Allocator {
+            prefix: cfg.shm_prefix.clone(),
+            mode: cfg.shm_mode,
+            checksum: cfg.checksum,
+            budget,
+            used: Mutex::new(0),
+            generation: AtomicU64::new(1),
+        }
+    }
+}
+
 impl SegmentAllocator for Allocator {
     fn allocate(
         &self,
         id: &str,
         geometry: Geometry,
         slots: u32,
-    ) -> Result<(Arc<OwnedSegment>, RingConfig), String> {
+    ) -> Result<(Arc<OwnedSegment>, RingConfig), Error> {
+        let internal = |e: framebroker_proto::Error| Error::new(ErrorKind::Internal, e.to_string());
         let mut config = RingConfig {
             stream_id: id.to_string(),
             geometry,
@@ -111,26 +128,31 @@ impl SegmentAllocator for Allocator {
             checksum: self.checksum,
             writer_pid: std::process::id(),
         };
-        let size = config.segment_size().map_err(|e| e.to_string())?;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let size = config
+            .segment_size()
+            .map_err(|e| Error::new(ErrorKind::BadGeometry, e.to_string()))?;
+        let mut used = self.used.locked();
         if *used + size > self.budget {
-            return Err(budget_message(size, *used, self.budget));
+            return Err(Error::new(
+                ErrorKind::NoRoom,
+                budget_message(size, *used, self.budget),
+            ));
         }
-        let free = shm::free_bytes().map_err(|e| e.to_string())?;
+        let free = shm::free_bytes().map_err(internal)?;
         if size > free {
-            return Err(format!(
+            return Err(Error::new(ErrorKind::NoRoom, format!(
                 "/dev/shm has {} free, the ring needs {}: enlarge /dev/shm or use fewer slots or a smaller size",
                 mib(free),
                 mib(size)
-            ));
+            )));
         }
         // A name can be taken by a segment we must not remove (another live broker
         // with our prefix, a foreign file): move on to the next generation.
         let mut last_err = String::new();
         for _ in 0..16 {
             config.generation = self.generation.fetch_add(1, Ordering::Relaxed);
-            let name = naming::segment_name(&self.prefix, id, config.generation)
-                .map_err(|e| e.to_string())?;
+            let name =
+                naming::segment_name(&self.prefix, id, config.generation).map_err(internal)?;
             match OwnedSegment::create(&name, size, self.mode) {
                 Ok(seg) => {
                     *used += size;
@@ -142,14 +164,14 @@ impl SegmentAllocator for Allocator {
                     tracing::warn!(segment = %name, "name taken by another segment; trying the next generation");
                     last_err = format!("{name}: {reason}");
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(internal(e)),
             }
         }
-        Err(last_err)
+        Err(Error::new(ErrorKind::Internal, last_err))
     }
 
     fn release(&self, bytes: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.locked();
         *used = used.saturating_sub(bytes);
     }
 }
@@ -189,6 +211,11 @@ fn mib(bytes: u64) -> String {
     }
 }
 
+/// Bytes of a ring of `slots` frames of `frame_bytes` (saturating on nonsense).
+fn ring_bytes(frame_bytes: u64, slots: u32) -> u64 {
+    layout::segment_size(frame_bytes, slots).unwrap_or(u64::MAX)
+}
+
 fn budget_message(need: u64, used: u64, budget: u64) -> String {
     format!(
         "shared-memory budget exceeded: the ring needs {}, {} of {} are in use (raise --shm-budget-mb)",
@@ -198,9 +225,49 @@ fn budget_message(need: u64, used: u64, budget: u64) -> String {
     )
 }
 
+/// One registered id: the stream it shows and the decode it belongs to.
 struct Entry {
     handle: Arc<StreamHandle>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    family: Arc<Family>,
+}
+
+/// One decode (one ffmpeg): its main stream, which runs the supervisor and owns
+/// the outputs, and the supervisor's thread. The ids of a family are the entries
+/// that point to it: the main stream's, its variants', and aliases. The decode
+/// runs while any of them is registered, even after the main id was stopped.
+struct Family {
+    root: Arc<StreamHandle>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Whether `output` (a main stream or a variant) delivers `size` (`None`:
+/// native) in `pixel_format`: a native output matches an explicit size equal to
+/// the native size once that is known.
+fn output_matches(
+    output: &StreamHandle,
+    size: Option<(u32, u32)>,
+    pixel_format: framebroker_proto::PixelFormat,
+) -> bool {
+    output.spec.pixel_format == pixel_format
+        && match (size, output.spec.size) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some((w, h)), None) => output
+                .status()
+                .geometry
+                .is_some_and(|g| (g.width, g.height) == (w, h)),
+            (None, Some(_)) => false,
+        }
+}
+
+fn describe_output(
+    size: Option<(u32, u32)>,
+    pixel_format: framebroker_proto::PixelFormat,
+) -> String {
+    match size {
+        Some((w, h)) => format!("{w}x{h} {}", pixel_format.name()),
+        None => format!("native size {}", pixel_format.name()),
+    }
 }
 
 /// All streams of one broker.
@@ -208,7 +275,9 @@ pub struct Broker {
     cfg: BrokerConfig,
     factory: Arc<dyn SourceFactory>,
     alloc: Arc<Allocator>,
-    streams: Mutex<HashMap<String, Entry>>,
+    clock: Clock,
+    /// See [`crate::sync`] for the order with a stream's status lock.
+    streams: RankedMutex<HashMap<String, Entry>>,
     /// Supervisors of stopped streams that may still be cleaning up; shutdown
     /// waits for them so no segment outlives a clean exit.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -221,8 +290,11 @@ pub struct Broker {
 /// handing back a stream without them would leave the caller attaching to ids
 /// that do not exist.
 fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), Refusal> {
+    let have = running.variants();
     for w in wanted {
-        if !running.spec.variants.iter().any(|v| v == w) {
+        if !have.iter().any(|v| {
+            v.id() == w.id && v.spec.size == w.size && v.spec.pixel_format == w.pixel_format
+        }) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!(
@@ -244,31 +316,130 @@ fn lacks_variants(running: &StreamHandle, wanted: &[OutputSpec]) -> Result<(), R
     Ok(())
 }
 
-/// Takes a main stream out of the list with its variants (which share its
-/// decode and never outlive it).
-fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Entry> {
-    let entry = streams.remove(id)?;
-    for v in &entry.handle.variants {
-        streams.remove(v.id());
+/// Takes every id of the decode of `id` out of the list and returns the decode
+/// (to be stopped).
+fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Arc<Family>> {
+    let family = streams.get(id)?.family.clone();
+    streams.retain(|_, e| !Arc::ptr_eq(&e.family, &family));
+    Some(family)
+}
+
+/// A start request that passed [`Broker::validate`]: its URL classified, its
+/// sizes and variants checked, its slot count decided.
+struct Checked {
+    req: StartRequest,
+    source: Source,
+    size: Option<(u32, u32)>,
+    variants: Vec<OutputSpec>,
+    slots: u32,
+}
+
+impl Checked {
+    /// Bytes of the rings whose size is known now (the main stream's and each
+    /// variant's): refused at once rather than failing later.
+    fn ring_bytes(&self) -> u64 {
+        std::iter::once((self.size, self.req.pixel_format))
+            .chain(self.variants.iter().map(|v| (v.size, v.pixel_format)))
+            .filter_map(|(size, pf)| {
+                let (w, h) = size?;
+                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), self.slots))
+            })
+            .fold(0u64, u64::saturating_add)
     }
-    Some(entry)
+}
+
+/// What [`Broker::admit`] gives a request.
+enum Admission {
+    /// The stream that runs under the id already.
+    Running(StreamInfo),
+    /// The request's id joins the running decode of the same URL.
+    Join(Arc<Family>),
+    /// A new decode.
+    New,
+}
+
+/// The variants of a request, checked: at most [`MAX_VARIANTS`], valid ids used
+/// once, valid sizes.
+fn checked_variants(req: &StartRequest) -> Result<Vec<OutputSpec>, Refusal> {
+    if req.variants.len() > MAX_VARIANTS {
+        return Err(Refusal::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
+                req.id,
+                req.variants.len()
+            ),
+        ));
+    }
+    let mut variants = Vec::with_capacity(req.variants.len());
+    for v in &req.variants {
+        naming::validate_stream_id(&v.id)?;
+        if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidId,
+                format!("variant id {:?} is used twice in the request", v.id),
+            ));
+        }
+        variants.push(OutputSpec {
+            id: v.id.clone(),
+            size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
+            pixel_format: v.pixel_format,
+        });
+    }
+    Ok(variants)
+}
+
+/// The answer to a request for an id that is registered: the same stream when
+/// the request asks for what it is, else a refusal.
+fn answer_same_id(e: &Entry, c: &Checked) -> Result<StreamInfo, Refusal> {
+    let (h, req) = (&e.handle, &c.req);
+    if h.spec.url != req.url {
+        return Err(Refusal::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "stream {:?} already exists with another URL ({})",
+                req.id, h.spec.redacted
+            ),
+        ));
+    }
+    if Arc::ptr_eq(h, &e.family.root) {
+        lacks_variants(h, &c.variants)?;
+        return Ok(h.info());
+    }
+    // A variant or an alias: the same request again gets it.
+    if c.variants.is_empty() && output_matches(h.source(), c.size, req.pixel_format) {
+        return Ok(h.info());
+    }
+    Err(Refusal::new(
+        ErrorCode::AlreadyExists,
+        format!(
+            "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
+            req.id,
+            if h.alias_of.is_some() { "an alias" } else { "a variant" },
+            e.family.root.id(),
+            describe_output(h.source().spec.size, h.source().spec.pixel_format),
+        ),
+    ))
 }
 
 impl Broker {
     pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
-        let alloc = Arc::new(Allocator {
-            prefix: cfg.supervisor.shm_prefix.clone(),
-            mode: cfg.supervisor.shm_mode,
-            checksum: cfg.supervisor.checksum,
-            budget: cfg.shm_budget,
-            used: Mutex::new(0),
-            generation: AtomicU64::new(1),
-        });
+        Self::with_clock(cfg, factory, clock::real())
+    }
+
+    /// A broker whose stall, idle and backoff time is `clock`'s (tests simulate it).
+    pub fn with_clock(
+        cfg: BrokerConfig,
+        factory: Arc<dyn SourceFactory>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let alloc = Arc::new(Allocator::new(&cfg.supervisor, cfg.shm_budget));
         Arc::new(Broker {
             cfg,
             factory,
             alloc,
-            streams: Mutex::new(HashMap::new()),
+            clock,
+            streams: RankedMutex::new(Rank::Streams, HashMap::new()),
             stopping: Mutex::new(Vec::new()),
             declared: Declared::default(),
         })
@@ -283,8 +454,8 @@ impl Broker {
         &self.declared
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    fn streams(&self) -> RankedGuard<'_, HashMap<String, Entry>> {
+        self.streams.locked()
     }
 
     fn get(&self, id: &str) -> Result<Arc<StreamHandle>, Refusal> {
@@ -295,158 +466,159 @@ impl Broker {
     }
 
     /// Starts a stream, or returns the one running with the same id and URL, or
-    /// (unless `allow_duplicate_url`) with the same URL under another id.
+    /// (unless `allow_duplicate_url`) puts the id on the running decode of the
+    /// same URL (see [`join_family`](Self::join_family)).
     ///
     /// Variants in the request become streams of their own (listed with `parent`
     /// set) fed by the same ffmpeg; everything about them is checked before
-    /// anything starts.
+    /// anything starts. Three steps: [`validate`](Self::validate) the request on
+    /// its own, [`admit`](Self::admit) it against the table (every refusal comes
+    /// before any change), then [`spawn`](Self::spawn) the new decode.
     pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<(StreamInfo, bool), Refusal> {
+        let checked = self.validate(req)?;
+        let mut streams = self.streams();
+        match self.admit(&mut streams, &checked)? {
+            Admission::Running(info) => Ok((info, false)),
+            Admission::Join(family) => {
+                let c = &checked;
+                self.join_family(&mut streams, &family, &c.req.id, c.size, &c.req)
+            }
+            Admission::New => self.spawn(&mut streams, checked),
+        }
+    }
+
+    /// Checks a start request on its own: ids, URL, sizes, variants, slots.
+    fn validate(&self, req: StartRequest) -> Result<Checked, Refusal> {
         naming::validate_stream_id(&req.id)?;
         let source = classify_url(&req.url, &self.cfg.url_policy)?;
         let size = checked_size(&req.id, req.width, req.height, req.pixel_format)?;
-        if req.variants.len() > MAX_VARIANTS {
-            return Err(Refusal::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
-                    req.id,
-                    req.variants.len()
-                ),
-            ));
-        }
-        let mut variants = Vec::with_capacity(req.variants.len());
-        for v in &req.variants {
-            naming::validate_stream_id(&v.id)?;
-            if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidId,
-                    format!("variant id {:?} is used twice in the request", v.id),
-                ));
-            }
-            variants.push(OutputSpec {
-                id: v.id.clone(),
-                size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
-                pixel_format: v.pixel_format,
-            });
-        }
+        let variants = checked_variants(&req)?;
         let slots = req.ring_slots.unwrap_or(self.cfg.default_slots);
         if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
         }
-        let mut streams = self.streams();
+        Ok(Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        })
+    }
+
+    /// Decides what a checked request gets from the table: a running stream, a
+    /// place on a running decode, or a new decode; refuses it when an id is
+    /// taken or a limit would be passed. Changes nothing unless it admits: then
+    /// a failed stream under the same id, and the oldest ended streams when the
+    /// room is needed, make way.
+    fn admit(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: &Checked,
+    ) -> Result<Admission, Refusal> {
+        let id = &c.req.id;
         if streams
-            .get(&req.id)
-            .is_some_and(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
+            .get(id)
+            .is_some_and(|e| e.family.root.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
-            if let Some(old) = remove_family(&mut streams, &req.id) {
-                old.handle.request_stop();
+            if let Some(old) = remove_family(streams, id) {
+                self.retire(&old);
             }
         }
-        if let Some(e) = streams.get(&req.id) {
-            if let Some(parent) = &e.handle.parent {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!("{:?} is already a variant of stream {parent:?}", req.id),
-                ));
-            }
-            if e.handle.spec.url == req.url {
-                lacks_variants(&e.handle, &variants)?;
-                return Ok((e.handle.info(), false));
-            }
-            return Err(Refusal::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "stream {:?} already exists with another URL ({})",
-                    req.id, e.handle.spec.redacted
-                ),
-            ));
+        if let Some(e) = streams.get(id) {
+            return answer_same_id(e, c).map(Admission::Running);
         }
-        if !req.allow_duplicate_url {
-            if let Some(e) = streams
-                .values()
-                .find(|e| e.handle.spec.url == req.url && !e.handle.status().state.is_final())
-            {
-                lacks_variants(&e.handle, &variants)?;
-                tracing::info!(requested = %req.id, running = e.handle.id(), "URL already running: single ingest");
-                return Ok((e.handle.info(), false));
-            }
-        }
-        if let Some(v) = variants.iter().find(|v| streams.contains_key(&v.id)) {
+        if let Some(v) = c.variants.iter().find(|v| streams.contains_key(&v.id)) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!("variant id {:?} is already a stream; pick another id", v.id),
             ));
         }
-        // Failed (or stopped) streams stay listed with their last error until
-        // the room is needed; they do not count against the limit, and the
-        // oldest make way below, so the list stays within --max-streams and a
-        // client starting bad URLs cannot grow the broker without bound.
-        let ended: usize = streams
+        let running = if c.req.allow_duplicate_url {
+            None
+        } else {
+            streams
+                .values()
+                .find(|e| {
+                    e.family.root.spec.url == c.req.url && !e.family.root.status().state.is_final()
+                })
+                .map(|e| e.family.clone())
+        };
+        if let Some(family) = running {
+            // The variants asked for must be there already; the request adds one id.
+            lacks_variants(&family.root, &c.variants)?;
+            self.check_stream_limit(streams, 1)?;
+            return Ok(Admission::Join(family));
+        }
+        let wanted = 1 + c.variants.len();
+        self.check_stream_limit(streams, wanted)?;
+        self.check_budget(streams, c.ring_bytes())?;
+        self.make_room(streams, wanted);
+        Ok(Admission::New)
+    }
+
+    /// Refuses `wanted` more ids when the running ones would pass
+    /// `--max-streams`. Failed (or stopped) streams stay listed with their last
+    /// error until the room is needed; they do not count against the limit, and
+    /// the oldest make way ([`make_room`](Self::make_room)), so the list stays
+    /// within `--max-streams` and a client starting bad URLs cannot grow the
+    /// broker without bound.
+    fn check_stream_limit(
+        &self,
+        streams: &HashMap<String, Entry>,
+        wanted: usize,
+    ) -> Result<(), Refusal> {
+        let ended = streams
             .values()
-            .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
-            .map(|e| 1 + e.handle.variants.len())
-            .sum();
+            .filter(|e| e.family.root.status().state.is_final())
+            .count();
         let active = streams.len().saturating_sub(ended);
-        let wanted = 1 + variants.len();
         if active + wanted > self.cfg.max_streams {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "at most {} streams, variants included (raise --max-streams); \
+                    "at most {} streams, variants and aliases included (raise --max-streams); \
                      {active} running, this request needs {wanted}",
                     self.cfg.max_streams
                 ),
             ));
         }
-        // Rings of known size (the main stream's and each variant's): refuse now
-        // rather than fail later, counting the rings of streams still starting as if
-        // they were allocated.
-        let ring_bytes =
-            |bytes: u64, slots: u32| layout::segment_size(bytes, slots).unwrap_or(u64::MAX);
-        let need: u64 = std::iter::once((size, req.pixel_format))
-            .chain(variants.iter().map(|v| (v.size, v.pixel_format)))
-            .filter_map(|(size, pf)| {
-                let (w, h) = size?;
-                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), slots))
-            })
-            .fold(0u64, u64::saturating_add);
-        if need > 0 {
-            let pending: u64 = streams
-                .values()
-                .filter(|e| {
-                    e.handle.status().segment.is_none() && !e.handle.status().state.is_final()
-                })
-                .filter_map(|e| {
-                    let (w, h) = e.handle.spec.size?;
-                    Some(ring_bytes(
-                        e.handle.spec.pixel_format.frame_bytes(w, h)?,
-                        e.handle.slot_count,
-                    ))
-                })
-                .sum();
-            let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner()) + pending;
-            if used.saturating_add(need) > self.cfg.shm_budget {
-                return Err(Refusal::new(
-                    ErrorCode::LimitExceeded,
-                    budget_message(need, used, self.cfg.shm_budget),
-                ));
-            }
-        }
+        Ok(())
+    }
+
+    /// Removes the oldest ended streams until `wanted` more ids fit the list.
+    fn make_room(&self, streams: &mut HashMap<String, Entry>, wanted: usize) {
         while streams.len() + wanted > self.cfg.max_streams {
             let Some(oldest) = streams
                 .values()
-                .filter(|e| e.handle.parent.is_none() && e.handle.status().state.is_final())
-                .min_by_key(|e| e.handle.started)
+                .filter(|e| e.family.root.status().state.is_final())
+                .min_by_key(|e| e.family.root.started)
                 .map(|e| e.handle.id().to_string())
             else {
                 break;
             };
-            if let Some(old) = remove_family(&mut streams, &oldest) {
-                old.handle.request_stop();
+            if let Some(old) = remove_family(streams, &oldest) {
+                self.retire(&old);
             }
             tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
         }
+    }
+
+    /// Starts the decode of an admitted request: its stream, the variants of the
+    /// request, and the supervisor's thread.
+    fn spawn(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: Checked,
+    ) -> Result<(StreamInfo, bool), Refusal> {
+        let Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        } = c;
         let spec = SourceSpec {
             id: req.id.clone(),
             redacted: redact_url(&req.url),
@@ -459,20 +631,51 @@ impl Broker {
             hwaccel: req.hwaccel.unwrap_or(self.cfg.default_hwaccel),
             variants,
         };
-        let handle = Arc::new(StreamHandle::new(spec, slots, req.on_demand));
+        let handle = Arc::new(StreamHandle::new(
+            spec,
+            slots,
+            req.on_demand,
+            self.clock.clone(),
+        ));
+        let thread = self.spawn_supervisor(&handle)?;
+        tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
+        let info = handle.info();
+        let family = Arc::new(Family {
+            root: handle.clone(),
+            thread: Mutex::new(Some(thread)),
+        });
+        for v in handle.variants() {
+            tracing::info!(stream = v.id(), parent = %req.id, "variant added");
+            streams.insert(
+                v.id().to_string(),
+                Entry {
+                    handle: v,
+                    family: family.clone(),
+                },
+            );
+        }
+        streams.insert(req.id, Entry { handle, family });
+        Ok((info, true))
+    }
+
+    /// The supervisor's thread for `handle`. A panic in it is a bug, not a camera
+    /// problem: the stream says so (`failed`) instead of hanging in `starting`.
+    fn spawn_supervisor(
+        &self,
+        handle: &Arc<StreamHandle>,
+    ) -> Result<std::thread::JoinHandle<()>, Refusal> {
         let (h, f, a, c) = (
             handle.clone(),
             self.factory.clone(),
             self.alloc.clone() as Arc<dyn SegmentAllocator>,
             self.cfg.supervisor.clone(),
         );
-        let thread = std::thread::Builder::new()
-            .name(format!("stream-{}", req.id))
+        std::thread::Builder::new()
+            .name(format!("stream-{}", handle.id()))
             .spawn(move || {
                 let h2 = h.clone();
                 let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
                 if std::panic::catch_unwind(run).is_err() {
-                    // A bug, not a camera problem: say so instead of hanging in `starting`.
                     h2.status().state = StreamState::Failed;
                     h2.status().last_error =
                         Some("internal error: the stream supervisor panicked (see the log)".into());
@@ -486,57 +689,195 @@ impl Broker {
                     ErrorCode::Internal,
                     format!("cannot start supervisor thread: {e}"),
                 )
-            })?;
-        tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
-        let info = handle.info();
-        for v in &handle.variants {
-            tracing::info!(stream = v.id(), parent = %req.id, "variant added");
+            })
+    }
+
+    /// Refuses `need` more bytes of rings when they would not fit the budget,
+    /// counting the rings of streams still starting as if they were allocated.
+    fn check_budget(&self, streams: &HashMap<String, Entry>, need: u64) -> Result<(), Refusal> {
+        if need == 0 {
+            return Ok(());
+        }
+        let pending: u64 = streams
+            .values()
+            .filter(|e| e.handle.alias_of.is_none())
+            .filter(|e| e.handle.status().segment.is_none() && !e.handle.status().state.is_final())
+            .filter_map(|e| {
+                let (w, h) = e.handle.spec.size?;
+                Some(ring_bytes(
+                    e.handle.spec.pixel_format.frame_bytes(w, h)?,
+                    e.handle.slot_count,
+                ))
+            })
+            .sum();
+        let used = *self.alloc.used.locked() + pending;
+        if used.saturating_add(need) > self.cfg.shm_budget {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                budget_message(need, used, self.cfg.shm_budget),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new id for a camera that is already decoded: an alias of the output of
+    /// the same size and format (same ring), else a variant added to the decode
+    /// (ffmpeg restarts with one more output; the other rings stay). The caller
+    /// checked the id and the stream limit.
+    fn join_family(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        family: &Arc<Family>,
+        id: &str,
+        size: Option<(u32, u32)>,
+        req: &StartRequest,
+    ) -> Result<(StreamInfo, bool), Refusal> {
+        let root = &family.root;
+        if id == root.id() {
+            // The main id was stopped while other ids kept its decode, and comes
+            // back: a new stream under that id (readers of the stopped one are not
+            // its readers), on the main output, listed as a main stream again.
+            let mut h = StreamHandle::alias(id, root.clone(), id, req.on_demand);
+            h.parent = None;
+            let h = Arc::new(h);
+            let info = h.info();
             streams.insert(
-                v.id().to_string(),
+                id.to_string(),
                 Entry {
-                    handle: v.clone(),
-                    thread: None,
+                    handle: h,
+                    family: family.clone(),
                 },
             );
+            tracing::info!(stream = id, "main id back on its running decode");
+            return Ok((info, true));
         }
+        let outputs: Vec<Arc<StreamHandle>> = std::iter::once(root.clone())
+            .chain(root.variants())
+            .collect();
+        let handle = match outputs
+            .iter()
+            .find(|o| output_matches(o, size, req.pixel_format))
+        {
+            Some(target) => {
+                tracing::info!(
+                    stream = id,
+                    of = target.id(),
+                    decode = root.id(),
+                    "alias added: same camera, same output"
+                );
+                Arc::new(StreamHandle::alias(
+                    id,
+                    target.clone(),
+                    root.id(),
+                    req.on_demand,
+                ))
+            }
+            None => {
+                if outputs.len() > MAX_VARIANTS {
+                    return Err(Refusal::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the decode of {:?} already has {MAX_VARIANTS} variants; ask for one of \
+                             their sizes and formats, or set allow_duplicate_url for a decode of its own",
+                            root.id()
+                        ),
+                    ));
+                }
+                let need = size.map_or(0, |(w, h)| {
+                    ring_bytes(
+                        req.pixel_format.frame_bytes(w, h).unwrap_or(0),
+                        root.slot_count,
+                    )
+                });
+                self.check_budget(streams, need)?;
+                let output = OutputSpec {
+                    id: id.to_string(),
+                    size,
+                    pixel_format: req.pixel_format,
+                };
+                let v = Arc::new(StreamHandle::added_variant(root, output, req.on_demand));
+                tracing::info!(
+                    stream = id,
+                    decode = root.id(),
+                    "{}: variant added to the running decode",
+                    describe_output(size, req.pixel_format)
+                );
+                root.add_variant(v.clone());
+                v
+            }
+        };
+        let info = handle.info();
         streams.insert(
-            req.id,
+            id.to_string(),
             Entry {
                 handle,
-                thread: Some(thread),
+                family: family.clone(),
             },
         );
         Ok((info, true))
     }
 
-    /// Stops a stream: its readers see `stopped`, its segment is unlinked.
-    ///
-    /// Stopping a main stream stops its variants; a variant cannot be stopped alone
-    /// (it shares its parent's ffmpeg).
-    pub fn stop(&self, id: &str) -> Result<(), Refusal> {
-        let entry = {
-            let mut streams = self.streams();
-            let e = streams
-                .get(id)
-                .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
-            if let Some(parent) = &e.handle.parent {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "stream {id:?} is a variant of {parent:?} and shares its decode: \
-                         stop {parent:?} (which stops its variants)"
-                    ),
-                ));
+    /// Stops a decode none of whose ids is left; otherwise drops the outputs no
+    /// id reads any more (the decode restarts without them).
+    fn prune(&self, streams: &HashMap<String, Entry>, family: &Arc<Family>) {
+        let ids: Vec<&Arc<StreamHandle>> = streams
+            .values()
+            .filter(|e| Arc::ptr_eq(&e.family, family))
+            .map(|e| &e.handle)
+            .collect();
+        if ids.is_empty() {
+            self.retire(family);
+            return;
+        }
+        for v in family.root.variants() {
+            let read = ids.iter().any(|h| {
+                Arc::ptr_eq(h, &v) || h.alias_of.as_ref().is_some_and(|t| Arc::ptr_eq(t, &v))
+            });
+            if !read {
+                tracing::info!(stream = v.id(), "no id reads this variant any more");
+                family.root.remove_variant(&v);
             }
-            remove_family(&mut streams, id).expect("looked up above")
-        };
-        entry.handle.request_stop();
-        // The supervisor exits within a moment; shutdown waits for it.
-        if let Some(t) = entry.thread {
-            let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Stops a decode; shutdown waits for its supervisor.
+    fn retire(&self, family: &Family) {
+        family.root.request_stop();
+        if let Some(t) = family.thread.locked().take() {
+            let mut stopping = self.stopping.locked();
             stopping.retain(|t| !t.is_finished());
             stopping.push(t);
         }
+    }
+
+    /// Stops one id: its readers see `stopped` unless another id still reads the
+    /// same ring (an alias).
+    ///
+    /// The main stream's id takes the variants of its own start request with it;
+    /// any other id (a variant, an alias) goes alone. The decode stops when no id
+    /// of it is left; until then it runs on, without the outputs nobody reads.
+    pub fn stop(&self, id: &str) -> Result<(), Refusal> {
+        let mut streams = self.streams();
+        let e = streams
+            .get(id)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no stream {id:?}")))?;
+        let family = e.family.clone();
+        let handle = e.handle.clone();
+        let mut gone = vec![id.to_string()];
+        if Arc::ptr_eq(&handle, &family.root) {
+            for v in family.root.variants().iter().filter(|v| !v.standalone) {
+                if streams
+                    .get(v.id())
+                    .is_some_and(|e| Arc::ptr_eq(&e.handle, v))
+                {
+                    gone.push(v.id().to_string());
+                }
+            }
+        }
+        for g in &gone {
+            streams.remove(g);
+        }
+        self.prune(&streams, &family);
         tracing::info!(stream = id, "stream removed");
         Ok(())
     }
@@ -557,6 +898,7 @@ impl Broker {
                     readers: 0,
                     on_demand: true,
                     parent: None,
+                    declared_fps: 0.0,
                 });
             }
         }
@@ -580,7 +922,7 @@ impl Broker {
         }
         let h = self.get(id)?;
         let Some(a) = h.attachment() else {
-            let s = h.status();
+            let s = h.source().status();
             return Err(Refusal::new(
                 ErrorCode::NotReady,
                 match s.state {
@@ -611,22 +953,24 @@ impl Broker {
         Ok((a, h))
     }
 
-    /// Runs `f` on the stream whose ffmpeg a reader of `h` keeps running, which
-    /// owns the idle time of an on-demand stream: `h` itself, or its parent for
-    /// a variant.
-    fn with_idle_owner(&self, h: &StreamHandle, f: impl FnOnce(&StreamHandle)) {
-        match &h.parent {
-            None => f(h),
-            Some(p) => {
-                if let Some(parent) = self.current(p) {
-                    f(&parent)
-                }
-            }
+    /// Runs `f` on the id whose idle time a reader of `h` counts for: `h` itself,
+    /// or for a variant of the main stream's own start request, the main stream.
+    fn with_idle_owner(&self, h: &Arc<StreamHandle>, f: impl FnOnce(&StreamHandle)) {
+        if h.parent.is_none() || h.standalone {
+            return f(h);
+        }
+        let root = self
+            .streams()
+            .values()
+            .find(|e| Arc::ptr_eq(&e.handle, h))
+            .map(|e| e.family.root.clone());
+        if let Some(root) = root {
+            f(&root)
         }
     }
 
     /// Gives back one reader registered by [`attach`](Self::attach).
-    pub fn detach(&self, handle: &StreamHandle) {
+    pub fn detach(&self, handle: &Arc<StreamHandle>) {
         let prev = handle
             .readers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
@@ -635,7 +979,8 @@ impl Broker {
             // Idle once no reader of the stream or of its variants is left.
             self.with_idle_owner(handle, |o| {
                 if o.total_readers() == 0 {
-                    o.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
+                    o.idle_since_ns
+                        .store(self.clock.monotonic_ns(), Ordering::Relaxed);
                 }
             });
         }
@@ -648,21 +993,16 @@ impl Broker {
 
     /// Stops everything (shutdown).
     pub fn shutdown(&self) {
-        let entries: Vec<Entry> = self.streams().drain().map(|(_, e)| e).collect();
-        for e in &entries {
-            e.handle.request_stop();
-        }
-        for mut e in entries {
-            if let Some(t) = e.thread.take() {
-                let _ = t.join();
+        let mut families: Vec<Arc<Family>> = Vec::new();
+        for (_, e) in self.streams().drain() {
+            if !families.iter().any(|f| Arc::ptr_eq(f, &e.family)) {
+                families.push(e.family);
             }
         }
-        let stopping: Vec<_> = self
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        for f in &families {
+            self.retire(f);
+        }
+        let stopping: Vec<_> = self.stopping.locked().drain(..).collect();
         for t in stopping {
             let _ = t.join();
         }
@@ -674,7 +1014,7 @@ impl Broker {
         std::thread::Builder::new()
             .name("ticker".into())
             .spawn(move || {
-                let mut rates: HashMap<String, VecDeque<(Instant, u64)>> = HashMap::new();
+                let mut rates: HashMap<usize, VecDeque<(Duration, u64)>> = HashMap::new();
                 while let Some(b) = broker.upgrade() {
                     b.tick(&mut rates);
                     drop(b);
@@ -684,76 +1024,90 @@ impl Broker {
             .expect("spawn ticker")
     }
 
-    fn tick(&self, rates: &mut HashMap<String, VecDeque<(Instant, u64)>>) {
-        let handles: Vec<Arc<StreamHandle>> =
-            self.streams().values().map(|e| e.handle.clone()).collect();
-        let now = Instant::now();
-        let now_ns = monotonic_ns();
+    /// Once per heartbeat interval: heartbeats, rates and the stall policy
+    /// ([`StreamHandle::kill_if_stalled`]) for every output, and the idle policy
+    /// ([`StreamHandle::idle`]) for every id.
+    fn tick(&self, rates: &mut HashMap<usize, VecDeque<(Duration, u64)>>) {
+        // Every output of every decode once (a decode whose main id was stopped
+        // still writes for its other ids), and every registered id.
+        let (handles, ids) = {
+            let streams = self.streams();
+            let mut outputs: Vec<Arc<StreamHandle>> = Vec::new();
+            for e in streams.values() {
+                let root = &e.family.root;
+                if !outputs.iter().any(|o| Arc::ptr_eq(o, root)) {
+                    outputs.push(root.clone());
+                    outputs.extend(root.variants());
+                }
+            }
+            let ids: Vec<Arc<StreamHandle>> = streams.values().map(|e| e.handle.clone()).collect();
+            (outputs, ids)
+        };
+        let now_ns = self.clock.monotonic_ns();
+        let now = Duration::from_nanos(now_ns);
         let mut idle = Vec::new();
         for h in &handles {
             let ring = h.ring_status();
             if let Some(r) = &ring {
                 r.heartbeat();
             }
-            // Rate over the last two seconds of being live (a window that reached
-            // back into a start-up or a reconnect would under-report).
-            let samples = rates.entry(h.id().to_string()).or_default();
-            let fps = if h.status().state == StreamState::Live {
-                samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
-                while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2)
-                {
-                    samples.pop_front();
-                }
-                match (samples.front(), samples.back()) {
-                    (Some(a), Some(b)) if b.0.duration_since(a.0) > Duration::from_millis(500) => {
-                        Some((b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64())
-                    }
-                    _ => None,
-                }
-            } else {
-                samples.clear();
-                Some(0.0)
-            };
-            if let Some(fps) = fps {
+            let live = h.status().state == StreamState::Live;
+            let samples = rates.entry(Arc::as_ptr(h) as usize).or_default();
+            let frames = h.frames_written.load(Ordering::Relaxed);
+            if let Some(fps) = measure_fps(samples, now, frames, live) {
                 h.status().fps = fps;
                 if let Some(r) = &ring {
                     r.set_fps(fps);
                 }
             }
-            // Stall: a source that delivers nothing for the stall timeout is killed
-            // (ffmpeg can hang on a frozen camera; its exit restarts it).
-            let quiet = Duration::from_nanos(
-                now_ns.saturating_sub(h.last_progress_ns.load(Ordering::Relaxed)),
-            );
-            let state = h.status().state;
-            let limit = match state {
-                StreamState::Live => self.cfg.supervisor.stall_timeout,
-                _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
-            };
-            if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
-                h.kill_source(&format!(
-                    "source stalled: no frame for {:.1} s",
-                    quiet.as_secs_f64()
-                ));
-                h.last_progress_ns.store(now_ns, Ordering::Relaxed);
-            }
-            // On-demand streams stop after the grace period without readers of
-            // their own or of their variants (attach and detach keep the time).
-            let since = h.idle_since_ns.load(Ordering::Relaxed);
-            if h.on_demand
-                && h.parent.is_none()
-                && since != 0
-                && h.total_readers() == 0
-                && Duration::from_nanos(now_ns.saturating_sub(since)) > self.cfg.idle_grace
-            {
-                idle.push(h.id().to_string());
+            h.kill_if_stalled(now_ns, &self.cfg.supervisor);
+        }
+        rates.retain(|k, _| handles.iter().any(|h| Arc::as_ptr(h) as usize == *k));
+        for h in &ids {
+            if h.idle(
+                now_ns,
+                self.cfg.idle_grace,
+                self.cfg.supervisor.probe_timeout,
+            ) {
+                idle.push(h.clone());
             }
         }
-        rates.retain(|id, _| handles.iter().any(|h| h.id() == id));
-        for id in idle {
-            tracing::info!(stream = %id, "no readers for {:?}: stopping on-demand stream", self.cfg.idle_grace);
-            let _ = self.stop(&id);
+        for h in idle {
+            if self.current(h.id()).is_some_and(|c| Arc::ptr_eq(&c, &h)) {
+                tracing::info!(
+                    stream = h.id(),
+                    "no readers for {:?}: stopping on-demand stream",
+                    self.cfg.idle_grace
+                );
+                let _ = self.stop(h.id());
+            }
         }
+    }
+}
+
+/// The rate over the last two seconds of being live, from `(time, frames
+/// written)` samples, one added per call (a window that reached back into a
+/// start-up or a reconnect would under-report). `Some(0.0)` when not live;
+/// `None` until the window spans half a second.
+fn measure_fps(
+    samples: &mut VecDeque<(Duration, u64)>,
+    now: Duration,
+    frames: u64,
+    live: bool,
+) -> Option<f64> {
+    if !live {
+        samples.clear();
+        return Some(0.0);
+    }
+    samples.push_back((now, frames));
+    while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2) {
+        samples.pop_front();
+    }
+    match (samples.front(), samples.back()) {
+        (Some(a), Some(b)) if b.0.saturating_sub(a.0) > Duration::from_millis(500) => {
+            Some((b.1 - a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64())
+        }
+        _ => None,
     }
 }
 
@@ -762,11 +1116,14 @@ mod tests {
     //! The supervisor's restart logic against a fake source (the real ffmpeg is
     //! exercised by the end-to-end tests in `tests/`).
     use super::*;
+    use crate::clock::SimulatedClocks;
     use crate::ffmpeg::{KillHandle, RunningSource};
-    use framebroker_proto::shm::ReadOnlySegment;
-    use framebroker_proto::{PixelFormat, RingReader};
+    use crate::testing::{Run, Script};
+    use framebroker_proto::ring::monotonic_ns;
+    use framebroker_proto::PixelFormat;
     use std::io::Read;
     use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
 
     /// Each run yields `frames` frames of the run's geometry, then ends (as ffmpeg
     /// does when a camera drops).
@@ -774,15 +1131,27 @@ mod tests {
         runs: AtomicU32,
         frames: usize,
         sizes: Vec<(u32, u32)>,
+        /// The variant outputs of each run (ids), in order.
+        spawned: Mutex<Vec<Vec<String>>>,
     }
 
     struct FakeRun {
         geometry: Geometry,
         data: std::io::Cursor<Vec<u8>>,
+        /// Each variant output's geometry and frames (same numbering as the main).
+        variants: Vec<(Geometry, Vec<u8>)>,
+    }
+
+    /// `frames` frames of `g`, frame k filled with byte k, then half a frame.
+    fn fake_frames(g: Geometry, frames: usize) -> Vec<u8> {
+        let n = g.frame_bytes() as usize;
+        let mut data: Vec<u8> = (0..frames).flat_map(|k| vec![k as u8; n]).collect();
+        data.extend(vec![0xEE; n / 2]);
+        data
     }
 
     impl RunningSource for FakeRun {
-        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, String> {
+        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, Error> {
             Ok(self.geometry)
         }
         fn frames(&mut self) -> &mut dyn Read {
@@ -797,18 +1166,40 @@ mod tests {
         fn finish(&mut self) -> String {
             "exit status: 0".into()
         }
-        fn last_error(&self) -> Option<String> {
-            Some("Connection reset by peer".into())
+        fn last_error(&self) -> Option<Error> {
+            Some(Error::new(
+                ErrorKind::Unreachable,
+                "Connection reset by peer",
+            ))
         }
         fn decode_errors(&self) -> u64 {
             0
         }
+        fn declared_fps(&self) -> Option<f64> {
+            Some(25.0)
+        }
+        fn variant_geometries(
+            &mut self,
+            _: Duration,
+            _: &dyn Fn() -> bool,
+        ) -> Result<Vec<Geometry>, Error> {
+            Ok(self.variants.iter().map(|v| v.0).collect())
+        }
+        fn take_variant_outputs(&mut self) -> Vec<Box<dyn Read + Send>> {
+            std::mem::take(&mut self.variants)
+                .into_iter()
+                .map(|(_, d)| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>)
+                .collect()
+        }
     }
 
     impl SourceFactory for Fake {
-        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
             if spec.url.contains("denied") {
-                return Err("method DESCRIBE failed: 401 Unauthorized".into());
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    "method DESCRIBE failed: 401 Unauthorized",
+                ));
             }
             let run = self.runs.fetch_add(1, Ordering::SeqCst) as usize;
             let (width, height) = self.sizes[run.min(self.sizes.len() - 1)];
@@ -817,18 +1208,37 @@ mod tests {
                 height,
                 pixel_format: PixelFormat::Gray,
             };
-            let n = geometry.frame_bytes() as usize;
-            // Frame k of the run is filled with byte k; a half frame at the end.
-            let mut data: Vec<u8> = (0..self.frames).flat_map(|k| vec![k as u8; n]).collect();
-            data.extend(vec![0xEE; n / 2]);
+            self.spawned
+                .lock()
+                .unwrap()
+                .push(spec.variants.iter().map(|v| v.id.clone()).collect());
+            let variants = spec
+                .variants
+                .iter()
+                .map(|v| {
+                    let (width, height) = v.size.unwrap_or((width, height));
+                    let g = Geometry {
+                        width,
+                        height,
+                        pixel_format: v.pixel_format,
+                    };
+                    (g, fake_frames(g, self.frames))
+                })
+                .collect();
             Ok(Box::new(FakeRun {
                 geometry,
-                data: std::io::Cursor::new(data),
+                data: std::io::Cursor::new(fake_frames(geometry, self.frames)),
+                variants,
             }))
         }
     }
 
     fn broker(sizes: Vec<(u32, u32)>) -> (Arc<Broker>, String) {
+        let (b, _, prefix) = fake_broker(sizes);
+        (b, prefix)
+    }
+
+    fn fake_broker(sizes: Vec<(u32, u32)>) -> (Arc<Broker>, Arc<Fake>, String) {
         let prefix = format!(
             "fbunit{}-{}-",
             std::process::id(),
@@ -844,17 +1254,160 @@ mod tests {
             idle_grace: Duration::from_millis(200),
             ..BrokerConfig::default()
         };
-        (
-            Broker::new(
-                cfg,
-                Arc::new(Fake {
-                    runs: AtomicU32::new(0),
-                    frames: 5,
-                    sizes,
-                }),
-            ),
-            prefix,
-        )
+        let fake = Arc::new(Fake {
+            runs: AtomicU32::new(0),
+            frames: 5,
+            sizes,
+            spawned: Mutex::new(Vec::new()),
+        });
+        (Broker::new(cfg, fake.clone()), fake, prefix)
+    }
+
+    fn ids(b: &Broker) -> Vec<String> {
+        b.list().into_iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn a_second_id_for_a_running_url_is_an_alias_on_the_same_ring() {
+        let (b, prefix) = broker(vec![(16, 8)]);
+        let (a, created) = b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(created && a.parent.is_none());
+        let (alias, created) = b.start(StartRequest::new("cam.2", "testsrc://x")).unwrap();
+        assert!(created, "a stream of its own");
+        assert_eq!(alias.id, "cam.2");
+        assert_eq!(
+            alias.parent.as_deref(),
+            Some("a"),
+            "parent names the decode"
+        );
+        // The same request again is that alias, not a new one.
+        let (again, created) = b.start(StartRequest::new("cam.2", "testsrc://x")).unwrap();
+        assert!(!created && again.id == "cam.2");
+        assert!(wait(|| b.attach("a").is_ok() && b.attach("cam.2").is_ok()));
+        let (att_a, _) = b.attach("a").unwrap();
+        let (att_b, hb) = b.attach("cam.2").unwrap();
+        assert_eq!(att_b.id, "cam.2");
+        assert_eq!(
+            (att_a.segment.as_str(), att_a.generation),
+            (att_b.segment.as_str(), att_b.generation),
+            "one ring"
+        );
+        assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
+        assert_eq!(ids(&b), ["a", "cam.2"]);
+        // Readers per id.
+        assert_eq!(b.stats("a").unwrap().info.readers, 2);
+        assert_eq!(b.stats("cam.2").unwrap().info.readers, 2);
+        b.detach(&hb);
+        assert_eq!(b.stats("cam.2").unwrap().info.readers, 1);
+        // Stopping the original id keeps the decode for the alias.
+        b.stop("a").unwrap();
+        assert_eq!(b.stats("a").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(ids(&b), ["cam.2"]);
+        let before = b.stats("cam.2").unwrap().frames_written;
+        assert!(
+            wait(|| b.stats("cam.2").unwrap().frames_written > before + 10),
+            "the alias keeps getting frames"
+        );
+        assert_eq!(b.attach("cam.2").unwrap().0.segment, att_a.segment);
+        // The original id comes back as itself on the same decode.
+        let (back, created) = b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(created && back.parent.is_none());
+        assert_eq!(b.attach("a").unwrap().0.segment, att_a.segment);
+        // The last id gone, the decode stops and its ring is unlinked.
+        b.stop("a").unwrap();
+        b.stop("cam.2").unwrap();
+        assert!(b.list().is_empty());
+        assert!(wait(|| framebroker_proto::shm::list(&prefix).is_empty()));
+        b.shutdown();
+    }
+
+    #[test]
+    fn another_size_under_a_new_id_is_a_variant_added_to_the_running_decode() {
+        let (b, fake, prefix) = fake_broker(vec![(16, 8)]);
+        b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        assert!(wait(|| b.attach("a").is_ok()));
+        let (main, _) = b.attach("a").unwrap();
+        let mut req = StartRequest::new("small", "testsrc://x");
+        req.width = Some(8);
+        req.height = Some(4);
+        let (v, created) = b.start(req.clone()).unwrap();
+        assert!(created);
+        assert_eq!((v.id.as_str(), v.parent.as_deref()), ("small", Some("a")));
+        assert!(wait(|| b.attach("small").is_ok()));
+        let (small, _) = b.attach("small").unwrap();
+        assert_eq!((small.width, small.height), (8, 4));
+        assert!(
+            fake.spawned
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|run| run == &["small"]),
+            "the decode restarted with the extra output"
+        );
+        assert_eq!(
+            b.attach("a").unwrap().0.segment,
+            main.segment,
+            "the main ring stays across the restart"
+        );
+        // The same size again under a third id: an alias of the variant.
+        req.id = "small2".into();
+        let (s2, _) = b.start(req).unwrap();
+        assert_eq!(s2.parent.as_deref(), Some("a"));
+        assert_eq!(b.attach("small2").unwrap().0.segment, small.segment);
+        // The variant's id goes; its alias keeps the output.
+        b.stop("small").unwrap();
+        assert_eq!(b.attach("small2").unwrap().0.segment, small.segment);
+        // The last reader of the output gone, the decode drops it.
+        let runs = fake.spawned.lock().unwrap().len();
+        b.stop("small2").unwrap();
+        assert!(wait(|| fake
+            .spawned
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(runs)
+            .any(|run| run.is_empty())));
+        assert!(wait(|| framebroker_proto::shm::list(&prefix).len() == 1));
+        assert_eq!(ids(&b), ["a"]);
+        b.shutdown();
+    }
+
+    #[test]
+    fn refused_alias_requests_change_nothing() {
+        let (b, _) = broker(vec![(16, 8)]);
+        b.start(StartRequest::new("a", "testsrc://x")).unwrap();
+        for bad in [".x", "a..b", "a/b", ""] {
+            let e = b.start(StartRequest::new(bad, "testsrc://x")).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidId, "{bad:?}: {}", e.message);
+        }
+        let mut odd = StartRequest::new("b", "testsrc://x");
+        odd.width = Some(8);
+        let e = b.start(odd).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidGeometry);
+        b.start(StartRequest::new("b", "testsrc://x")).unwrap();
+        // An alias asked for at another size is refused, not changed.
+        let mut other = StartRequest::new("b", "testsrc://x");
+        other.width = Some(8);
+        other.height = Some(4);
+        let e = b.start(other).unwrap_err();
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "{}", e.message);
+        assert!(
+            e.message.contains("an alias of stream \"a\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(ids(&b), ["a", "b"]);
+        // With allow_duplicate_url the same URL gets a decode of its own.
+        let mut dup = StartRequest::new("c", "testsrc://x");
+        dup.allow_duplicate_url = true;
+        let (c, created) = b.start(dup).unwrap();
+        assert!(created && c.parent.is_none());
+        assert!(wait(|| b.attach("a").is_ok() && b.attach("c").is_ok()));
+        assert_ne!(
+            b.attach("a").unwrap().0.segment,
+            b.attach("c").unwrap().0.segment
+        );
+        b.shutdown();
     }
 
     fn wait(mut f: impl FnMut() -> bool) -> bool {
@@ -910,82 +1463,100 @@ mod tests {
     }
 
     #[test]
-    fn a_source_that_ends_is_restarted_into_the_same_segment() {
-        let (b, prefix) = broker(vec![(16, 8)]);
-        b.start(StartRequest::new("s", "testsrc://")).unwrap();
-        assert!(wait(|| b.attach("s").is_ok()));
-        let (a, _) = b.attach("s").unwrap();
-        assert!(wait(|| b.stats("s").unwrap().reconnects >= 2));
-        let st = b.stats("s").unwrap();
-        assert!(st.frames_written >= 10, "{st:?}");
-        assert_eq!(
-            st.info.generation, a.generation,
-            "same segment across restarts"
-        );
-        assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
-        assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
-        // The half frame at the end of each run was abandoned, never published.
-        let seg = ReadOnlySegment::open(&a.segment, None).unwrap();
-        let mut r = RingReader::open(&seg).unwrap();
-        let mut buf = vec![0; 128];
-        let m = r.try_latest(&mut buf).unwrap().unwrap();
-        assert!(
-            buf.iter().all(|x| *x < 5),
-            "frame {} holds partial data",
-            m.number
-        );
-        b.shutdown();
-        assert!(
-            framebroker_proto::shm::list(&prefix).is_empty(),
-            "segments unlinked on shutdown"
-        );
-        assert_eq!(r.state(), StreamState::Stopped);
-    }
-
-    #[test]
-    fn a_new_geometry_gets_a_new_generation_and_stops_the_old_segment() {
-        let (b, prefix) = broker(vec![(16, 8), (32, 8)]);
-        b.start(StartRequest::new("s", "testsrc://")).unwrap();
-        assert!(wait(|| b.attach("s").is_ok()));
-        let (first, _) = b.attach("s").unwrap();
-        let seg = ReadOnlySegment::open(&first.segment, None).unwrap();
-        let old = RingReader::open(&seg).unwrap();
-        assert!(wait(|| b
-            .attach("s")
-            .map(|(a, _)| a.generation != first.generation)
-            .unwrap_or(false)));
-        let (second, _) = b.attach("s").unwrap();
-        assert_eq!((second.width, second.height), (32, 8));
-        assert_eq!(
-            old.state(),
-            StreamState::Stopped,
-            "readers of the old segment are told to re-attach"
-        );
-        assert!(
-            wait(|| framebroker_proto::shm::list(&prefix).len() == 1),
-            "old segment unlinked"
-        );
-        b.shutdown();
-    }
-
-    #[test]
     fn readers_are_counted_and_on_demand_streams_stop_when_idle() {
+        // A camera that stays connected (the fake holds after its frames), and
+        // a simulated clock: the grace is exact, nothing sleeps through it.
         let (b, _) = broker(vec![(16, 8)]);
+        let cfg = b.cfg.clone();
+        b.shutdown();
+        let clock = SimulatedClocks::new();
+        let script = Script::new(vec![Run::holds(3)]);
+        let b = Broker::with_clock(cfg, Arc::new(script.clone()), clock.clone());
         let mut req = StartRequest::new("s", "testsrc://");
         req.on_demand = true;
         b.start(req).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
+        assert!(wait(|| script.holding.load(Ordering::SeqCst) == 1));
         let h = b.current("s").unwrap();
         assert_eq!(b.stats("s").unwrap().info.readers, 1);
         b.detach(&h);
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
         b.detach(&h); // never below zero
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
-        b.spawn_ticker();
+        let mut rates = HashMap::new();
+        clock.advance(b.cfg.idle_grace);
+        b.tick(&mut rates);
+        assert_eq!(b.list().len(), 1, "kept for the whole grace period");
+        clock.advance(Duration::from_nanos(1));
+        b.tick(&mut rates);
         assert!(
-            wait(|| b.list().is_empty()),
+            b.list().is_empty(),
             "idle on-demand stream stopped after the grace period"
         );
         b.shutdown(); // waits for the stopped stream to unlink its segment
+    }
+
+    #[test]
+    fn the_rate_is_measured_over_two_seconds_of_being_live() {
+        let mut s = VecDeque::new();
+        let ms = Duration::from_millis;
+        assert_eq!(measure_fps(&mut s, ms(0), 0, true), None);
+        assert_eq!(
+            measure_fps(&mut s, ms(500), 15, true),
+            None,
+            "half a second is not a measure"
+        );
+        assert_eq!(measure_fps(&mut s, ms(1000), 30, true), Some(30.0));
+        // The samples older than two seconds leave the window (two stay).
+        assert_eq!(measure_fps(&mut s, ms(3000), 120, true), Some(45.0));
+        assert_eq!(s.len(), 2);
+        assert_eq!(measure_fps(&mut s, ms(3100), 120, false), Some(0.0));
+        assert!(s.is_empty(), "a reconnect starts a new window");
+    }
+
+    #[test]
+    fn validate_refuses_a_bad_request_on_its_own_and_admit_changes_nothing_it_refuses() {
+        use framebroker_proto::control::VariantRequest;
+        let (b, prefix) = broker(vec![(16, 8)]);
+        let code = |r: StartRequest| b.validate(r).err().map(|e| e.code);
+        let req = |id: &str| StartRequest::new(id, "testsrc://");
+        assert_eq!(code(req("a b")), Some(ErrorCode::InvalidId));
+        assert_eq!(
+            code(StartRequest::new("s", "ftp://h/x")),
+            Some(ErrorCode::InvalidUrl)
+        );
+        let mut r = req("s");
+        r.width = Some(320);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry), "width alone");
+        let mut r = req("s");
+        r.ring_slots = Some(MIN_SLOTS - 1);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry));
+        let mut r = req("s");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        assert_eq!(
+            code(r),
+            Some(ErrorCode::InvalidId),
+            "a variant named like its stream"
+        );
+        let mut r = req("s");
+        r.variants = (0..=MAX_VARIANTS)
+            .map(|k| VariantRequest::new(format!("v{k}"), None, PixelFormat::Gray))
+            .collect();
+        assert_eq!(code(r), Some(ErrorCode::LimitExceeded));
+        let ok = b.validate(req("s")).unwrap();
+        assert_eq!((ok.slots, ok.size), (b.cfg.default_slots, None));
+        // Admitted against a table that refuses it: nothing changes.
+        let mut r = req("t");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        let c = b.validate(r).unwrap();
+        b.start(req("s")).unwrap();
+        let ids = |b: &Broker| b.list().into_iter().map(|s| s.id).collect::<Vec<_>>();
+        let mut streams = b.streams();
+        let e = b.admit(&mut streams, &c).err().unwrap();
+        drop(streams);
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "{}", e.message);
+        assert_eq!(ids(&b), ["s"]);
+        b.shutdown();
+        assert!(framebroker_proto::shm::list(&prefix).is_empty());
     }
 }

@@ -4,12 +4,16 @@
 1. ``read()`` time per frame at 640x480 and 1920x1080, next to ``numpy.copyto`` of
    the same size in the same run (goal: read() <= 1.3x copyto). Each read is timed
    when a new frame is already published, so it measures the read, not the wait.
-2. CPU of N Python readers through framebroker vs N plain ``cv2.VideoCapture`` on the
+2. The memory fence of the read path on CPUs that may reorder loads (aarch64):
+   the same read of the same frame by a reader on this machine's own path and
+   by one forced onto the fenced path (``FRAMEBROKER_RING_FENCE=always``),
+   interleaved, with warm caches, so the difference is the fences' cost.
+3. CPU of N Python readers through framebroker vs N plain ``cv2.VideoCapture`` on the
    same RTSP camera (N = 1, 4, 8), over the same wall time.
 
 Run from client-py/ with the venv:  ../.venv/bin/python bench/bench_read.py
 (needs target/debug/framebroker, or FRAMEBROKER_BIN; a release build is fairer).
-``--only read`` runs part 1 alone; ``--reps`` repeats it (each figure in the JSON
+``--only read`` runs part 1 alone, ``--only fence`` part 2; ``--reps`` repeats them (each figure in the JSON
 is then the median of the per-repetition medians, with min and max); ``--json
 PATH`` writes the figures there. ``bench/run.py`` at the repository root drives it.
 """
@@ -32,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framebroker import VideoCapture  # noqa: E402
+from framebroker import _ring  # noqa: E402
 from tests.conftest import Broker, Camera  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,6 +89,42 @@ def bench_read(broker: Broker, w: int, h: int, n: int) -> Dict[str, List[float]]
         if i >= 5:
             times["copyto after sleep"].append(cold * 1e6)
             times["copyto hot"].append(hot * 1e6)
+    cap.release()
+    return times
+
+
+def bench_fence(broker: Broker, w: int, h: int, n: int) -> Dict[str, List[float]]:
+    """Per-read time (µs) of the own and the fenced read path over the same ring,
+    re-reading its newest frame (cursor set back), alternating the two paths."""
+    cap = VideoCapture(f"testsrc://?size={w}x{h}&rate=5", socket_path=broker.socket)
+    assert cap.isOpened(), cap.last_error
+    assert cap.read()[0]
+    segment = cap._local.ring.name  # type: ignore[union-attr]
+    rings = {}
+    saved = os.environ.get(_ring.FENCE_ENV)
+    try:
+        for key, mode in (("own path", "auto"), ("fenced path", "always")):
+            os.environ[_ring.FENCE_ENV] = mode
+            rings[key] = _ring.Ring(segment)
+    finally:
+        if saved is None:
+            os.environ.pop(_ring.FENCE_ENV, None)
+        else:
+            os.environ[_ring.FENCE_ENV] = saved
+    assert rings["fenced path"]._fence is not None
+    times: Dict[str, List[float]] = {k: [] for k in rings}
+    bufs = {k: r.new_array() for k, r in rings.items()}
+    for i in range(n + 50):
+        for key, r in rings.items():
+            r.cursor = r.last_frame() - 1
+            t = time.perf_counter()
+            got = r.read_into(bufs[key])
+            dt = time.perf_counter() - t
+            assert got is not None
+            if i >= 50:
+                times[key].append(dt * 1e6)
+    for r in rings.values():
+        r.close()
     cap.release()
     return times
 
@@ -162,8 +203,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=100, help="timed reads per size and repetition")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--readers", default="1,4,8")
-    ap.add_argument("--only", choices=["read", "cpu"], help="run one part only")
-    ap.add_argument("--reps", type=int, default=1, help="repetitions of part 1 (read cost)")
+    ap.add_argument("--only", choices=["read", "fence", "cpu"], help="run one part only")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions of parts 1 and 2 (read cost, fences)")
     ap.add_argument("--sizes", type=parse_sizes, default=[(640, 480), (1920, 1080)], help="e.g. 640x480,1920x1080")
     ap.add_argument("--json", type=Path, help="write the part-1 figures (µs) to this file")
     a = ap.parse_args()
@@ -194,9 +235,28 @@ def main() -> int:
                         statistics.median(times["read(buf)"]) / statistics.median(times["copyto hot"]))
                 results.append({"width": w, "height": h, "bytes": w * h * 3, "frames": a.frames,
                                 "reps": a.reps, "us": {k: summary(v) for k, v in per_rep.items()}})
+            fences = []
+            if a.only in (None, "fence"):
+                print("\n## the read path's fences (aarch64's path, forced here) vs this machine's own path"
+                      " (µs per read of a warm frame; median / p90)")
+            for w, h in [(160, 120)] + a.sizes if a.only in (None, "fence") else []:
+                reps: Dict[str, List[float]] = {}
+                for rep in range(a.reps):
+                    times = bench_fence(b, w, h, 20 * a.frames)
+                    own, fenced = (statistics.median(times[k]) for k in ("own path", "fenced path"))
+                    for k, v in times.items():
+                        print(f"{w}x{h:<5} {k:12} {statistics.median(v):7.2f} / {pct(v, 0.9):7.2f}   "
+                              f"{statistics.median(v) / own:.2f}x"
+                              + (f"   (rep {rep + 1}/{a.reps})" if a.reps > 1 else ""))
+                        reps.setdefault(k, []).append(statistics.median(v))
+                    print(f"{w}x{h:<5} fences cost {fenced - own:+.2f} µs per read")
+                    reps.setdefault("fence cost", []).append(fenced - own)
+                    reps.setdefault("fenced / own", []).append(fenced / own)
+                fences.append({"width": w, "height": h, "bytes": w * h * 3, "reads": 20 * a.frames,
+                               "reps": a.reps, "us": {k: summary(v) for k, v in reps.items()}})
             if a.json is not None:
-                a.json.write_text(json.dumps({"read": results}, indent=1) + "\n")
-            if a.only == "read":
+                a.json.write_text(json.dumps({"read": results, "fence": fences}, indent=1) + "\n")
+            if a.only in ("read", "fence"):
                 return 0
             cam = Camera("--width", "640", "--height", "480", "--fps", "30")
             try:

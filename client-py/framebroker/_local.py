@@ -42,8 +42,8 @@ class OpenFailed(FrameBrokerError):
 
 class LocalStream:
     """A stream of the local broker, opened by URL (started on demand if it is not
-    running; the running one is shared otherwise) or by id (``framebroker://ID``,
-    attach only)."""
+    running; a running decode of the URL is read under this id otherwise) or by id
+    (``framebroker://ID``, attach only)."""
 
     def __init__(
         self,
@@ -71,6 +71,8 @@ class LocalStream:
         #: Geometry of the last ring, kept while detached.
         self.info: Optional[RingInfo] = None
         self._fps = 0.0
+        #: The rate the stream declares, 0.0 while not known.
+        self.declared_fps = 0.0
         self._backoff = _FIRST_BACKOFF_S
         self._next_attempt = 0.0
         self._lost_reason: Optional[str] = None
@@ -160,6 +162,11 @@ class LocalStream:
             # Replaced between Attach and open (new generation): try again.
             self._detach_quietly()
             return str(e)
+        except FrameBrokerError:
+            # This machine cannot read rings safely (no fence, see _ring.read_fence):
+            # say so, and hold no attachment at the broker.
+            self._detach_quietly()
+            raise
         i = ring.info
         if (i.width, i.height, i.pixel_format, i.slot_count, i.segment_size, i.generation) != (
             att.width, att.height, att.pixel_format, att.slot_count, att.segment_size, att.generation,
@@ -168,10 +175,25 @@ class LocalStream:
             self._detach_quietly()
             return f"segment {att.segment} does not match what the broker announced"
         self.ring, self.attachment, self.info = ring, att, i
+        self._learn_declared_fps()
         log.debug(
             "attached %s: %s %dx%d %s", self.stream_id, att.segment, i.width, i.height, i.pixel_format.ffmpeg_name
         )
         return None
+
+    def _learn_declared_fps(self) -> None:
+        """The rate the stream declares (ffmpeg's stream information), which
+        :meth:`fps` reports until the broker has measured one. Known once the
+        stream has a segment, so asked right after each attach."""
+        if self.client is None:
+            return
+        try:
+            declared = self.client.stats(self.stream_id).info.declared_fps
+        except FrameBrokerError as e:
+            log.debug("stats of %s after attach: %s", self.stream_id, e)
+            return
+        if declared > 0:
+            self.declared_fps = declared
 
     def _stream_state(self) -> Tuple[Optional[StreamState], Optional[str]]:
         if self.client is None:
@@ -201,9 +223,11 @@ class LocalStream:
         return self.ring is not None
 
     def fps(self) -> float:
+        """The rate the broker measures, or the declared one until a measured one
+        exists (as ``cv2.VideoCapture`` reports the declared rate from the start)."""
         if self.ring is not None:
             self._fps = self.ring.fps()
-        return self._fps
+        return self._fps if self._fps > 0 else self.declared_fps
 
     def read(
         self, out: Optional[np.ndarray], timeout_s: Optional[float], sequential: bool

@@ -19,15 +19,17 @@ BROKER_SCHEMES = ("rtsp", "rtsps", "testsrc")
 #: ``framebroker://<id>``: attach to a stream by id without starting anything.
 ID_SCHEME = "framebroker"
 
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LEN)
+_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % MAX_ID_LEN)
 _SECRET_KEYS = ("password", "pass", "pwd", "passwd", "user", "username", "token", "auth")
 
 
 def validate_stream_id(id: str) -> None:
-    """Raises ``ValueError`` unless ``id`` is 1 to 64 characters of ``[A-Za-z0-9_-]``."""
-    if not isinstance(id, str) or not _ID_RE.fullmatch(id):
+    """Raises ``ValueError`` unless ``id`` is 1 to 64 characters of ``[A-Za-z0-9_.-]``,
+    not starting with ``.`` and without ``..`` (the broker's rule)."""
+    if not isinstance(id, str) or not _ID_RE.fullmatch(id) or id.startswith(".") or ".." in id:
         raise ValueError(
-            f"invalid stream id {id!r}: 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ -"
+            f"invalid stream id {id!r}: 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 _ - ., "
+            "not starting with '.', without '..'"
         )
 
 

@@ -44,7 +44,7 @@ if WINDOWS:
 log = logging.getLogger("framebroker.protocol")
 
 #: Version of the messages below.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: ``b"FBCP"`` as a little-endian u32: the first field of every Hello.
 PROTOCOL_MAGIC = int.from_bytes(b"FBCP", "little")
 #: Largest frame body either side accepts.
@@ -63,8 +63,9 @@ class Transport(enum.IntEnum):
 
 
 class HwAccel(enum.IntEnum):
-    """Hardware decoders, named as ffmpeg's ``-hwaccel`` spells them (``.value``
-    is the wire index; :meth:`ffmpeg_name` the name)."""
+    """Hardware decoders, named as ffmpeg's ``-hwaccel`` spells them, and the ARM
+    boards' decoders named as ffmpeg's decoders (``.value`` is the wire index;
+    :meth:`ffmpeg_name` the name)."""
 
     NONE = 0
     AUTO = 1
@@ -72,6 +73,10 @@ class HwAccel(enum.IntEnum):
     CUDA = 3
     QSV = 4
     VIDEO_TOOLBOX = 5
+    H264_V4L2M2M = 6
+    HEVC_V4L2M2M = 7
+    H264_RKMPP = 8
+    HEVC_RKMPP = 9
 
     def ffmpeg_name(self) -> str:
         return "videotoolbox" if self is HwAccel.VIDEO_TOOLBOX else self.name.lower()
@@ -124,7 +129,8 @@ class VariantRequest:
 
 @dataclass(frozen=True)
 class StartRequest:
-    """``Request::Start``: start a stream, or get the one already running this URL."""
+    """``Request::Start``: start a stream; the same id and URL again get the running
+    one, a new id for a URL already decoded becomes an alias or a variant of it."""
 
     id: str
     url: str
@@ -180,6 +186,9 @@ class StreamInfo:
     on_demand: bool
     #: For a variant: the main stream whose decode feeds it.
     parent: Optional[str] = None
+    #: The frame rate the source declares (ffmpeg's stream information), 0.0 while
+    #: not known yet; :attr:`StreamStats.fps` is the measured rate.
+    declared_fps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,7 @@ class HelloResponse:
 
 @dataclass(frozen=True)
 class Started:
-    """``created`` is false when an already running stream was returned."""
+    """``created`` is false when the requested id was already running."""
 
     stream: StreamInfo
     created: bool
@@ -487,7 +496,7 @@ class _Struct(_Codec):
 
 _STREAM_INFO = _Struct(
     StreamInfo,
-    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL, _Opt(STR)],
+    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL, _Opt(STR), F64],
 )
 
 _STREAM_STATS = _Struct(
@@ -840,8 +849,9 @@ class BrokerClient:
         hwaccel: Optional[HwAccel] = None,
         variants: Sequence[VariantRequest] = (),
     ) -> Started:
-        """Starts a stream, or returns the one already running this URL
-        (``Started.created`` is then false and ``Started.stream.id`` may differ).
+        """Starts a stream. The same id and URL again return the running one
+        (``Started.created`` false); a new id for a URL already decoded is a stream
+        of its own on that decode (an alias or a variant, ``stream.parent`` set).
         ``variants`` are further outputs of the same decode, each its own stream."""
         req = StartRequest(
             id, url, width, height, PixelFormat(pixel_format), ring_slots, Transport(transport),

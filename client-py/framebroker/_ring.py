@@ -6,34 +6,43 @@ The segment is opened as ``/dev/shm/<name>`` and mapped **read-only** with
 unlink the broker's segment when this process exits). Nothing here ever writes
 to the mapping.
 
-Seqlock reads, as the layout prescribes: read the slot's ``seq`` (odd: the
-writer is inside, retry), check the slot holds the wanted frame, copy the
-payload with ``numpy.copyto`` into an array the caller owns, re-read ``seq``;
-a change means the frame was overwritten during the copy, and it is retried.
+Seqlock reads, as the layout prescribes, all in :meth:`Ring._read`: read the
+slot's ``seq`` (odd: the writer is inside, retry), check the slot holds the
+wanted frame, copy the payload into an array the caller owns (or, for a
+zero-copy view, leave it in the slot), re-read ``seq``; a change means the frame
+was overwritten meanwhile, and it is retried.
 
-Memory ordering: the header words are read with single aligned 8- or 4-byte
+Memory ordering (the argument in full: ``proto/doc/decisions.md``, "Seqlock
+reads from Python"). The header words are read with single aligned 8- or 4-byte
 loads (indexing a ``memoryview`` cast to ``Q``/``I``, which loads the whole word
-at once). On x86-64 (total store order) loads are not reordered with each
-other, which gives the Acquire loads and fence the protocol asks for. Python
-has no way to emit a fence on aarch64; there the reader relies on the barriers
-around numpy's copy (it releases and re-takes the GIL for large copies), which
-is the best pure Python can do.
+at once). The protocol needs two orderings on the reader's side: the first
+``seq`` load before the payload and metadata loads, and those before the second
+``seq`` load. On x86-64 (total store order) loads are never reordered with
+other loads, so plain loads give both and the read path has no fence. Anywhere
+else (aarch64, ...) a load may pass an earlier one, and pure Python cannot emit
+a fence: the read path then calls ``atomic_thread_fence`` of the system's
+``libatomic.so.1`` through ``ctypes`` at those two points (a ``dmb ish`` on
+aarch64, about 0.2 µs per call). Without ``libatomic`` such a machine gets a
+clear error at open instead of reads that could pass a torn frame as whole.
+``FRAMEBROKER_RING_FENCE=always`` takes the fenced path on x86-64 too (the tests
+run both paths that way).
 
 The read path is the hot path of every client: each attribute lookup, call and
 temporary object costs, and more so right after the reader wakes up with cold
-caches. So a read is a handful of ``memoryview`` word loads and one copy. On
-x86-64, frames up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview``
-slice assignment (a plain ``memcpy``, far less set-up than ``numpy.copyto``);
-larger frames go through ``numpy.copyto``, which releases the GIL while it
-copies so other threads are not held up for the whole copy.
+caches. So a read is a handful of ``memoryview`` word loads and one copy. Frames
+up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview`` slice assignment
+(a plain ``memcpy``, far less set-up than ``numpy.copyto``); larger frames go
+through ``numpy.copyto``, which releases the GIL while it copies so other
+threads are not held up for the whole copy.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import mmap
 import os
-import platform
 import stat
 import sys
 import time
@@ -47,6 +56,7 @@ from . import _layout as L
 from ._errors import (
     ChecksumMismatch,
     Contended,
+    FrameBrokerError,
     ReadTimeout,
     SegmentError,
     StreamEnded,
@@ -65,9 +75,14 @@ log = logging.getLogger("framebroker.ring")
 SHM_DIR = "/dev/shm"
 #: Attempts at one frame before giving up (the writer lapping the ring under us).
 _RETRIES = 64
-#: Loads are not reordered with other loads here (total store order), so a
-#: ``memcpy`` between two word loads needs no fence (see the module docstring).
+#: Loads are not reordered with other loads here (total store order), so the
+#: seqlock read needs no fence (see the module docstring).
 _TSO = machine() in ("x86_64", "amd64", "i386", "i686", "x86")
+#: Environment variable choosing where the read path fences: ``auto`` (the
+#: default: wherever loads may be reordered, i.e. off x86) or ``always``.
+FENCE_ENV = "FRAMEBROKER_RING_FENCE"
+#: C11 ``memory_order_acquire``, the argument of ``atomic_thread_fence``.
+_MEMORY_ORDER_ACQUIRE = 2
 #: Largest frame copied by ``memoryview`` slice assignment, which holds the GIL
 #: while it copies (about 60 µs for 2 MiB); larger ones use ``numpy.copyto``.
 _MV_COPY_MAX = 2 << 20
@@ -145,13 +160,6 @@ class FrameMeta(NamedTuple):
     stream_ns: Optional[int] = None
 
 
-def _stream_clock(pts: int, stream_ns: int) -> Tuple[Optional[int], Optional[int]]:
-    """The slot's raw ``pts_ns`` (as u64) and ``stream_ns``; both ``None`` when unknown."""
-    if stream_ns == 0 or pts == 1 << 63:
-        return None, None
-    return (pts - (1 << 64) if pts >= 1 << 63 else pts), stream_ns
-
-
 #: Builds a :class:`FrameMeta` from a tuple in one C call (its own ``__new__`` is
 #: Python code).
 _new_meta = tuple.__new__
@@ -164,6 +172,38 @@ def segment_path(name: str) -> str:
     if not bare or "/" in bare or bare in (".", "..") or "\0" in bare:
         raise SegmentError(name, "not a shared-memory segment name")
     return os.path.join(SHM_DIR, bare)
+
+
+@functools.lru_cache(maxsize=None)
+def _libatomic_fence() -> Callable[[], None]:
+    """``atomic_thread_fence(memory_order_acquire)`` from the system's libatomic, as a
+    callable of no arguments; raises ``OSError`` when the library is missing."""
+    # PyDLL: the call keeps the GIL (it takes nanoseconds; releasing and re-taking
+    # the GIL around it would cost more than the fence).
+    fn = ctypes.PyDLL("libatomic.so.1").atomic_thread_fence
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = None
+    return functools.partial(fn, _MEMORY_ORDER_ACQUIRE)
+
+
+def read_fence() -> Optional[Callable[[], None]]:
+    """The fence the seqlock read path calls between its loads, or ``None`` where
+    loads are not reordered with loads (x86). ``$FRAMEBROKER_RING_FENCE=always``
+    asks for the fence on x86 too. Raises :class:`FrameBrokerError` when this
+    machine needs a fence and none can be had."""
+    mode = os.environ.get(FENCE_ENV, "").strip().lower() or "auto"
+    if mode not in ("auto", "always"):
+        raise FrameBrokerError(f"{FENCE_ENV}={mode!r}: expected 'auto' or 'always'")
+    if mode == "auto" and _TSO:
+        return None
+    try:
+        return _libatomic_fence()
+    except (OSError, AttributeError) as e:
+        raise FrameBrokerError(
+            f"reading frames on {machine() or 'this CPU'} needs a memory fence between "
+            f"loads, taken from libatomic.so.1, which cannot be loaded ({e}); install it "
+            "(Debian/Ubuntu: apt-get install libatomic1; Fedora: dnf install libatomic)"
+        ) from None
 
 
 class Ring:
@@ -186,6 +226,9 @@ class Ring:
     ) -> None:
         if sys.byteorder != "little":
             raise SegmentError(segment, "the ring layout is little-endian; this host is not")
+        #: The fence between the seqlock's loads; ``None`` on x86 (see
+        #: :func:`read_fence`). Settled before anything is opened.
+        self._fence = read_fence()
         self.name = segment
         self.stale_after_s = stale_after_s
         self.verify_checksum = verify_checksum
@@ -354,7 +397,7 @@ class Ring:
         del mv
         #: Word index of each slot's header in ``_w64``.
         self._slot_w = [(L.HEADER_PAGE + k * i.slot_stride) // 8 for k in range(i.slot_count)]
-        self._mv_copy = _TSO and i.frame_bytes <= _MV_COPY_MAX
+        self._mv_copy = i.frame_bytes <= _MV_COPY_MAX
         #: Whether frames are BGR already (what OpenCV users get without conversion).
         self.bgr24 = i.pixel_format is PixelFormat.BGR24
         self._frame_bytes = i.frame_bytes
@@ -457,8 +500,8 @@ class Ring:
         into ``out`` when it :meth:`fits`, else into a new array. Returns the
         metadata and the array, or ``None`` when there is no such frame. Never waits.
 
-        This is the read path of every client, written out in one function: a few
-        word loads around one copy (see the module docstring)."""
+        This is the read path of every client: a few word loads around one copy,
+        in :meth:`_read` (see the module docstring)."""
         w = self._w64
         if w[_LAST_FRAME_W] <= self.cursor:
             # Nothing new: the usual answer of the calls a reader makes before it
@@ -469,6 +512,28 @@ class Ring:
         if dst is None or (dst is not self._checked_dst and not self.fits(dst)):
             dst = self.new_array()
             self.fits(dst)  # remembers it, and a byte view of it for the copy
+        got = self._read(sequential, dst)
+        if got is None:
+            return None
+        meta = got[0]
+        if self.verify_checksum:
+            self._verify(meta, dst)
+        return meta, dst
+
+    def _read(self, sequential: bool, dst: Optional[np.ndarray]) -> Optional[Tuple[FrameMeta, int, int]]:
+        """The one seqlock read of the ring, and its retry loop: the frame
+        :meth:`_wanted` names, copied into ``dst`` (which :meth:`fits`) or, when
+        ``dst`` is ``None``, left in its slot (a zero-copy view). Returns the
+        metadata, the slot index and the even sequence the read saw (a view's
+        stamp), or ``None`` when there is no such frame; the cursor moves to it.
+
+        Ordering: on x86 loads keep their program order. Elsewhere ``fence`` (1)
+        keeps the loads of ``last_frame`` and the first ``seq`` before every load
+        of the slot's frame number, payload and metadata, and (2) keeps those
+        before the second ``seq`` load: the reader's side of the protocol's
+        Acquire pairs (``proto/doc/decisions.md``, "Seqlock reads from Python")."""
+        w = self._w64
+        fence = self._fence
         for _ in range(_RETRIES):
             want = self._wanted(w, sequential)
             if not want:
@@ -478,18 +543,23 @@ class Ring:
             o = self._slot_w[idx]
             # Seqlock read: even sequence, the wanted frame, copy, same sequence after.
             s1 = w[o + _SEQ_W]
+            if fence is not None:
+                fence()  # (1): pairs with the writer's Release store of the even seq
             if s1 & 1 or w[o + _NUMBER_W] != want:
                 continue
-            if self._mv_copy:
-                self._checked_mv[:] = self._payloads[idx]  # type: ignore[index]
-            else:
-                np.copyto(dst, self._slot_frames[idx])
+            if dst is not None:
+                if self._mv_copy:
+                    self._checked_mv[:] = self._payloads[idx]  # type: ignore[index]
+                else:
+                    np.copyto(dst, self._slot_frames[idx])
             wall, mono, ln = w[o + _WALL_W], w[o + _MONO_W], w[o + _LEN_W]
             crc = self._w32[2 * o + _CHECKSUM_D]
             pts, sns = w[o + _PTS_W], w[o + _STREAM_W]
+            if fence is not None:
+                fence()  # (2): pairs with the writer's Release fence after the odd seq
             if w[o + _SEQ_W] != s1:
                 continue  # overwritten during the copy
-            # _stream_clock(pts, sns), written out: a call costs more than the test.
+            # The stream clock: both unknown when either is (a call costs more than the test).
             if sns == 0 or pts == _PTS_UNKNOWN_U64:
                 pts = sns = None
             elif pts > _I64_MAX:
@@ -499,9 +569,7 @@ class Ring:
                 FrameMeta, (want, wall, mono, ln if ln < fb else fb, want - cursor - 1, crc, pts, sns)
             )
             self.cursor = want
-            if self.verify_checksum:
-                self._verify(meta, dst)
-            return meta, dst
+            return meta, idx, s1
         raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
 
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
@@ -545,29 +613,11 @@ class Ring:
         says so afterwards."""
 
         def attempt() -> Optional[Tuple[FrameMeta, np.ndarray, int]]:
-            w = self._w64
-            for _ in range(_RETRIES):
-                want = self._wanted(w, sequential)
-                if not want:
-                    return None
-                cursor = self.cursor
-                idx = want % self._slots
-                o = self._slot_w[idx]
-                s1 = w[o + _SEQ_W]
-                if s1 & 1 or w[o + _NUMBER_W] != want:
-                    continue
-                wall, mono, ln = w[o + _WALL_W], w[o + _MONO_W], w[o + _LEN_W]
-                crc = self._w32[2 * o + _CHECKSUM_D]
-                pts, sns = w[o + _PTS_W], w[o + _STREAM_W]
-                if w[o + _SEQ_W] != s1:
-                    continue
-                fb = self._frame_bytes
-                meta = FrameMeta(
-                    want, wall, mono, ln if ln < fb else fb, want - cursor - 1, crc, *_stream_clock(pts, sns)
-                )
-                self.cursor = want
-                return meta, self._slot_frames[idx], _stamp(idx, s1)
-            raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+            got = self._read(sequential, None)
+            if got is None:
+                return None
+            meta, idx, seq = got
+            return meta, self._slot_frames[idx], _stamp(idx, seq)
 
         return self._wait_for(timeout_s, attempt)
 
@@ -576,6 +626,8 @@ class Ring:
         if self._mm is None:
             return False
         idx, seq = stamp >> 64, stamp & ((1 << 64) - 1)
+        if self._fence is not None:
+            self._fence()  # the caller's loads from the view before this seq load
         return bool(self._w64[self._slot_w[idx] + _SEQ_W] == seq)
 
     def _wait_for(self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]]) -> T:
@@ -587,6 +639,8 @@ class Ring:
             # The wake word is read before looking, so a frame published after the
             # look changes it and the wait below returns at once.
             word = self.wake_word()
+            if self._fence is not None:
+                self._fence()  # ... and the look really comes after that load
             got = attempt()
             if got is not None:
                 return got

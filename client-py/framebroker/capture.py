@@ -17,7 +17,8 @@ Where this differs from OpenCV on purpose:
 - When the stream stops or the broker dies, ``read()`` returns ``(False, None)``
   (within about a second) and a later ``read()`` re-attaches by itself when the
   stream or the broker is back; ``isOpened()`` stays true meanwhile.
-- ``CAP_PROP_FPS`` is the rate measured by the broker, not a nominal one.
+- ``CAP_PROP_FPS`` is the rate measured by the broker; until it has measured one
+  (right after open), the rate the stream declares, as OpenCV reports.
 """
 
 from __future__ import annotations

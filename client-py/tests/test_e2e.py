@@ -216,6 +216,34 @@ def test_newest_frame_after_a_pause_unlike_opencv(broker: Broker, camera: Camera
     cap.release()
 
 
+@pytest.mark.parametrize("fps", [30, 15])
+def test_fps_right_after_open_is_the_declared_rate_like_opencv(
+    broker: Broker, camera_factory: Callable[..., Camera], fps: int
+) -> None:
+    """A script that computes ``1 / cap.get(CAP_PROP_FPS)`` right after open must
+    get what OpenCV gives for the same camera: the rate the stream declares (two
+    rates, so a constant cannot pass)."""
+    cam = camera_factory("--width", "320", "--height", "240", "--fps", str(fps), "--pattern", "smpte")
+    ref = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG)
+    assert ref.isOpened()
+    want = ref.get(cv2.CAP_PROP_FPS)
+    ref.release()
+    assert want == float(fps), f"OpenCV reports {want} for a {fps} fps camera"
+    cap = VideoCapture(cam.url)
+    assert cap.isOpened(), cap.last_error
+    got = cap.get(CAP_PROP_FPS)
+    # Opened a moment ago: the broker has not measured a rate yet, so this is the
+    # declared one, exactly as OpenCV has it. (A loaded machine can be slow enough
+    # between open and get() for the broker to have measured the rate, which
+    # needs 0.5 s of frames: then it is that one, close to the declared rate.)
+    if got != want:
+        measured = cap._local.ring.fps()  # type: ignore[union-attr]
+        assert measured > 0 and abs(got - want) < 0.1 * want, f"framebroker {got}, OpenCV {want}"
+    info = {s.id: s for s in streams(broker)}[cap._local.stream_id]  # type: ignore[union-attr]
+    assert info.declared_fps == want
+    cap.release()
+
+
 def test_read_fills_the_given_buffer(broker: Broker, camera: Camera) -> None:
     with VideoCapture(camera.url) as cap:
         buf = np.zeros((480, 640, 3), np.uint8)
@@ -456,7 +484,9 @@ def test_rtsp_transport_from_opencv_options(broker: Broker, camera: Camera, monk
 
 def test_attach_by_id_and_geometry_of_a_cli_stream(broker: Broker) -> None:
     """A stream added by id (here through the broker's CLI) is read with framebroker://ID;
-    opening its URL shares it instead of starting a second ffmpeg."""
+    opening its URL reads the same decode under the capture's own id (at the
+    camera's own size, as OpenCV would give it: a variant of that decode) instead
+    of starting a second ffmpeg."""
     url = "testsrc://?size=320x240&rate=30&pattern=smptebars"
     subprocess.run(
         [str(BROKER_BIN), "streams", "--socket", broker.socket, "add", "bars", url,
@@ -468,9 +498,12 @@ def test_attach_by_id_and_geometry_of_a_cli_stream(broker: Broker) -> None:
         ok, frame = cap.read()
         assert ok and frame.shape == (120, 160, 3)
     with VideoCapture(url) as cap:
-        assert cap.stream_id == "bars", "the running stream for this URL is shared"
-        assert cap.read()[0]
-    assert [s.id for s in streams(broker)] == ["bars"]
+        assert cap.stream_id == stream_id_for_url(url)
+        ok, frame = cap.read()
+        assert ok and frame.shape == (240, 320, 3), "native size"
+        info = {s.id: s for s in streams(broker)}
+        assert info[cap.stream_id].parent == "bars", "on the running decode"
+        assert len(broker.ffmpeg_children()) == 1
     assert len(broker.ffmpeg_children()) == 1
     with VideoCapture("framebroker://nope", CAP_ANY, [CAP_PROP_OPEN_TIMEOUT_MSEC, 500]) as cap:
         assert not cap.isOpened() and "NOT_FOUND" in (cap.last_error or "")

@@ -1,5 +1,6 @@
 """URL -> stream id derivation and redaction, against vectors computed by the Rust
-functions (proto/src/naming.rs `stream_id_for_url`, `redact_url`)."""
+functions (proto/src/naming.rs `stream_id_for_url`, `redact_url`, `validate_stream_id`,
+`segment_name`)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from .paths import TESTDATA
 
 # (url, stream_id_for_url(url), redact_url(url)) as the Rust functions compute them,
 # regenerated and checked by `cargo test -p framebroker-proto --test golden`.
-RUST_VECTORS = [
-    (v["url"], v["stream_id"], v["redacted"])
-    for v in json.loads((TESTDATA / "naming.json").read_text(encoding="utf-8"))["vectors"]
-]
+GOLDEN = json.loads((TESTDATA / "naming.json").read_text(encoding="utf-8"))
+RUST_VECTORS = [(v["url"], v["stream_id"], v["redacted"]) for v in GOLDEN["vectors"]]
 
 
 @pytest.mark.parametrize("url, want_id, want_redacted", RUST_VECTORS)
@@ -41,10 +40,23 @@ def test_derived_ids_are_always_valid() -> None:
         validate_stream_id(stream_id_for_url(url))
 
 
+@pytest.mark.parametrize("v", GOLDEN["ids"], ids=lambda v: repr(v["id"]))
+def test_id_rule_same_as_rust(v: dict) -> None:
+    if v["valid"]:
+        validate_stream_id(v["id"])
+        # The segment name the broker makes splits back at its last dot.
+        stem, gen = v["segment"].rsplit(".", 1)
+        assert (stem, gen) == ("/fb-" + v["id"], "7")
+    else:
+        assert v["segment"] is None
+        with pytest.raises(ValueError, match="invalid stream id"):
+            validate_stream_id(v["id"])
+
+
 def test_ids() -> None:
-    for ok in ["a", "cam-1", "Front_Door", "x" * 64]:
+    for ok in ["a", "cam-1", "Front_Door", "x" * 64, "camera.1", "a.b.c"]:
         validate_stream_id(ok)
-    for bad in ["", "../etc", "a/b", "a.b", "a b", "nul\0", "\u00e9", "x" * 65, "%2e%2e"]:
+    for bad in ["", "../etc", "a/b", ".a", ".", "..", "a..b", "a b", "nul\0", "\u00e9", "x" * 65, "%2e%2e"]:
         with pytest.raises(ValueError, match="invalid stream id"):
             validate_stream_id(bad)
 

@@ -16,7 +16,7 @@ import pytest
 
 from framebroker import _layout as L
 from framebroker import _ring
-from framebroker._errors import ChecksumMismatch, ReadTimeout, SegmentError, StreamEnded, WriterGone
+from framebroker._errors import ChecksumMismatch, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
 from framebroker._layout import PixelFormat, StreamState
 from framebroker._platform import WINDOWS
 from framebroker._ring import Ring
@@ -27,6 +27,10 @@ from .ringwriter import RingWriter, frame_bytes
 pytestmark = pytest.mark.skipif(
     not (WINDOWS or os.path.isdir("/dev/shm")), reason="needs /dev/shm (Linux) or named mappings (Windows)"
 )
+#: Why the fenced read path is not run on Windows.
+_NO_LIBATOMIC = "the fence comes from libatomic.so.1, which Windows has not; x64 Windows keeps load order"
+#: For the tests of the fence itself.
+needs_libatomic = pytest.mark.skipif(WINDOWS, reason=_NO_LIBATOMIC)
 #: For the tests that make or inspect segments as /dev/shm files.
 linux_files = pytest.mark.skipif(
     WINDOWS, reason="a segment as a /dev/shm file; the Windows equivalents are in test_win32.py"
@@ -37,6 +41,19 @@ _counter = itertools.count()
 
 def unique_name() -> str:
     return f"/fbpytest-{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture(autouse=True, params=["auto", "always"], ids=["own-order", "fenced"])
+def fence_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: on this machine's own read path (no fence on
+    x86-64) and on the fenced path that aarch64 and every CPU that may reorder
+    loads takes, forced with ``FRAMEBROKER_RING_FENCE=always``. (This runs the
+    fenced code; no x86 host, emulated or not, can show a reordering: that the
+    fences sit where the protocol needs them rests on proto/doc/decisions.md.)"""
+    if WINDOWS and request.param == "always":
+        pytest.skip(_NO_LIBATOMIC)
+    monkeypatch.setenv(_ring.FENCE_ENV, request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -153,11 +170,10 @@ def test_a_copy_torn_by_the_writer_is_retried(
     writer: RingWriter, monkeypatch: pytest.MonkeyPatch, copy: str
 ) -> None:
     writer.publish(frame_bytes(1, 32))
-    if copy == "numpy":  # the copy of large frames (and of every frame off x86)
+    if copy == "numpy":  # the copy of large frames
         monkeypatch.setattr(_ring, "_MV_COPY_MAX", 0)
     r = Ring(writer.name)
-    if copy == "memoryview" and not r._mv_copy:
-        pytest.skip("frames are copied by memoryview on x86 only (see _ring._TSO)")
+    assert r._mv_copy is (copy == "memoryview")
     buf = r.new_array()
     calls = []
 
@@ -187,6 +203,90 @@ def test_a_copy_torn_by_the_writer_is_retried(
     assert len(calls) == 2, "the torn first copy must be discarded and retried"
     assert m is not None and m.number == 5 and buf.tobytes() == frame_bytes(5, 32)
     r.close()
+
+
+@needs_libatomic
+@pytest.mark.parametrize("copy", ["memoryview", "numpy"])
+def test_fences_sit_between_the_seqlock_loads(
+    writer: RingWriter, monkeypatch: pytest.MonkeyPatch, copy: str
+) -> None:
+    """Where the machine may reorder loads, each read fences after the first
+    sequence load (before the copy) and after the copy and metadata loads
+    (before the second sequence load); a wait, a view and its validation too."""
+    monkeypatch.setenv(_ring.FENCE_ENV, "always")
+    if copy == "numpy":
+        monkeypatch.setattr(_ring, "_MV_COPY_MAX", 0)
+    writer.start_heartbeat()
+    writer.publish(frame_bytes(1, 32))
+    r = Ring(writer.name)
+    assert r._fence is not None
+    events: list = []
+    r._fence = lambda: events.append("fence")
+    seq_w = r._slot_w[1 % 4] + _ring._SEQ_W
+
+    class Words:  # the u64 words, with the two sequence loads of slot 1 recorded
+        def __init__(self, w: memoryview) -> None:
+            self.w = w
+
+        def __getitem__(self, i: int) -> int:
+            if i == seq_w:
+                events.append("seq")
+            return self.w[i]  # type: ignore[no-any-return]
+
+    r._w64 = Words(r._w64)  # type: ignore[assignment]
+    if copy == "numpy":
+        real_copyto = np.copyto
+
+        def copyto(dst: np.ndarray, src: np.ndarray) -> None:
+            events.append("copy")
+            real_copyto(dst, src)
+
+        monkeypatch.setattr(_ring.np, "copyto", copyto)
+    else:
+
+        class Payloads(list):  # type: ignore[type-arg]
+            def __getitem__(self, i):  # type: ignore[no-untyped-def]
+                events.append("copy")
+                return super().__getitem__(i)
+
+        r._payloads = Payloads(r._payloads)
+    buf = r.new_array()
+    assert r.try_latest(buf).number == 1  # type: ignore[union-attr]
+    assert events == ["seq", "fence", "copy", "fence", "seq"]
+    assert buf.tobytes() == frame_bytes(1, 32)
+    events.clear()
+    for n in range(2, 6):
+        writer.publish(frame_bytes(n, 32))  # frame 5 lands in slot 1 again
+    meta, view, stamp = r.view(False, 1.0)
+    assert meta.number == 5 and view.tobytes() == frame_bytes(5, 32)
+    # The wake word's fence, then the seqlock read without a copy.
+    assert events == ["fence", "seq", "fence", "fence", "seq"]
+    events.clear()
+    assert r.still_valid(stamp) and events == ["fence", "seq"]
+    del view
+    r.close()
+
+
+@needs_libatomic
+def test_a_machine_that_reorders_loads_needs_the_fence(writer: RingWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_ring.FENCE_ENV, "auto")
+    monkeypatch.setattr(_ring, "_TSO", True)
+    assert _ring.read_fence() is None, "x86 keeps loads in order: no fence"
+    monkeypatch.setattr(_ring, "_TSO", False)
+    assert _ring.read_fence() is not None, "off x86 the read path is fenced"
+
+    def missing() -> None:
+        raise OSError("libatomic.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(_ring, "_libatomic_fence", missing)
+    with pytest.raises(FrameBrokerError, match="apt-get install libatomic1"):
+        _ring.read_fence()
+    # A reader refuses to open (nothing mapped) rather than read without the fence.
+    with pytest.raises(FrameBrokerError, match="needs a memory fence between loads"):
+        Ring(writer.name)
+    monkeypatch.setenv(_ring.FENCE_ENV, "sometimes")
+    with pytest.raises(FrameBrokerError, match="expected 'auto' or 'always'"):
+        _ring.read_fence()
 
 
 def test_checksum_mismatch_is_reported_when_verifying(writer: RingWriter) -> None:

@@ -30,7 +30,10 @@ def test_slot_clock_constants_match_rust() -> None:
 
 
 def test_hwaccel_names_are_ffmpegs() -> None:
-    assert [h.ffmpeg_name() for h in HwAccel] == ["none", "auto", "vaapi", "cuda", "qsv", "videotoolbox"]
+    # By wire index, as the Rust enum has them (proto/testdata/golden.json).
+    rust = json.loads((TESTDATA / "golden.json").read_text())["hwaccels"]
+    assert [h.ffmpeg_name() for h in HwAccel] == rust
+    assert rust[6:] == ["h264_v4l2m2m", "hevc_v4l2m2m", "h264_rkmpp", "hevc_rkmpp"]
     assert HwAccel.from_name("videotoolbox") is HwAccel.VIDEO_TOOLBOX
     with pytest.raises(ValueError, match="unknown hwaccel"):
         HwAccel.from_name("opencl")

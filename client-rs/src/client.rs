@@ -134,8 +134,9 @@ impl Client {
         self.lock().call(&req)
     }
 
-    /// Starts a stream, or returns the running one with the same URL (`created`
-    /// false): one ingest per camera.
+    /// Starts a stream: the same id and URL again return the running one (`created`
+    /// false); a new id for a URL already decoded is an alias or a variant of
+    /// that decode (`parent` set): one ingest per camera.
     pub fn start(&self, req: StartRequest) -> Result<(StreamInfo, bool), Error> {
         match self.call(Request::Start(req))? {
             Response::Started { stream, created } => Ok((stream, created)),

@@ -25,12 +25,20 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::control::Transport;
+use crate::control::{HwAccel, Transport};
 use crate::layout::{PixelFormat, MAX_SLOTS, MIN_SLOTS};
 use crate::naming::{self, UrlPolicy};
 
-/// Hardware decoders the config accepts (ffmpeg's `-hwaccel` names, plus `none`).
-pub const HWACCELS: &[&str] = &["none", "auto", "vaapi", "cuda", "qsv", "videotoolbox"];
+/// Hardware decoders the config accepts: the names of [`HwAccel`], in its order.
+pub const HWACCELS: [&str; HwAccel::ALL.len()] = {
+    let mut names = [""; HwAccel::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = HwAccel::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// A config problem: where it is and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -623,6 +631,23 @@ hwaccel = "none"
 listen = "0.0.0.0:8091"
 cors_origins = ["http://localhost:3000"]
 "#;
+
+    #[test]
+    fn hwaccel_names_are_the_enums() {
+        assert_eq!(HWACCELS, HwAccel::ALL.map(HwAccel::name));
+        for name in HWACCELS {
+            let text =
+                format!("[[streams]]\nid = \"a\"\nurl = \"rtsp://h/s\"\nhwaccel = \"{name}\"\n");
+            let c = Config::parse("t.toml", &text).unwrap();
+            assert_eq!(c.streams().unwrap()[0].hwaccel.as_deref(), Some(name));
+        }
+        let e = Config::parse("t.toml", "[defaults]\nhwaccel = \"rkmpp\"\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("h264_v4l2m2m, hevc_v4l2m2m, h264_rkmpp, hevc_rkmpp"),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn good_file_resolves_with_defaults() {

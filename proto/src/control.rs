@@ -19,7 +19,7 @@ use crate::layout::{PixelFormat, StreamState};
 use crate::Error;
 
 /// Version of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// `b"FBCP"` as a little-endian u32: the first field of every Hello.
 pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"FBCP");
 /// Largest frame (the bytes after the length) either side accepts. Checked before
@@ -46,7 +46,9 @@ pub enum Request {
         protocol: u32,
         client: String,
     },
-    /// Start a stream, or return the one already running for this URL.
+    /// Start a stream. The same id and URL again returns the running stream; a
+    /// new id for a URL already decoded becomes an alias or a variant of that
+    /// decode (see `proto/doc/control-protocol.md`).
     Start(StartRequest),
     /// Stop a stream; its readers see `stopped`.
     Stop { id: String },
@@ -63,7 +65,7 @@ pub enum Request {
 /// Parameters of [`Request::Start`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
-    /// Stream id (`[A-Za-z0-9_-]{1,64}`).
+    /// Stream id (`[A-Za-z0-9_.-]{1,64}`, not starting with `.`, without `..`).
     pub id: String,
     /// Source: `rtsp://`, `rtsps://`, `testsrc://…`.
     pub url: String,
@@ -75,8 +77,8 @@ pub struct StartRequest {
     pub ring_slots: Option<u32>,
     /// RTSP transport.
     pub transport: Transport,
-    /// Start a second stream on a URL that is already running under another id
-    /// (normally the running one is returned: single ingest is the point).
+    /// Start a second decode of a URL that is already running under another id
+    /// (normally the new id reads the running decode: single ingest is the point).
     pub allow_duplicate_url: bool,
     /// Stop the stream once its last reader detaches (after the broker's grace period).
     pub on_demand: bool,
@@ -148,7 +150,11 @@ impl VariantRequest {
     }
 }
 
-/// Hardware decoders, named as ffmpeg's `-hwaccel` spells them.
+/// Hardware decoders: ffmpeg's `-hwaccel` methods, named as it spells them, and
+/// the ARM boards' decoders that ffmpeg offers as decoders of their own (named as
+/// ffmpeg's decoder, used with `-c:v` before the input; see [`HwAccel::decoder`]).
+///
+/// New variants go at the end: the wire carries the variant's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HwAccel {
     /// Software decode.
@@ -159,20 +165,33 @@ pub enum HwAccel {
     Cuda,
     Qsv,
     VideoToolbox,
+    /// V4L2 memory-to-memory H.264 decoder (Raspberry Pi 4 and other SoCs).
+    H264V4l2m2m,
+    /// V4L2 memory-to-memory HEVC decoder, where the SoC has one.
+    HevcV4l2m2m,
+    /// Rockchip MPP H.264 decoder (RK3588 and kin; needs an ffmpeg built with rkmpp).
+    H264Rkmpp,
+    /// Rockchip MPP HEVC decoder.
+    HevcRkmpp,
 }
 
 impl HwAccel {
-    pub const ALL: [HwAccel; 6] = [
+    pub const ALL: [HwAccel; 10] = [
         HwAccel::None,
         HwAccel::Auto,
         HwAccel::Vaapi,
         HwAccel::Cuda,
         HwAccel::Qsv,
         HwAccel::VideoToolbox,
+        HwAccel::H264V4l2m2m,
+        HwAccel::HevcV4l2m2m,
+        HwAccel::H264Rkmpp,
+        HwAccel::HevcRkmpp,
     ];
 
-    /// The name ffmpeg's `-hwaccel` and our CLI and config use.
-    pub fn name(self) -> &'static str {
+    /// The name our CLI, config and stats use: ffmpeg's `-hwaccel` method, or its
+    /// decoder's name for the boards' decoders.
+    pub const fn name(self) -> &'static str {
         match self {
             HwAccel::None => "none",
             HwAccel::Auto => "auto",
@@ -180,11 +199,32 @@ impl HwAccel {
             HwAccel::Cuda => "cuda",
             HwAccel::Qsv => "qsv",
             HwAccel::VideoToolbox => "videotoolbox",
+            HwAccel::H264V4l2m2m => "h264_v4l2m2m",
+            HwAccel::HevcV4l2m2m => "hevc_v4l2m2m",
+            HwAccel::H264Rkmpp => "h264_rkmpp",
+            HwAccel::HevcRkmpp => "hevc_rkmpp",
+        }
+    }
+
+    /// The ffmpeg decoder to force with `-c:v` (the boards' decoders, which are not
+    /// `-hwaccel` methods); `None` for the `-hwaccel` methods and software.
+    pub const fn decoder(self) -> Option<&'static str> {
+        match self {
+            HwAccel::H264V4l2m2m
+            | HwAccel::HevcV4l2m2m
+            | HwAccel::H264Rkmpp
+            | HwAccel::HevcRkmpp => Some(self.name()),
+            _ => None,
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// Every name, comma-separated (for help and error texts).
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
     }
 }
 
@@ -227,7 +267,7 @@ pub enum Response {
         protocol: u32,
         broker: String,
     },
-    /// `created` is false when an already running stream was returned.
+    /// `created` is false when the requested id was already running.
     Started {
         stream: StreamInfo,
         created: bool,
@@ -265,8 +305,12 @@ pub struct StreamInfo {
     pub generation: u64,
     pub readers: u32,
     pub on_demand: bool,
-    /// For a variant: the id of the main stream whose decode feeds it.
+    /// For a variant or an alias: the id of the main stream whose decode feeds it.
     pub parent: Option<String>,
+    /// The frame rate the source declares (ffmpeg's stream information, e.g. the
+    /// camera's SDP or a `testsrc` rate), in frames per second; 0.0 while not known
+    /// yet. [`StreamStats::fps`] is the measured rate.
+    pub declared_fps: f64,
 }
 
 /// Counters of one stream.
@@ -276,8 +320,8 @@ pub struct StreamStats {
     /// Measured input rate over the last seconds.
     pub fps: f64,
     pub frames_written: u64,
-    /// Damage seen: decode errors ffmpeg reported on corrupt input, plus frames
-    /// lost between ffmpeg and the ring.
+    /// Damage seen: frames ffmpeg reported decoding from corrupt input (one per
+    /// frame), plus frames lost between ffmpeg and the ring.
     pub frames_dropped: u64,
     /// ffmpeg restarts after the first start.
     pub reconnects: u64,
@@ -535,7 +579,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             (
-                proptest::option::of(0usize..6),
+                proptest::option::of(0..HwAccel::ALL.len()),
                 proptest::collection::vec(
                     (
                         ".{0,20}",

@@ -13,7 +13,13 @@ pub const MAX_URL_LEN: usize = 4096;
 /// The scheme of the broker's built-in test source.
 pub const TEST_SCHEME: &str = "testsrc";
 
-/// Checks a stream id: 1 to 64 characters from `[A-Za-z0-9_-]`.
+/// Checks a stream id: 1 to 64 characters from `[A-Za-z0-9_.-]`, not starting
+/// with `.` and without `..` (so an id is never `.`, `..` or a hidden file name,
+/// and reads as one path segment in URLs and file names: `/` is never allowed).
+///
+/// A dot keeps segment names unambiguous: [`segment_name`] appends `.` and the
+/// decimal generation, which has no dot, so the text after the name's last dot
+/// is always the generation and everything before it the id.
 pub fn validate_stream_id(id: &str) -> Result<(), Error> {
     let bad = |reason: &str| Error::InvalidId {
         id: printable(id, 80),
@@ -27,11 +33,17 @@ pub fn validate_stream_id(id: &str) -> Result<(), Error> {
     }
     if let Some(c) = id
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.'))
     {
         return Err(bad(&format!(
-            "character {c:?} not allowed (use A-Z a-z 0-9 _ -)"
+            "character {c:?} not allowed (use A-Z a-z 0-9 _ - .)"
         )));
+    }
+    if id.starts_with('.') {
+        return Err(bad("must not start with '.'"));
+    }
+    if id.contains("..") {
+        return Err(bad("must not contain '..'"));
     }
     Ok(())
 }
@@ -54,6 +66,11 @@ pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
 
 /// The one function that names segments: `/<prefix><id>.<generation>`, the POSIX
 /// shared-memory name (the file under `/dev/shm` is the same without the slash).
+///
+/// One name per (id, generation) even with dots in ids (`camera.1` generation 2
+/// is `/fb-camera.1.2`): the generation is written in decimal, without a dot, so
+/// it is exactly the text after the last dot, and the id the text before it
+/// ([`parse_segment_name`] reads it back that way).
 pub fn segment_name(prefix: &str, id: &str, generation: u64) -> Result<String, Error> {
     validate_prefix(prefix)?;
     validate_stream_id(id)?;
@@ -347,14 +364,26 @@ mod tests {
 
     #[test]
     fn ids() {
-        for ok in ["a", "cam-1", "Front_Door", &"x".repeat(64)] {
+        for ok in [
+            "a",
+            "cam-1",
+            "Front_Door",
+            &"x".repeat(64),
+            "camera.1",
+            "a.b.c",
+            "cam.",
+        ] {
             validate_stream_id(ok).unwrap();
         }
         for bad in [
             "",
             "../etc",
             "a/b",
-            "a.b",
+            ".",
+            "..",
+            ".hidden",
+            "a..b",
+            "camera.1/..",
             "a b",
             "nul\0",
             "é",
@@ -373,6 +402,9 @@ mod tests {
         assert_eq!(parse_segment_name("fb-", "/other-cam.3"), None);
         assert!(segment_name("fb/", "cam", 1).is_err());
         assert!(segment_name("fb-", "../x", 1).is_err());
+        let n = segment_name("fb-", "camera.1", 2).unwrap();
+        assert_eq!(n, "/fb-camera.1.2");
+        assert_eq!(parse_segment_name("fb-", &n), Some(("camera.1", 2)));
     }
 
     #[test]
@@ -496,6 +528,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn segment_names_are_one_per_id_and_generation(
+            a in "[a-z0-9.]{1,12}", ga in 0u64..10_000,
+            b in "[a-z0-9.]{1,12}", gb in 0u64..10_000,
+        ) {
+            if let (Ok(na), Ok(nb)) = (segment_name("fb-", &a, ga), segment_name("fb-", &b, gb)) {
+                prop_assert_eq!(na == nb, (a.as_str(), ga) == (b.as_str(), gb));
+                prop_assert_eq!(parse_segment_name("fb-", &na), Some((a.as_str(), ga)));
+            }
+        }
+
         #[test]
         fn derived_ids_are_always_valid(url in ".{0,300}") {
             validate_stream_id(&stream_id_for_url(&url)).unwrap();

@@ -26,6 +26,7 @@ fn info() -> StreamInfo {
         readers: 2,
         on_demand: false,
         parent: None,
+        declared_fps: 30.0,
     }
 }
 
@@ -90,6 +91,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         width: 0,
                         height: 0,
                         on_demand: true,
+                        declared_fps: 0.0,
                         ..info()
                     },
                     StreamInfo {
@@ -98,6 +100,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         height: 240,
                         pixel_format: PixelFormat::Gray,
                         parent: Some("cam-1".into()),
+                        declared_fps: 29.97,
                         ..info()
                     },
                 ],
@@ -197,6 +200,8 @@ fn control_messages_match_golden_bytes() {
             "protocol_version": control::PROTOCOL_VERSION,
             "protocol_magic": control::PROTOCOL_MAGIC,
             "max_frame": control::MAX_FRAME,
+            // `HwAccel` by wire index (the request carries the index).
+            "hwaccels": HwAccel::ALL.map(HwAccel::name),
             "vectors": all,
         }),
     );
@@ -223,7 +228,39 @@ fn stream_ids_and_redaction_match_golden() {
         .iter()
         .map(|u| json!({ "url": u, "stream_id": stream_id_for_url(u), "redacted": redact_url(u) }))
         .collect();
-    check_or_bless("naming.json", json!({ "vectors": vectors }));
+    // Stream ids: which are valid, and the segment name of each valid one
+    // (generation 7), which must split back into the id and generation at its
+    // last dot.
+    use framebroker_proto::naming::{parse_segment_name, segment_name, validate_stream_id};
+    let ids = [
+        "cam-1",
+        "camera.1",
+        "a.b.c",
+        "cam.",
+        "Front_Door",
+        ".hidden",
+        ".",
+        "..",
+        "a..b",
+        "a/b",
+        "../etc",
+        "a b",
+        "",
+        "x".repeat(64).leak(),
+        "x".repeat(65).leak(),
+    ];
+    let ids: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let valid = validate_stream_id(id).is_ok();
+            let segment = valid.then(|| segment_name("fb-", id, 7).unwrap());
+            if let Some(n) = &segment {
+                assert_eq!(parse_segment_name("fb-", n), Some((*id, 7)));
+            }
+            json!({ "id": id, "valid": valid, "segment": segment })
+        })
+        .collect();
+    check_or_bless("naming.json", json!({ "vectors": vectors, "ids": ids }));
 }
 
 #[test]

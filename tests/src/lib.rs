@@ -255,6 +255,19 @@ impl Broker {
         Client::connect_to(&self.socket).expect("connect to test broker")
     }
 
+    /// Runs the broker binary's command line (`streams ls`, …) against this
+    /// broker; panics unless it succeeds, returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(broker_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run the broker's command line");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -355,6 +368,51 @@ pub fn processes_with_arg(program: &str, needle: &str) -> Vec<u32> {
                     .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect()
+}
+
+/// Reads `rounds` frames in order from each of two readers in turn and keeps
+/// `keep(frame)` by frame number; returns both maps and the numbers both read
+/// (for "frame n is the same under both" checks).
+pub fn read_side_by_side<T>(
+    a: &mut framebroker_client::Reader,
+    b: &mut framebroker_client::Reader,
+    rounds: usize,
+    timeout: Duration,
+    mut keep: impl FnMut(framebroker_client::Frame) -> T,
+) -> (
+    std::collections::BTreeMap<u64, T>,
+    std::collections::BTreeMap<u64, T>,
+    Vec<u64>,
+) {
+    let (mut under_a, mut under_b) = (
+        std::collections::BTreeMap::new(),
+        std::collections::BTreeMap::new(),
+    );
+    for _ in 0..rounds {
+        let f = a.next(timeout).expect("a frame from the first reader");
+        under_a.insert(f.meta.number, keep(f));
+        let f = b.next(timeout).expect("a frame from the second reader");
+        under_b.insert(f.meta.number, keep(f));
+    }
+    let shared = under_a
+        .keys()
+        .filter(|n| under_b.contains_key(n))
+        .copied()
+        .collect();
+    (under_a, under_b, shared)
+}
+
+/// Waits up to 5 s for a reader's ring to show `state` (e.g. `stopped` after a
+/// stop); panics with `why` otherwise.
+pub fn expect_state(
+    reader: &framebroker_client::Reader,
+    state: framebroker_client::StreamState,
+    why: &str,
+) {
+    wait_for(Duration::from_secs(5), || {
+        (reader.state() == state).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{why}: the reader sees {:?}", reader.state()));
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.

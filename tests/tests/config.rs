@@ -367,19 +367,9 @@ variants = [
     assert_eq!(ffmpegs.len(), 1, "one decode: {ffmpegs:?}");
 
     // The command line shows the family and the decoder.
-    let run = |args: &[&str]| {
-        let out = Command::new(broker_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(&b.socket)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {:?}", out);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let ls = run(&["streams", "ls"]);
+    let ls = b.cli(&["streams", "ls"]);
     assert!(ls.contains("(variant of gate)"), "{ls}");
-    let stats = run(&["streams", "stats", "gate_small"]);
+    let stats = b.cli(&["streams", "stats", "gate_small"]);
     assert!(stats.contains("variant of      gate"), "{stats}");
     assert!(
         stats.contains(&format!("decoder         {decoder}")),

@@ -160,13 +160,19 @@ fn same_url_is_one_stream_and_bad_requests_change_nothing() {
     assert!(created);
     let (b, created) = c.start(StartRequest::new("b", url)).unwrap();
     assert!(
-        !created,
-        "same URL under another id returns the running stream"
+        created && b.id == "b",
+        "same URL under another id is that id (on the running decode)"
     );
-    assert_eq!(b.id, a.id);
-    let mut dup = StartRequest::new("b", url);
+    assert_eq!(b.parent.as_deref(), Some(a.id.as_str()));
+    let (again, created) = c.start(StartRequest::new("b", url)).unwrap();
+    assert!(!created && again.id == "b", "asked again: the same stream");
+    let mut dup = StartRequest::new("b2", url);
     dup.allow_duplicate_url = true;
-    assert!(c.start(dup).unwrap().1, "a duplicate when asked explicitly");
+    let (d, created) = c.start(dup).unwrap();
+    assert!(
+        created && d.parent.is_none(),
+        "a duplicate when asked explicitly"
+    );
 
     let before = c.list().unwrap();
     let bad: Vec<(StartRequest, ErrorCode)> = vec![

@@ -148,6 +148,76 @@ fn auto_produces_frames() {
     assert_eq!(ffmpegs.len(), 1, "{ffmpegs:?}");
 }
 
+/// Whether this machine's ffmpeg could use `decoder` at all: it was built with
+/// it and, for v4l2m2m, a V4L2 device exists for it to open.
+fn board_decoder_may_work(decoder: &str) -> bool {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-decoders"])
+        .output()
+        .expect("run ffmpeg -decoders");
+    let built = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .any(|w| w == decoder);
+    let device = !decoder.contains("v4l2m2m")
+        || std::fs::read_dir("/dev")
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+            })
+            .unwrap_or(false);
+    built && device
+}
+
+/// The ARM boards' decoders (v4l2m2m on a Raspberry Pi 4, rkmpp on Rockchip) go to
+/// ffmpeg as `-c:v <decoder>`. This machine has neither a V4L2 decoder device nor
+/// an ffmpeg built with rkmpp, so what runs here is the fallback: frames flow in
+/// software and the stats say which decoder was asked for and why it is not in
+/// use. (The hardware path itself can only run on such a board.)
+fn board_decoder_falls_back_to_software(hw: HwAccel, reason: &str) {
+    let name = hw.name();
+    assert!(
+        !board_decoder_may_work(name),
+        "this machine may really decode with {name}: the fallback cannot be tested here"
+    );
+    let cam = Camera::start(320, 240, 30, "smpte").unwrap();
+    let broker = Broker::start(&[]).unwrap();
+    let client = broker.client();
+    let mut req = StartRequest::new("cam", &cam.url);
+    req.hwaccel = Some(hw);
+    client.start(req).unwrap();
+    let mut r = client.attach_wait("cam", READ).unwrap();
+    let a = r.next(READ).unwrap();
+    let b = r.next(READ).unwrap();
+    assert!(b.meta.number > a.meta.number, "frames flow");
+    let stats = client.stats("cam").unwrap();
+    assert_eq!(stats.info.state, StreamState::Live);
+    assert_eq!(
+        stats.decoder,
+        format!("software ({name} unavailable: {reason})")
+    );
+    assert_eq!(stats.reconnects, 0, "a fallback is not a reconnect");
+    assert!(broker
+        .log_text()
+        .contains(&format!("hardware decoder {name} unavailable")));
+    let ffmpegs = processes_with_arg("ffmpeg", &cam.url);
+    assert_eq!(ffmpegs.len(), 1, "{ffmpegs:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", ffmpegs[0])).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(name),
+        "the running ffmpeg decodes in software"
+    );
+}
+
+#[test]
+fn v4l2m2m_without_a_device_falls_back_to_software_and_says_so() {
+    board_decoder_falls_back_to_software(HwAccel::H264V4l2m2m, "Could not find a valid device");
+}
+
+#[test]
+fn rkmpp_missing_from_ffmpeg_falls_back_to_software_and_says_so() {
+    board_decoder_falls_back_to_software(HwAccel::H264Rkmpp, "Unknown decoder 'h264_rkmpp'");
+}
+
 #[test]
 fn software_is_the_default() {
     let broker = Broker::start(&[]).unwrap();

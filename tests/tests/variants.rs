@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use framebroker_client::{Client, PixelFormat, Reader, StartRequest, StreamState, VariantRequest};
 use framebroker_proto::control::ErrorCode;
 use framebroker_tests::{
-    processes_with_arg, sample_bars, wait_for, Broker, Camera, SMPTE_BARS_BGR,
+    expect_state, processes_with_arg, read_side_by_side, sample_bars, wait_for, Broker, Camera,
+    SMPTE_BARS_BGR,
 };
 
 const READ: Duration = Duration::from_secs(10);
@@ -112,41 +113,48 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
 
     // Same decode: frame n of every ring is the same decoded picture, with the
     // same pts. Read both sequentially and compare the frames they share.
-    let mut pts_main = BTreeMap::new();
-    let mut pts_motion = BTreeMap::new();
-    for _ in 0..45 {
-        let m = main.next(READ).unwrap().meta;
-        let v = motion.next(READ).unwrap().meta;
-        pts_main.insert(m.number, m.stream_time.map(|t| t.pts_ns));
-        pts_motion.insert(v.number, v.stream_time.map(|t| t.pts_ns));
-    }
-    let shared: Vec<u64> = pts_main
-        .keys()
-        .filter(|n| pts_motion.contains_key(n))
-        .copied()
-        .collect();
+    let (pts_main, pts_motion, shared) = read_side_by_side(&mut main, &mut motion, 45, READ, |f| {
+        f.meta.stream_time.map(|t| t.pts_ns)
+    });
     assert!(shared.len() >= 20, "rings overlap: {shared:?}");
     for n in &shared {
         assert!(pts_main[n].is_some(), "frame {n} has a stream time");
         assert_eq!(pts_main[n], pts_motion[n], "frame {n}: one decode, one pts");
     }
 
-    // A variant cannot be stopped alone; the error names its parent.
-    let e = client.stop("cam-motion").unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::BadRequest));
-    assert!(e.to_string().contains("\"cam\""), "{e}");
-    assert_eq!(client.list().unwrap().len(), 3, "nothing stopped");
-
-    // Stopping the main stream stops its variants; their readers see `stopped`.
-    client.stop("cam").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || (motion.state()
-            == StreamState::Stopped
-            && rgb.state() == StreamState::Stopped)
-            .then_some(()))
-        .is_some(),
-        "variant readers see stopped"
+    // A variant stops alone: its readers see `stopped`, the decode restarts
+    // without its output (still one ffmpeg) and the others stay attached.
+    let pid_before = client.stats("cam").unwrap().ffmpeg_pid;
+    let main_gen = client.stats("cam").unwrap().info.generation;
+    client.stop("cam-motion").unwrap();
+    expect_state(
+        &motion,
+        StreamState::Stopped,
+        "the stopped variant's reader sees stopped",
     );
+    let ids: Vec<String> = client.list().unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["cam", "cam-rgb"]);
+    wait_for(Duration::from_secs(15), || {
+        let pid = client.stats("cam").ok()?.ffmpeg_pid;
+        (pid != 0 && pid != pid_before).then_some(())
+    })
+    .expect("ffmpeg restarted without the stopped output");
+    let n = main.latest(READ).unwrap().meta.number;
+    let later = main.next(READ).unwrap().meta.number;
+    assert!(later > n, "the main reader stays attached and reads on");
+    assert_eq!(main.state(), StreamState::Live);
+    assert_eq!(
+        client.stats("cam").unwrap().info.generation,
+        main_gen,
+        "same ring across the restart"
+    );
+    rgb.latest(READ).unwrap();
+    assert_eq!(processes_with_arg("ffmpeg", &cam.url).len(), 1);
+
+    // Stopping the main stream stops the variants of its own request; their
+    // readers see `stopped`.
+    client.stop("cam").unwrap();
+    expect_state(&rgb, StreamState::Stopped, "variant readers see stopped");
     assert!(client.list().unwrap().is_empty());
     assert!(
         wait_for(Duration::from_secs(5), || broker
@@ -280,11 +288,16 @@ fn bad_variants_are_refused_before_anything_starts() {
         let e = client.start(req).unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{id}: {e}");
         assert!(e.to_string().contains("without variant \"m\""), "{e}");
-        let again = client.start(StartRequest::new(id, &cam.url)).unwrap();
-        assert_eq!((again.0.id.as_str(), again.1), (running.id.as_str(), false));
     }
+    // Without variants the same id is the running stream, and another id a
+    // stream of its own on the same decode (an alias; see aliases.rs).
+    let again = client.start(StartRequest::new("cam", &cam.url)).unwrap();
+    assert_eq!((again.0.id.as_str(), again.1), (running.id.as_str(), false));
+    let alias = client.start(StartRequest::new("cam2", &cam.url)).unwrap();
+    assert_eq!((alias.0.id.as_str(), alias.1), ("cam2", true));
+    assert_eq!(alias.0.parent.as_deref(), Some("cam"));
     let ids: Vec<String> = client.list().unwrap().into_iter().map(|s| s.id).collect();
-    assert_eq!(ids, ["cam", "other"]);
+    assert_eq!(ids, ["cam", "cam2", "other"]);
 }
 
 #[test]

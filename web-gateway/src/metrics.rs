@@ -25,7 +25,7 @@ impl Out {
     }
 }
 
-/// Stream ids are `[A-Za-z0-9_-]` (validated by the broker), so they need no
+/// Stream ids are `[A-Za-z0-9_.-]` (validated by the broker), so they need no
 /// escaping in a label value.
 fn stream_label(id: &str) -> String {
     format!("stream=\"{id}\"")

@@ -262,12 +262,14 @@ async fn errors_are_json() {
         .reply(&app)
         .await;
     check(res, StatusCode::PAYLOAD_TOO_LARGE, "too large");
-    // Invalid ids in paths: 400 with the reason, before the broker is asked.
+    // Invalid ids in paths: 400 with the reason, before the broker is asked
+    // (a dot is fine, `camera.1`; a leading dot or `..` is not).
     for p in [
-        "/api/streams/a.b/frame",
+        "/api/streams/a..b/frame",
+        "/api/streams/.ab/stats",
         "/api/streams/a%2Fb/stats",
         "/api/streams/a%20b",
-        "/ws/a.b",
+        "/ws/a..b",
         "/api/streams/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/mjpeg",
     ] {
         let mut req = warp::test::request().path(p);
