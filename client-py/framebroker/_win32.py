@@ -74,6 +74,8 @@ _END_OF_PIPE = (ERROR_BROKEN_PIPE, ERROR_PIPE_NOT_CONNECTED)
 
 #: Number of wake events per segment (decision 10).
 WAKE_EVENTS = 4
+#: Longest single wait of the pipe client, ms (see :meth:`PipeStream._wait`).
+_SLICE_MS = 100
 #: Prefix of every named pipe path.
 PIPE_PREFIX = "\\\\.\\pipe\\"
 
@@ -335,6 +337,20 @@ class PipeStream:
             raise OSError(ERROR_INVALID_HANDLE, "pipe is closed")
         return self._handle
 
+    def _wait(self, event: int) -> bool:
+        """Waits for ``event`` at most the timeout; false when it passed. In slices of
+        :data:`_SLICE_MS`: Python runs a Ctrl-C handler only between two calls, and a
+        wait for a stuck broker must not hold it back for the whole timeout."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            ms = _SLICE_MS
+            if deadline is not None:
+                ms = min(ms, max(math.ceil((deadline - time.monotonic()) * 1000), 0))
+            if _WaitForSingleObject(event, ms) != WAIT_TIMEOUT:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
     def _io(self, op: Callable[..., object], buf: object, n: int, what: str) -> int:
         """One overlapped ``ReadFile``/``WriteFile`` of up to ``n`` bytes; the byte
         count, 0 for a read at the end of the stream."""
@@ -348,11 +364,15 @@ class PipeStream:
                 return 0
             if err != ERROR_IO_PENDING:
                 raise _win_error(err, f"{what} {self.path}")
-            ms = INFINITE if self.timeout is None else min(math.ceil(self.timeout * 1000), INFINITE - 1)
-            if _WaitForSingleObject(self._event, ms) == WAIT_TIMEOUT:
-                _CancelIoEx(h, ctypes.byref(ov))
-                # The buffer and `ov` must outlive the operation: wait for its end.
-                _GetOverlappedResult(h, ctypes.byref(ov), ctypes.byref(got), True)
+            done = False
+            try:
+                done = self._wait(self._event)
+            finally:
+                if not done:  # timed out, or Ctrl-C (KeyboardInterrupt) between two slices
+                    _CancelIoEx(h, ctypes.byref(ov))
+                    # The buffer and `ov` must outlive the operation: wait for its end.
+                    _GetOverlappedResult(h, ctypes.byref(ov), ctypes.byref(got), True)
+            if not done:
                 raise TimeoutError(f"{what} {self.path} timed out after {self.timeout} s")
         if not _GetOverlappedResult(h, ctypes.byref(ov), ctypes.byref(got), True):
             err = _last_error()

@@ -267,3 +267,37 @@ def test_frames_of_every_slot_read_back_as_numpy_arrays(writer: RingWriter) -> N
         m = r.latest(buf, 1.0)
         assert m.number == n and np.array_equal(buf.ravel(), np.frombuffer(frame_bytes(n, 32), np.uint8))
     r.close()
+
+
+def test_ctrl_c_ends_a_wait_for_a_silent_broker_at_once() -> None:
+    """A request waits up to its timeout for the answer, in slices: a Ctrl-C
+    (KeyboardInterrupt) gets through within a slice, the pending read is cancelled
+    and the connection can still be closed."""
+    import _thread
+
+    from framebroker import BrokerClient
+
+    from .winpipe import PipeServer
+
+    path = f"\\\\.\\pipe\\fbpytest-{os.getpid()}-{next(_counter)}"
+    srv = PipeServer(path)
+    done = threading.Event()
+
+    def silent() -> None:
+        conn = srv.accept()
+        done.wait(30)
+        conn.close()
+
+    t = threading.Thread(target=silent, daemon=True)
+    t.start()
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            timer.start()
+            BrokerClient(path, timeout=30.0)  # the Hello is never answered
+        assert time.monotonic() - t0 < 5.0, "Ctrl-C must not wait for the 30 s timeout"
+    finally:
+        timer.cancel()
+        done.set()
+        t.join(10)
