@@ -6,7 +6,8 @@
 #       editable mode (reading frames from Python; OpenCV is optional there)
 #   scripts/setup.sh --test  also what the tests need (scripts/test.sh):
 #     - apt: GStreamer RTSP server with Python gi (the loopback test camera),
-#       chromium (browser tests), systemd (systemd-analyze)
+#       chromium (browser tests), systemd (systemd-analyze), wine64 (the
+#       Windows stage)
 #     - opencv-python-headless, pytest, websockets in .venv, and .venv-cv4 with
 #       OpenCV 4.x; schemathesis, build, kubernetes-validate, psutil, matplotlib;
 #       the browser tests' npm packages
@@ -61,7 +62,8 @@ if [ "$TEST" = 1 ]; then
     # ring tests force the fenced path on x86-64 too).
     APT_PKGS+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libatomic1)
     # The Windows stage (tests/windows/run.sh): mingw links the Windows build,
-    # Wine runs it (its binary is /usr/lib/wine/wine64, not on PATH).
+    # Wine runs it and a Windows CPython (tests/windows/python_env.sh); its
+    # binary is /usr/lib/wine/wine64, not on PATH.
     APT_PKGS+=(gcc-mingw-w64-x86-64 wine64)
 fi
 apt_install "${APT_PKGS[@]}"

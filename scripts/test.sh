@@ -7,7 +7,8 @@
 #   3. the loom models of the seqlock and of the Windows wake-up, miri on the
 #      in-process ring, and a bounded fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
-#      gateway clients; real broker, real OpenCV 4.x and 5.x),
+#      gateway clients; real broker, real OpenCV 4.x and 5.x), and the client's
+#      unit suites on the Windows CPython under Wine (named pipe, mappings, events),
 #   5. the deployment files: Dockerfile and its entrypoint, systemd units
 #      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
 #      Kubernetes manifests (schema check),
@@ -75,6 +76,11 @@ for venv in .venv-cv4 .venv; do  # the oldest supported OpenCV first
         $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests \
         web-gateway/tests/browser/test_python_clients.py
 done
+
+step "Python client on Windows: its unit suites on the embeddable CPython 3.13 under Wine"
+# The Windows-Python reader against the Windows broker runs in the Windows stage
+# (tests/windows/python_e2e.py), which builds the broker for Windows.
+bash tests/windows/python_unit.sh
 
 step "deployment: Dockerfile, systemd units, cargo install, wheel, Kubernetes manifests"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \

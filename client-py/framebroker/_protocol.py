@@ -36,6 +36,10 @@ from ._errors import (
     UnsupportedVersion,
 )
 from ._layout import PixelFormat, StreamState
+from ._platform import WINDOWS
+
+if WINDOWS:
+    from . import _win32
 
 log = logging.getLogger("framebroker.protocol")
 
@@ -649,8 +653,13 @@ def read_frame(recv: Callable[[int], bytes]) -> Optional[bytes]:
 def default_socket_path() -> str:
     """Where the broker listens unless told otherwise: ``$FRAMEBROKER_SOCKET``, else
     ``$XDG_RUNTIME_DIR/framebroker/broker.sock``, else
-    ``/tmp/framebroker-<uid>/broker.sock`` (empty variables count as unset)."""
+    ``/tmp/framebroker-<uid>/broker.sock`` (empty variables count as unset).
+
+    On Windows a named pipe: ``$FRAMEBROKER_SOCKET`` (``X`` means ``\\\\.\\pipe\\X``
+    unless it is a pipe path already), else ``\\\\.\\pipe\\framebroker-<user>``."""
     env = os.environ.get(SOCKET_ENV)
+    if WINDOWS:
+        return _win32.pipe_path(env) if env else _win32.default_pipe_path()
     if env:
         return env
     xdg = os.environ.get("XDG_RUNTIME_DIR")
@@ -690,11 +699,13 @@ class BrokerClient:
         connect: bool = True,
     ) -> None:
         self.socket_path = os.fspath(socket_path) if socket_path else default_socket_path()
+        if WINDOWS:
+            self.socket_path = _win32.pipe_path(self.socket_path)
         self.timeout = timeout
         self.client_name = client_name
         self.broker_name: Optional[str] = None
         self.protocol: Optional[int] = None
-        self._sock: Optional[socket.socket] = None
+        self._sock: "Optional[Union[socket.socket, _win32.PipeStream]]" = None
         self._lock = threading.Lock()
         if connect:
             self.connect()
@@ -709,31 +720,7 @@ class BrokerClient:
         """Connects (closing any previous session) and performs the Hello handshake."""
         with self._lock:
             self._close_locked()
-            if not hasattr(socket, "AF_UNIX"):
-                raise FrameBrokerError("this platform has no Unix sockets (named pipes: not yet)")
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(self.timeout)
-            try:
-                s.connect(self.socket_path)
-            except FileNotFoundError:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, "no such socket") from None
-            except ConnectionRefusedError:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, "connection refused: a stale socket file") from None
-            except PermissionError:
-                s.close()
-                raise FrameBrokerError(
-                    f"permission denied on the control socket {self.socket_path}: it is owner-only; "
-                    "run as the broker's user"
-                ) from None
-            except socket.timeout:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
-            except OSError as e:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
-            self._sock = s
+            self._sock = self._connect_pipe() if WINDOWS else self._connect_unix()
             try:
                 hello = HelloRequest(client=self.client_name)
                 resp = self._roundtrip_locked(hello, "Hello")
@@ -759,6 +746,46 @@ class BrokerClient:
             self.protocol = resp.protocol
             log.debug("connected to %s (%s)", self.socket_path, resp.broker)
             return resp
+
+    def _connect_unix(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.socket_path)
+        except FileNotFoundError:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, "no such socket") from None
+        except ConnectionRefusedError:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, "connection refused: a stale socket file") from None
+        except PermissionError:
+            s.close()
+            raise FrameBrokerError(
+                f"permission denied on the control socket {self.socket_path}: it is owner-only; "
+                "run as the broker's user"
+            ) from None
+        except socket.timeout:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
+        except OSError as e:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
+        return s
+
+    def _connect_pipe(self) -> "_win32.PipeStream":
+        try:
+            return _win32.PipeStream(self.socket_path, self.timeout)
+        except FileNotFoundError:
+            raise BrokerNotRunning(self.socket_path, "no such pipe") from None
+        except PermissionError:
+            raise FrameBrokerError(
+                f"permission denied on the control pipe {self.socket_path}: it is owner-only; "
+                "run as the broker's user"
+            ) from None
+        except TimeoutError:
+            raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
+        except OSError as e:
+            raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
 
     def close(self) -> None:
         """Ends the session (the broker detaches everything it attached)."""

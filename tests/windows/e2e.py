@@ -210,13 +210,14 @@ def check_identical(stream: str, recs: List[List[dict]], count: int) -> int:
 
 
 def windows_python_readers(pipe: str, stream: str, broker: Broker) -> None:
-    """THE HOOK for the Windows-Python reader (client-py under the embeddable
-    CPython for Windows, run by Wine): given the running broker's pipe and a live
-    stream with CRCs in its slots, it is to read frames through
-    ``framebroker.VideoCapture`` and check them against the broker's CRCs, as
-    ``readers``/``check_identical`` do for the Rust readers. Not built in this
-    stage yet; the Rust side above is complete without it."""
-    log(f"Windows-Python reader: not part of this stage yet (hook: {pipe}, {stream})")
+    """The Windows-Python reader (client-py under the embeddable CPython for
+    Windows, run by Wine, with numpy): reads frames of the live ``stream`` of the
+    running broker through ``framebroker.VideoCapture`` beside ``fb-reader.exe``,
+    and checks them against the broker's CRCs and the Rust reader's bytes
+    (``tests/windows/python_e2e.py``)."""
+    import python_e2e
+
+    log(python_e2e.check_reader(pipe, stream, 30, WIN_BIN / "fb-reader.exe", WORK))
 
 
 def check_gateway(pipe: str, port: int, stream: str, frame_bytes: int) -> None:

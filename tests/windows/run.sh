@@ -2,7 +2,8 @@
 # The Windows stage, on this Linux machine: cross-builds the workspace for
 # x86_64-pc-windows-gnu (mingw), lints it for that target, runs the proto unit
 # tests (ring over Windows shared memory, seqlock, wake events, protocol golden
-# vectors, naming) and the cross-process end-to-end test (tests/windows/e2e.py)
+# vectors, naming) and the cross-process end-to-end tests (tests/windows/e2e.py,
+# with the Windows-Python reader; tests/windows/python_e2e.py)
 # under Wine, with the Windows ffmpeg from the imageio-ffmpeg wheel.
 #
 #   tests/windows/run.sh [--figures]     (scripts/setup.sh --test installs mingw,
@@ -57,5 +58,9 @@ say "cross-process end to end under Wine"
 # The Linux binaries are needed only for the Linux side of --figures.
 if [ "${1:-}" = "--figures" ]; then cargo build --workspace --bins --locked; fi
 .venv/bin/python tests/windows/e2e.py "$@"
+
+say "the Windows-Python reader across a broker kill and restart"
+.venv/bin/python tests/windows/python_e2e.py --broker-exe "target/$TARGET/debug/framebroker.exe" \
+    --fb-reader-exe "target/$TARGET/debug/fb-reader.exe" --ffmpeg "$WORK/ffmpeg.exe"
 
 say "done in $(( $(date +%s) - start )) s"
