@@ -279,10 +279,10 @@ impl SourceFactory for Ffmpeg {
         // Windows: a child gets no numbered descriptors beyond stdio.
         #[cfg(windows)]
         if !spec.variants.is_empty() {
-            return Err(
-                "variants are not available on Windows yet (they need extra pipes to ffmpeg)"
-                    .into(),
-            );
+            // The registry refuses such requests up front; this is the backstop.
+            return Err(internal(
+                "variants are not available on Windows yet (they need extra pipes to ffmpeg)",
+            ));
         }
         #[cfg(unix)]
         let write_fds: Vec<i32> = {
