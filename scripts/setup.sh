@@ -61,9 +61,11 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
         fi
         "$py" -m pip install -q --upgrade pip
     fi
-    if ! "$py" -c 'import numpy, cv2, pytest, websockets' >/dev/null 2>&1; then
-        say "pip install numpy $opencv pytest websockets into $(basename "$venv")"
-        "$py" -m pip install -q numpy "$opencv" pytest websockets
+    # requests: the original server's video_import.py talks HTTP with it (its
+    # fetch loop is re-created in web-gateway/tests/browser/test_original_clients.py).
+    if ! "$py" -c 'import numpy, cv2, pytest, websockets, requests' >/dev/null 2>&1; then
+        say "pip install numpy $opencv pytest websockets requests into $(basename "$venv")"
+        "$py" -m pip install -q numpy "$opencv" pytest websockets requests
     fi
     if [ -f client-py/pyproject.toml ]; then
         local stamp="$venv/.client-py.installed"
