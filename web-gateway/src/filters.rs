@@ -72,14 +72,15 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::body::bytes())
         .and(st.clone())
         .and_then(handlers::start_with_url);
-    // Not a stream id: only POST goes there.
+    // Not a stream id: only POST goes there. An answer, not a rejection (a
+    // rejection would let `/api/streams/{id}` below take the path).
     let reserved = warp::path!("api" / "streams" / "start-with-url")
         .and(warp::get().or(warp::delete()).unify())
-        .and_then(|| async {
-            Err::<Response, _>(warp::reject::custom(errors::ApiError::new(
+        .map(|| {
+            errors::json_error(
                 warp::http::StatusCode::METHOD_NOT_ALLOWED,
                 "start-with-url takes POST {\"rtsp_url\": ...}; it is not a stream id",
-            )))
+            )
         });
     let force = warp::path!("api" / "streams" / String / "force")
         .and(warp::delete())
@@ -167,7 +168,9 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and_then(asset);
 
-    create
+    // Boxed in groups (same order, same rejections): one long chain of `or`s
+    // makes a type the compiler spends many minutes on.
+    let control = create
         .or(create_url)
         .unify()
         .or(reserved)
@@ -180,8 +183,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(stop)
         .unify()
-        .or(stats)
-        .unify()
+        .boxed();
+    let media = stats
         .or(frame)
         .unify()
         .or(snapshot)
@@ -190,8 +193,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(ws)
         .unify()
-        .or(metrics)
-        .unify()
+        .boxed();
+    let rest = metrics
         .or(openapi)
         .unify()
         .or(healthz)
@@ -201,6 +204,12 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .or(index)
         .unify()
         .or(assets)
+        .unify()
+        .boxed();
+    control
+        .or(media)
+        .unify()
+        .or(rest)
         .unify()
         .recover(errors::recover)
         .unify()
