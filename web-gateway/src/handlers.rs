@@ -1,6 +1,5 @@
 //! The async handlers behind the routes of [`filters`](crate::filters).
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -456,6 +455,10 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
     let (tx, mut rx) = mpsc::channel::<Bytes>(3);
     let mut shutdown = state.shutdown.clone();
     let deadline = state.client_deadline;
+    // Set when the client is dropped for taking nothing: the answer then ends
+    // with an error, so that the connection is closed (not kept alive).
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow_tx = slow.clone();
     tokio::spawn(async move {
         let mut last = 0;
         loop {
@@ -482,6 +485,7 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(_) => {
+                        slow_tx.store(true, Relaxed);
                         permit.dropped_slow();
                         sub.hub().metrics.slow_dropped.fetch_add(1, Relaxed);
                         tracing::info!(stream = %sub.hub().id, "MJPEG client took no data for {deadline:?}: dropped");
@@ -498,8 +502,14 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
         }
         drop(permit);
     });
-    let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+    let body = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        std::task::Poll::Ready(None) if slow.swap(false, Relaxed) => {
+            std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no data for the deadline",
+            ))))
+        }
+        p => p.map(|o| o.map(Ok)),
     });
     let mut res = warp::reply::stream(body).into_response();
     res.headers_mut().insert(
