@@ -94,6 +94,7 @@
       this.statusHandlers = new Set();
       this.wanted = false;
       this.retryTimer = null;
+      this.sizeAsked = false;
       this.framesReceived = 0;
       this.lastFrameNumber = 0;
       this.status = 'idle';
@@ -428,8 +429,12 @@
       this.setStatus('closed', 'disconnected');
     }
 
+    /** Asks the stream's size (once at a time). */
     learnSize() {
+      if (this.sizeAsked) return;
+      this.sizeAsked = true;
       this.getStreamStats().then((s) => {
+        this.sizeAsked = false;
         if (s) this.rememberSize(s.width, s.height);
       });
     }
