@@ -187,7 +187,8 @@ class RemoteStream:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             failed = False
-            left_ms = 5000 if deadline is None else int(max(deadline - time.monotonic(), 0) * 1000)
+            # The gateway waits at most 5 s per request (then 204: ask again).
+            left_ms = 5000 if deadline is None else min(int(max(deadline - time.monotonic(), 0) * 1000), 5000)
             try:
                 # The gateway answers as soon as a frame newer than ours exists.
                 got = self._fetch(out, wait_ms=max(left_ms, 1))
