@@ -557,6 +557,7 @@ impl Broker {
                     readers: 0,
                     on_demand: true,
                     parent: None,
+                    declared_fps: 0.0,
                 });
             }
         }

@@ -295,6 +295,7 @@ impl StreamHandle {
             readers: self.readers.load(Ordering::Relaxed),
             on_demand: self.on_demand,
             parent: self.parent.clone(),
+            declared_fps: 0.0,
         }
     }
 

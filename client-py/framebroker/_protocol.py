@@ -40,7 +40,7 @@ from ._layout import PixelFormat, StreamState
 log = logging.getLogger("framebroker.protocol")
 
 #: Version of the messages below.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: ``b"FBCP"`` as a little-endian u32: the first field of every Hello.
 PROTOCOL_MAGIC = int.from_bytes(b"FBCP", "little")
 #: Largest frame body either side accepts.
@@ -176,6 +176,9 @@ class StreamInfo:
     on_demand: bool
     #: For a variant: the main stream whose decode feeds it.
     parent: Optional[str] = None
+    #: The frame rate the source declares (ffmpeg's stream information), 0.0 while
+    #: not known yet; :attr:`StreamStats.fps` is the measured rate.
+    declared_fps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,7 @@ class _Struct(_Codec):
 
 _STREAM_INFO = _Struct(
     StreamInfo,
-    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL, _Opt(STR)],
+    [STR, STR, _Enum(StreamState), U32, U32, _Enum(PixelFormat), U64, U32, BOOL, _Opt(STR), F64],
 )
 
 _STREAM_STATS = _Struct(

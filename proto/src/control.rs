@@ -19,7 +19,7 @@ use crate::layout::{PixelFormat, StreamState};
 use crate::Error;
 
 /// Version of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// `b"FBCP"` as a little-endian u32: the first field of every Hello.
 pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"FBCP");
 /// Largest frame (the bytes after the length) either side accepts. Checked before
@@ -267,6 +267,10 @@ pub struct StreamInfo {
     pub on_demand: bool,
     /// For a variant: the id of the main stream whose decode feeds it.
     pub parent: Option<String>,
+    /// The frame rate the source declares (ffmpeg's stream information, e.g. the
+    /// camera's SDP or a `testsrc` rate), in frames per second; 0.0 while not known
+    /// yet. [`StreamStats::fps`] is the measured rate.
+    pub declared_fps: f64,
 }
 
 /// Counters of one stream.

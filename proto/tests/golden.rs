@@ -26,6 +26,7 @@ fn info() -> StreamInfo {
         readers: 2,
         on_demand: false,
         parent: None,
+        declared_fps: 30.0,
     }
 }
 
@@ -90,6 +91,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         width: 0,
                         height: 0,
                         on_demand: true,
+                        declared_fps: 0.0,
                         ..info()
                     },
                     StreamInfo {
@@ -98,6 +100,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         height: 240,
                         pixel_format: PixelFormat::Gray,
                         parent: Some("cam-1".into()),
+                        declared_fps: 29.97,
                         ..info()
                     },
                 ],
