@@ -71,6 +71,8 @@ class RemoteStream:
         self.last_number = 0
         self.shape: Optional[Tuple[int, ...]] = None
         self.pixel_format = PixelFormat.BGR24
+        #: The rate the source declares (the gateway's ``declared_fps``; 0.0 unknown).
+        self.declared_fps = 0.0
         self._failing = False
 
     def _frame_url(self, wait_ms: int) -> str:
@@ -128,6 +130,7 @@ class RemoteStream:
         while True:
             try:
                 if self._fetch(None, wait_ms=0) is not None:
+                    self.declared_fps = self._declared_fps()
                     return
             except RemoteError as e:
                 if e.status not in (404, 503) or time.monotonic() >= deadline:
@@ -140,6 +143,16 @@ class RemoteStream:
                 )
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.5)
+
+    def _declared_fps(self) -> float:
+        """The stream's declared rate from the gateway's stats (0.0 when it does not say)."""
+        url = f"{self.server}/api/streams/{urllib.parse.quote(self.stream_id)}/stats"
+        try:
+            with self._call(urllib.request.Request(url)) as resp:
+                fps = json.loads(resp.read(1 << 20)).get("declared_fps")
+        except (RemoteError, ValueError, AttributeError):
+            return 0.0
+        return float(fps) if isinstance(fps, (int, float)) and fps > 0 else 0.0
 
     def _fetch(self, out: Optional[np.ndarray], wait_ms: int) -> Optional[Tuple[FrameMeta, np.ndarray]]:
         """One frame request: a frame newer than the last one (waiting up to

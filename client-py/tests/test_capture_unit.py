@@ -146,6 +146,13 @@ class FakeGateway(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         parts = urllib.parse.urlsplit(self.path)
+        if parts.path.endswith("/stats"):  # the gateway's stats: the declared rate
+            body = json.dumps({"declared_fps": 30.0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if not parts.path.endswith("/frame"):
             self.send_error(404)
             return
@@ -183,6 +190,8 @@ def test_remote_mode_reads_through_the_gateway(gateway: str, monkeypatch: pytest
     assert cap.isOpened(), cap.last_error
     assert cap.getBackendName() == "FRAMEBROKER_HTTP"
     assert FakeGateway.posted == [{"stream_id": fb.stream_id_for_url(url), "rtsp_url": url, "width": 6, "height": 4}]
+    # Right after open, before any measured rate: the rate the stream declares.
+    assert cap.get(fb.CAP_PROP_FPS) == 30.0
     seen: List[Tuple[int, int]] = []
     for _ in range(3):
         ok, frame = cap.read()

@@ -78,9 +78,14 @@ pub struct StreamView {
     /// Frames the broker wrote to the stream since it started.
     #[serde(default)]
     pub frame_count: u64,
-    /// Everyone watching now (see [`StatsView::client_count`]).
+    /// Everyone watching now: WebSocket, MJPEG and recent HTTP clients of the
+    /// gateway, and local shared-memory readers.
     #[serde(default)]
     pub client_count: u64,
+    /// The frame rate the source declares (0 while not known); `fps` in the
+    /// stats is the measured one.
+    #[serde(default)]
+    pub declared_fps: f64,
 }
 
 impl From<&StreamInfo> for StreamView {
@@ -99,6 +104,7 @@ impl From<&StreamInfo> for StreamView {
             is_running: s.state == framebroker_proto::StreamState::Live,
             frame_count: 0,
             client_count: 0,
+            declared_fps: s.declared_fps,
         }
     }
 }

@@ -481,6 +481,7 @@ async fn api_compatible_with_the_original_server() {
     assert_eq!(stats["stream_id"], "camera1");
     assert_eq!(stats["width"], 160);
     assert!(stats["fps"].as_f64().is_some());
+    assert!(stats["declared_fps"].as_f64().is_some(), "{stats}");
     // Unknown stream: 404 JSON everywhere.
     for p in [
         "/api/streams/nope/stats",
