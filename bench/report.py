@@ -464,9 +464,12 @@ def section_gateway(g: Dict[str, Any], cores: int, out: List[str]) -> None:
         out.append(f"\nSnapshot (`GET /api/streams/bench/snapshot.jpg`, {s['requests']} requests, no other client): "
                    f"p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms, max {s['max_ms']:.2f} ms.")
     if g.get("polling"):
-        out.append("\nRaw frame polling (`GET /api/streams/bench/frame` back to back, BGR24): "
+        out.append("\nRaw frame polling (`GET /api/streams/bench/frame` back to back with no sleep, BGR24; "
+                   "the gateway paces each request to the next new frame, as the original server did): "
                    + "; ".join(f"{q['pollers']} poller{'s' if q['pollers'] > 1 else ''}: {q['requests_per_s']:.0f} "
-                               f"requests/s, {q['mb_per_s']:.0f} MB/s ({q['distinct_frames_per_s']:.1f} distinct frames/s)"
+                               f"requests/s, {q['mb_per_s']:.0f} MB/s ({q['distinct_frames_per_s']:.1f} distinct frames/s, "
+                               f"{q['requests_per_s'] / q['pollers'] / max(q['distinct_frames_per_s'], 1e-9):.2f} "
+                               "requests per new frame per poller)"
                                for q in g["polling"]) + ".")
     out.append("\n![Gateway](bench/gateway.png)\n")
     rows = g["subscribers"]

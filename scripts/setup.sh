@@ -100,10 +100,12 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
         fi
         "$py" -m pip install -q --upgrade pip
     fi
+    # requests: the original server's video_import.py talks HTTP with it (its
+    # fetch loop is re-created in web-gateway/tests/browser/test_original_clients.py).
     local pkgs=(numpy) mods=numpy
     if [ "$TEST" = 1 ]; then
-        pkgs+=("$opencv" pytest websockets)
-        mods+=,cv2,pytest,websockets
+        pkgs+=("$opencv" pytest websockets requests)
+        mods+=,cv2,pytest,websockets,requests
     fi
     if ! "$py" -c "import $mods" >/dev/null 2>&1; then
         say "pip install ${pkgs[*]} into $(basename "$venv")"

@@ -6,12 +6,15 @@ The gateway keeps the original Go server's API:
 - ``POST {server}/api/streams`` with JSON ``{"stream_id", "rtsp_url", "width",
   "height"}`` starts a stream (an existing one is fine: 409 is accepted);
 - requests carry ``Authorization: Bearer $FRAMEBROKER_TOKEN`` when it is set;
-- ``GET {server}/api/streams/{id}/frame`` answers the newest frame as raw bytes
-  with ``X-Frame-Width``, ``X-Frame-Height``, ``X-Pixel-Format``,
-  ``X-Frame-Number`` and ``X-Capture-Time-Ns`` headers.
+- ``GET {server}/api/streams/{id}/frame?after=N&wait=MS`` answers the newest
+  frame if its number is above N, else waits (up to MS, at most 5 s) for the
+  next one, as raw bytes with ``X-Frame-Width``, ``X-Frame-Height``,
+  ``X-Pixel-Format``, ``X-Frame-Number`` and ``X-Capture-Time-Ns`` headers; 204
+  when none came.
 
-A read polls the frame URL until the frame number changes (sleeping between
-polls, 5 ms growing to 40 ms), so a reader never gets the same frame twice.
+So a read is one request that returns as soon as a frame this reader has not
+had exists: it never gets the same frame twice, and never waits longer than
+needed (no polling between requests).
 """
 
 from __future__ import annotations
@@ -68,16 +71,19 @@ class RemoteStream:
         self.last_number = 0
         self.shape: Optional[Tuple[int, ...]] = None
         self.pixel_format = PixelFormat.BGR24
+        #: The rate the source declares (the gateway's ``declared_fps``; 0.0 unknown).
+        self.declared_fps = 0.0
         self._failing = False
 
-    def _frame_url(self) -> str:
-        return f"{self.server}/api/streams/{urllib.parse.quote(self.stream_id)}/frame"
+    def _frame_url(self, wait_ms: int) -> str:
+        q = urllib.parse.urlencode({"after": self.last_number, "wait": wait_ms})
+        return f"{self.server}/api/streams/{urllib.parse.quote(self.stream_id)}/frame?{q}"
 
-    def _call(self, req: urllib.request.Request) -> Any:
+    def _call(self, req: urllib.request.Request, extra_s: float = 0.0) -> Any:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            return urllib.request.urlopen(req, timeout=self.http_timeout_s)
+            return urllib.request.urlopen(req, timeout=self.http_timeout_s + extra_s)
         except urllib.error.HTTPError as e:
             detail = e.read(512).decode("utf-8", "replace").strip()
             e.close()
@@ -123,7 +129,8 @@ class RemoteStream:
         pause = 0.05
         while True:
             try:
-                if self._fetch(None, accept_same=True) is not None:
+                if self._fetch(None, wait_ms=0) is not None:
+                    self.declared_fps = self._declared_fps()
                     return
             except RemoteError as e:
                 if e.status not in (404, 503) or time.monotonic() >= deadline:
@@ -137,10 +144,22 @@ class RemoteStream:
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.5)
 
-    def _fetch(self, out: Optional[np.ndarray], accept_same: bool) -> Optional[Tuple[FrameMeta, np.ndarray]]:
-        req = urllib.request.Request(self._frame_url(), headers={"Accept": "application/octet-stream"})
-        with self._call(req) as resp:
-            if resp.status == 204:  # the stream has no frame yet
+    def _declared_fps(self) -> float:
+        """The stream's declared rate from the gateway's stats (0.0 when it does not say)."""
+        url = f"{self.server}/api/streams/{urllib.parse.quote(self.stream_id)}/stats"
+        try:
+            with self._call(urllib.request.Request(url)) as resp:
+                fps = json.loads(resp.read(1 << 20)).get("declared_fps")
+        except (RemoteError, ValueError, AttributeError):
+            return 0.0
+        return float(fps) if isinstance(fps, (int, float)) and fps > 0 else 0.0
+
+    def _fetch(self, out: Optional[np.ndarray], wait_ms: int) -> Optional[Tuple[FrameMeta, np.ndarray]]:
+        """One frame request: a frame newer than the last one (waiting up to
+        ``wait_ms`` for it), any newest frame with ``wait_ms=0``, or ``None``."""
+        req = urllib.request.Request(self._frame_url(wait_ms), headers={"Accept": "application/octet-stream"})
+        with self._call(req, extra_s=wait_ms / 1000) as resp:
+            if resp.status == 204:  # no new frame within wait_ms (or none yet)
                 return None
             h = resp.headers
             try:
@@ -150,7 +169,7 @@ class RemoteStream:
                 pf = PixelFormat.from_name(h.get("X-Pixel-Format") or "bgr24")
             except (TypeError, ValueError, KeyError) as e:
                 raise RemoteError(f"gateway {self.server}: frame without valid X-Frame-* headers ({e})") from None
-            if not accept_same and number == self.last_number:
+            if wait_ms and number == self.last_number:
                 return None
             size = pf.frame_bytes(w, hh)
             if size is None or not 0 < size <= MAX_FRAME_BYTES:
@@ -179,11 +198,13 @@ class RemoteStream:
     def read(self, out: Optional[np.ndarray], timeout_s: Optional[float]) -> Optional[Tuple[FrameMeta, np.ndarray]]:
         """The newest frame not returned yet, or ``None`` within the timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = 0.005
         while True:
             failed = False
+            # The gateway waits at most 5 s per request (then 204: ask again).
+            left_ms = 5000 if deadline is None else min(int(max(deadline - time.monotonic(), 0) * 1000), 5000)
             try:
-                got = self._fetch(out, accept_same=False)
+                # The gateway answers as soon as a frame newer than ours exists.
+                got = self._fetch(out, wait_ms=max(left_ms, 1))
             except RemoteError as e:
                 (log.debug if self._failing else log.warning)("%s", e)
                 self._failing = failed = True
@@ -194,9 +215,8 @@ class RemoteStream:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            step = 0.5 if failed else pause
-            time.sleep(step if deadline is None else min(step, deadline - now))
-            pause = min(pause * 2, 0.04)
+            if failed:  # the gateway is down or refuses: do not spin
+                time.sleep(0.5 if deadline is None else min(0.5, deadline - now))
 
     def close(self) -> None:
         """Nothing to release: the gateway keeps the stream for other readers."""

@@ -534,7 +534,8 @@ class VideoCapture:
         m = self.frame_meta
         if m is not None and m.wall_ns > self._first_wall_ns and m.number > self._first_number:
             return (m.number - self._first_number) / ((m.wall_ns - self._first_wall_ns) / 1e9)
-        return 0.0
+        # Until two frames give a measured rate: the one the stream declares.
+        return self._remote.declared_fps if self._remote is not None else 0.0
 
     @property
     def stream_time_ns(self) -> Optional[int]:

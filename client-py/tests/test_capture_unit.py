@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import urllib.parse
 from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -128,6 +129,7 @@ def test_video_import_compat() -> None:
 
 class FakeGateway(http.server.BaseHTTPRequestHandler):
     posted: List[Dict[str, Any]] = []
+    asked: List[Tuple[int, int]] = []
     number = 0
     lock = threading.Lock()
 
@@ -143,10 +145,21 @@ class FakeGateway(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"{}")
 
     def do_GET(self) -> None:  # noqa: N802
-        if not self.path.endswith("/frame"):
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.path.endswith("/stats"):  # the gateway's stats: the declared rate
+            body = json.dumps({"declared_fps": 30.0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if not parts.path.endswith("/frame"):
             self.send_error(404)
             return
+        q = urllib.parse.parse_qs(parts.query)
         with FakeGateway.lock:
+            # The client says which frame it has (?after=N) and how long it may wait.
+            FakeGateway.asked.append((int(q["after"][0]), int(q["wait"][0])))
             FakeGateway.number += 1
             n = FakeGateway.number
         frame = np.full((4, 6, 3), n % 256, np.uint8).tobytes()
@@ -161,7 +174,7 @@ class FakeGateway(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gateway() -> Iterator[str]:
-    FakeGateway.posted, FakeGateway.number = [], 0
+    FakeGateway.posted, FakeGateway.asked, FakeGateway.number = [], [], 0
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeGateway)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -177,6 +190,8 @@ def test_remote_mode_reads_through_the_gateway(gateway: str, monkeypatch: pytest
     assert cap.isOpened(), cap.last_error
     assert cap.getBackendName() == "FRAMEBROKER_HTTP"
     assert FakeGateway.posted == [{"stream_id": fb.stream_id_for_url(url), "rtsp_url": url, "width": 6, "height": 4}]
+    # Right after open, before any measured rate: the rate the stream declares.
+    assert cap.get(fb.CAP_PROP_FPS) == 30.0
     seen: List[Tuple[int, int]] = []
     for _ in range(3):
         ok, frame = cap.read()
@@ -185,6 +200,10 @@ def test_remote_mode_reads_through_the_gateway(gateway: str, monkeypatch: pytest
         seen.append((cap.frame_meta.number, int(frame[0, 0, 0])))
     assert all(n % 256 == v for n, v in seen)
     assert [n for n, _ in seen] == sorted({n for n, _ in seen})
+    # Each read asked for a frame after the one it had (the open's first at once).
+    assert FakeGateway.asked[0] == (0, 0)
+    assert [a for a, _ in FakeGateway.asked[1:4]] == [1, 2, 3]
+    assert all(0 < w <= 5000 for _, w in FakeGateway.asked[1:])
     buf = np.zeros((4, 6, 3), np.uint8)
     ok, frame = cap.read(buf)
     assert ok and frame is buf

@@ -161,6 +161,8 @@ pub struct GatewaySection {
     pub cors_origins: Option<Vec<String>>,
     pub jpeg_quality: Option<u8>,
     pub idle_ms: Option<u64>,
+    /// A WebSocket or MJPEG client that accepts no data for this long is dropped.
+    pub client_deadline_ms: Option<u64>,
     pub max_ws_clients: Option<usize>,
     pub max_http_streams: Option<usize>,
     pub max_jpeg_settings: Option<u16>,
@@ -326,6 +328,7 @@ impl Config {
             cors_origins,
             jpeg_quality,
             idle_ms,
+            client_deadline_ms,
             max_ws_clients,
             max_http_streams,
             max_jpeg_settings

@@ -100,6 +100,21 @@ pub fn check_exposure(addr: SocketAddr, auth: &Auth, insecure_no_auth: bool) -> 
     ))
 }
 
+/// Refuses `--cors-origin '*'` beyond loopback without a token: every web page
+/// any visitor of that network opens could then start and stop streams and read
+/// every camera's frames through the visitor's browser.
+pub fn check_cors(addr: SocketAddr, auth: &Auth, origins: &[String]) -> Result<(), String> {
+    if !origins.iter().any(|o| o == "*") || addr.ip().is_loopback() || auth.enabled() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing --cors-origin '*' on {addr} without a token: any web page opened in a \
+         browser that can reach {addr} could start and stop streams and read every camera's \
+         frames. Set --token (or FRAMEBROKER_TOKEN), listen on 127.0.0.1, or list the \
+         origins that may call the gateway."
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +150,19 @@ mod tests {
         assert!(e.contains("--token"), "{e}");
         assert!(check_exposure(any, &tok, false).is_ok());
         assert!(check_exposure(any, &none, true).is_ok());
+    }
+
+    #[test]
+    fn any_origin_beyond_loopback_needs_a_token() {
+        let lo: SocketAddr = "127.0.0.1:8091".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:8091".parse().unwrap();
+        let star = vec!["*".to_string()];
+        let some = vec!["http://localhost:8000".to_string()];
+        let none = Auth::new(None);
+        assert!(check_cors(lo, &none, &star).is_ok());
+        assert!(check_cors(any, &none, &some).is_ok());
+        assert!(check_cors(any, &Auth::new(Some("t")), &star).is_ok());
+        let e = check_cors(any, &none, &star).unwrap_err();
+        assert!(e.contains("--token") && e.contains("any web page"), "{e}");
     }
 }

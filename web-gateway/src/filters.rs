@@ -17,7 +17,8 @@ use crate::models::{FrameQuery, MAX_BODY};
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
 /// The OpenAPI document at `/api/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
-/// Files served under `/web/`: name, content type, bytes.
+/// Files served under `/web/` and `/static/` (the original server's URL):
+/// name, content type, bytes.
 pub const ASSETS: &[(&str, &str, &str)] = &[
     (
         "js_client.js",
@@ -64,6 +65,28 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::body::bytes())
         .and(st.clone())
         .and_then(handlers::start_stream);
+    let create_url = warp::path!("api" / "streams" / "start-with-url")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::bytes())
+        .and(st.clone())
+        .and_then(handlers::start_with_url);
+    // Not a stream id: only POST goes there. An answer, not a rejection (a
+    // rejection would let `/api/streams/{id}` below take the path).
+    let reserved = warp::path!("api" / "streams" / "start-with-url")
+        .and(warp::get().or(warp::delete()).unify())
+        .map(|| {
+            errors::json_error(
+                warp::http::StatusCode::METHOD_NOT_ALLOWED,
+                "start-with-url takes POST {\"rtsp_url\": ...}; it is not a stream id",
+            )
+        });
+    let force = warp::path!("api" / "streams" / String / "force")
+        .and(warp::delete())
+        .and(auth.clone())
+        .and(st.clone())
+        .and_then(handlers::force_stop_stream);
     let list = warp::path!("api" / "streams")
         .and(warp::get())
         .and(auth.clone())
@@ -89,6 +112,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(warp::query::<FrameQuery>())
         .and(accept)
+        .and(warp::addr::remote())
         .and(st.clone())
         .and_then(handlers::frame);
     let snapshot = warp::path!("api" / "streams" / String / "snapshot.jpg")
@@ -122,28 +146,45 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(st.clone())
         .and_then(handlers::healthz);
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and_then(handlers::health);
+    // `/viewer` is where the original served its page.
     let index = warp::path::end()
+        .or(warp::path!("viewer"))
+        .unify()
         .and(warp::get())
         .map(|| typed(INDEX_HTML, "text/html; charset=utf-8"));
+    let asset = |name: String| async move {
+        ASSETS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, ct, body)| typed(body, ct))
+            .ok_or_else(warp::reject::not_found)
+    };
     let assets = warp::path!("web" / String)
+        .or(warp::path!("static" / String))
+        .unify()
         .and(warp::get())
-        .and_then(|name: String| async move {
-            ASSETS
-                .iter()
-                .find(|(n, _, _)| *n == name)
-                .map(|(_, ct, body)| typed(body, ct))
-                .ok_or_else(warp::reject::not_found)
-        });
+        .and_then(asset);
 
-    create
+    // Boxed in groups (same order, same rejections): one long chain of `or`s
+    // makes a type the compiler spends many minutes on.
+    let control = create
+        .or(create_url)
+        .unify()
+        .or(reserved)
+        .unify()
+        .or(force)
+        .unify()
         .or(list)
         .unify()
         .or(one)
         .unify()
         .or(stop)
         .unify()
-        .or(stats)
-        .unify()
+        .boxed();
+    let media = stats
         .or(frame)
         .unify()
         .or(snapshot)
@@ -152,15 +193,23 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(ws)
         .unify()
-        .or(metrics)
-        .unify()
+        .boxed();
+    let rest = metrics
         .or(openapi)
         .unify()
         .or(healthz)
         .unify()
+        .or(health)
+        .unify()
         .or(index)
         .unify()
         .or(assets)
+        .unify()
+        .boxed();
+    control
+        .or(media)
+        .unify()
+        .or(rest)
         .unify()
         .recover(errors::recover)
         .unify()
@@ -210,7 +259,9 @@ pub fn app(state: State, origins: &[String]) -> BoxedFilter<(Response,)> {
             ),
         )
     });
-    let cross = if origins.is_empty() {
+    let cross = if origins.iter().any(|o| o == "*") {
+        any_origin(inner.clone())
+    } else if origins.is_empty() {
         refused.boxed()
     } else {
         let cors = warp::cors()
@@ -223,6 +274,7 @@ pub fn app(state: State, origins: &[String]) -> BoxedFilter<(Response,)> {
                 "x-pixel-format",
                 "x-frame-number",
                 "x-capture-time-ns",
+                "x-frame-timestamp",
             ]);
         inner
             .with(cors)
@@ -248,6 +300,46 @@ pub fn app(state: State, origins: &[String]) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// Every origin (`--cors-origin '*'`), as the original server allowed: `OPTIONS`
+/// on any path answers 204, and every answer carries its three headers (plus the
+/// frame headers a page may read).
+fn any_origin(inner: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+    fn cors_headers(res: &mut Response) {
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Content-Type, Authorization"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(
+                "X-Frame-Width, X-Frame-Height, X-Pixel-Format, X-Frame-Number, \
+                 X-Capture-Time-Ns, X-Frame-Timestamp, X-Frame-Generation",
+            ),
+        );
+    }
+    let preflight = warp::options().map(|| {
+        let mut res = warp::http::StatusCode::NO_CONTENT.into_response();
+        cors_headers(&mut res);
+        res
+    });
+    preflight
+        .or(inner.map(|mut res: Response| {
+            cors_headers(&mut res);
+            res
+        }))
+        .unify()
+        .boxed()
+}
+
 /// The methods [`routes`] serves on `path` (the `Allow` header of a 405), or
 /// `None` for a path it does not route.
 pub fn allowed_methods(path: &str) -> Option<&'static str> {
@@ -255,12 +347,16 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
     let named = |s: &&str| !s.is_empty();
     match segments.as_slice() {
         ["api", "streams"] => Some("GET, POST"),
+        ["api", "streams", "start-with-url"] => Some("POST"),
+        ["api", "streams", id, "force"] if named(id) => Some("DELETE"),
         ["api", "streams", id] if named(id) => Some("GET, DELETE"),
         ["api", "streams", id, "stats" | "frame" | "snapshot.jpg" | "mjpeg"] if named(id) => {
             Some("GET")
         }
-        ["ws", id] | ["web", id] if named(id) => Some("GET"),
-        ["metrics"] | ["healthz"] | ["api", "openapi.json"] | [""] => Some("GET"),
+        ["ws", id] | ["web", id] | ["static", id] if named(id) => Some("GET"),
+        ["metrics"] | ["healthz"] | ["health"] | ["viewer"] | ["api", "openapi.json"] | [""] => {
+            Some("GET")
+        }
         _ => None,
     }
 }

@@ -1,6 +1,6 @@
 //! The async handlers behind the routes of [`filters`](crate::filters).
 
-use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,17 @@ use crate::hub::{Feed, Framed, Hub, JpegSubscription, Kind, RawFrame, StreamHub,
 use crate::jpeg::JpegSetting;
 use crate::limits::Limits;
 use crate::models::{
-    FrameQuery, Health, StartBody, Started, StatsView, Stopped, StreamList, StreamView,
+    url_stream_id, FrameQuery, Health, OriginalHealth, StartBody, StartUrlBody, Started, StatsView,
+    StillWatched, Stopped, StreamList, StreamView,
 };
 
 /// Boundary of the MJPEG multipart stream.
 pub const MJPEG_BOUNDARY: &str = "fbframe";
-/// A WebSocket send that takes longer than this drops the client.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `/frame` waits for a frame it may hand out before answering 204
+/// (the original server's wait).
+pub const PACED_WAIT: Duration = Duration::from_secs(5);
+/// How often a WebSocket client is pinged (the original server's period).
+const PING_EVERY: Duration = Duration::from_secs(54);
 
 /// What every handler shares.
 pub struct AppState {
@@ -39,6 +43,8 @@ pub struct AppState {
     pub first_frame_wait: Duration,
     /// Caps on WebSocket clients and MJPEG responses.
     pub limits: Limits,
+    /// A WebSocket or MJPEG client that accepts no data for this long is dropped.
+    pub client_deadline: Duration,
     /// Turns true when the gateway shuts down: streaming answers end.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
@@ -78,50 +84,130 @@ fn no_store(res: &mut Response) {
     );
 }
 
-/// `POST /api/streams`.
-pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejection> {
-    let body: StartBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+/// The one id `/api/streams/{id}` cannot name (its path is a route).
+pub const RESERVED_ID: &str = "start-with-url";
+
+/// What a start route asks the broker for.
+struct Start {
+    id: String,
+    url: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    pixel_format: Option<String>,
+    on_demand: Option<bool>,
+}
+
+/// Starts (or finds) a stream and answers as the original server did: 200 with
+/// `message`, `stream_id`, `rtsp_url`, `width`, `height`, plus our fields.
+async fn start(s: Start, state: &State) -> Result<Response, Rejection> {
     // Refused here, before the broker sees (and logs) whatever the id holds.
-    validate_id(&body.stream_id)?;
-    let mut req = StartRequest::new(body.stream_id.clone(), body.rtsp_url.clone());
-    // 0 (or absent) width and height: the camera's own size.
-    let (w, h) = (body.width.unwrap_or(0), body.height.unwrap_or(0));
+    validate_id(&s.id)?;
+    if s.id == RESERVED_ID {
+        return Err(ApiError::bad_request(format!(
+            "stream id {RESERVED_ID:?} is taken by the route POST /api/streams/{RESERVED_ID}: choose another"
+        ))
+        .into());
+    }
+    let mut req = StartRequest::new(s.id.clone(), s.url.clone());
+    let (w, h) = (s.width.unwrap_or(0), s.height.unwrap_or(0));
     if w != 0 || h != 0 {
         req.width = Some(w);
         req.height = Some(h);
     }
-    if let Some(pf) = &body.pixel_format {
+    if let Some(pf) = &s.pixel_format {
         req.pixel_format = PixelFormat::from_name(pf).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "unknown pixel_format {pf:?}: use bgr24, rgb24, gray, yuv420p or nv12"
             ))
         })?;
     }
-    req.on_demand = body.on_demand.unwrap_or(false);
+    req.on_demand = s.on_demand.unwrap_or(false);
     let (info, created) = state.link.call(move |c| c.start(req.clone())).await?;
     tracing::info!(stream = %info.id, url = %framebroker_proto::naming::redact_url(&info.url), created, "start");
+    let mut stream = StreamView::from(&info);
+    // While the stream starts its size is not known yet: echo the one asked for.
+    if stream.width == 0 && stream.height == 0 {
+        (stream.width, stream.height) = (w, h);
+    }
     let answer = Started {
-        stream: StreamView::from(&info),
+        stream,
         created,
         message: if created {
-            "stream started".into()
+            "Stream started successfully".into()
         } else {
-            "stream already running".into()
+            "Stream already running".into()
         },
     };
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    Ok(json_reply(&answer, StatusCode::OK))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// `POST /api/streams`.
+pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejection> {
+    let b: StartBody = parse_body(&body)?;
+    let s = Start {
+        id: b.stream_id,
+        url: b.rtsp_url,
+        width: b.width,
+        height: b.height,
+        pixel_format: b.pixel_format,
+        on_demand: b.on_demand,
     };
-    Ok(json_reply(&answer, status))
+    start(s, &state).await
+}
+
+/// `POST /api/streams/start-with-url`: the id is the original server's hash of
+/// the URL; absent (or 0) size: 640x480, as the original documented.
+pub async fn start_with_url(body: Bytes, state: State) -> Result<Response, Rejection> {
+    let b: StartUrlBody = parse_body(&body)?;
+    let s = Start {
+        id: url_stream_id(&b.rtsp_url),
+        width: Some(b.width.filter(|w| *w != 0).unwrap_or(640)),
+        height: Some(b.height.filter(|h| *h != 0).unwrap_or(480)),
+        url: b.rtsp_url,
+        pixel_format: b.pixel_format,
+        on_demand: b.on_demand,
+    };
+    start(s, &state).await
+}
+
+/// Everyone watching a stream now: the gateway's WebSocket, MJPEG and recent
+/// HTTP clients, and the broker's other readers (local shared-memory clients;
+/// the gateway's own attachment does not count).
+fn client_count(state: &State, stats: &framebroker_client::StreamStats) -> u64 {
+    match state.hub.get(&stats.info.id) {
+        Some(h) => h.watchers() + u64::from(stats.info.readers.saturating_sub(h.own_readers())),
+        None => u64::from(stats.info.readers),
+    }
 }
 
 /// `GET /api/streams`.
 pub async fn list_streams(state: State) -> Result<Response, Rejection> {
-    let list = state.link.call(|c| c.list()).await?;
-    let streams: Vec<StreamView> = list.iter().map(StreamView::from).collect();
+    let list = state
+        .link
+        .call(|c| {
+            let list = c.list()?;
+            Ok(list
+                .into_iter()
+                .map(|s| match c.stats(&s.id) {
+                    Ok(st) => Ok(st),
+                    Err(_) => Err(s),
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    let streams: Vec<StreamView> = list
+        .iter()
+        .map(|s| match s {
+            Ok(st) => StreamView::counted(st, client_count(&state, st)),
+            // Stopped between the list and its stats.
+            Err(info) => StreamView::from(info),
+        })
+        .collect();
     Ok(json_reply(
         &StreamList {
             count: streams.len(),
@@ -138,14 +224,42 @@ pub async fn get_stream(id: String, state: State) -> Result<Response, Rejection>
     Ok(json_reply(&StreamView::from(&stats.info), StatusCode::OK))
 }
 
-/// `DELETE /api/streams/{id}`.
+/// `DELETE /api/streams/{id}`: 409 with `client_count` while anyone watches
+/// (the original's rule), else stops it.
 pub async fn stop_stream(id: String, state: State) -> Result<Response, Rejection> {
     validate_id(&id)?;
     let owned = id.clone();
+    let stats = state.link.call(move |c| c.stats(&owned)).await?;
+    let n = client_count(&state, &stats);
+    if n > 0 {
+        return Ok(json_reply(
+            &StillWatched {
+                error: format!(
+                    "Cannot stop stream {id}: {n} client(s) still watching; \
+                     DELETE /api/streams/{id}/force stops it anyway"
+                ),
+                client_count: n,
+            },
+            StatusCode::CONFLICT,
+        ));
+    }
+    stop(id, "Stream stopped successfully", &state).await
+}
+
+/// `DELETE /api/streams/{id}/force`: stops it whoever watches; their
+/// WebSockets get a close frame, their MJPEG answers end.
+pub async fn force_stop_stream(id: String, state: State) -> Result<Response, Rejection> {
+    validate_id(&id)?;
+    stop(id, "Stream force-stopped successfully", &state).await
+}
+
+async fn stop(id: String, message: &str, state: &State) -> Result<Response, Rejection> {
+    let owned = id.clone();
     state.link.call(move |c| c.stop(&owned)).await?;
-    tracing::info!(stream = %id, "stop");
+    tracing::info!(stream = %id, message, "stop");
     Ok(json_reply(
         &Stopped {
+            message: message.into(),
             stream_id: id,
             stopped: true,
         },
@@ -158,11 +272,53 @@ pub async fn stream_stats(id: String, state: State) -> Result<Response, Rejectio
     validate_id(&id)?;
     let owned = id.clone();
     let stats = state.link.call(move |c| c.stats(&owned)).await?;
-    let counters = state.hub.get(&id).map(|h| h.counters()).unwrap_or_default();
+    let hub = state.hub.get(&id);
+    let counters = hub.as_ref().map(|h| h.counters()).unwrap_or_default();
+    // The newest frame and the ring's size: the gateway's reader knows them
+    // when it runs; else a short look at the ring.
+    let (wall_ns, slots) = match hub.as_ref().and_then(|h| Some((h.latest()?, h))) {
+        Some((f, h)) => (Some(f.meta.wall_ns), h.slot_count.load(Relaxed)),
+        None => peek(&state, &id).await,
+    };
+    let clients = client_count(&state, &stats);
+    let buffer_size = stats.frames_written.min(u64::from(slots));
     Ok(json_reply(
-        &StatsView::new(&stats, counters),
+        &StatsView::new(
+            &stats,
+            counters,
+            clients,
+            wall_ns.map(crate::models::rfc3339_ns),
+            buffer_size,
+        ),
         StatusCode::OK,
     ))
+}
+
+/// The capture time of the newest frame in `id`'s ring and its slot count,
+/// from a short attachment (counted as the gateway's own while it lasts).
+/// `(None, 0)` when the stream has no ring yet.
+async fn peek(state: &State, id: &str) -> (Option<u64>, u32) {
+    let hub = state.hub.stream(id);
+    hub.peeking.fetch_add(1, Relaxed);
+    let owned = id.to_string();
+    let r = state
+        .link
+        .call(move |c| {
+            let mut reader = c.attach(&owned)?;
+            let slots = reader.attachment().slot_count;
+            let wall = reader
+                .view(
+                    framebroker_proto::ReadMode::Latest,
+                    Duration::ZERO,
+                    |m, _| m.wall_ns,
+                )
+                .ok()
+                .map(|(_, w)| w);
+            Ok((wall, slots))
+        })
+        .await;
+    hub.peeking.fetch_sub(1, Relaxed);
+    r.unwrap_or((None, 0))
 }
 
 /// Whether a request wants JPEG: `?format=` first, then `Accept`.
@@ -179,6 +335,8 @@ fn wants_jpeg(q: &FrameQuery, accept: Option<&str>) -> Result<bool, ApiError> {
 
 fn frame_headers(res: &mut Response, number: u64, wall_ns: u64, width: u32, height: u32, pf: &str) {
     let h = res.headers_mut();
+    // The original server's name for the time, ns since the Unix epoch.
+    h.insert("x-frame-timestamp", header_value(wall_ns));
     h.insert("x-frame-width", header_value(width));
     h.insert("x-frame-height", header_value(height));
     h.insert("x-pixel-format", header_value(pf));
@@ -222,17 +380,26 @@ fn no_frame_yet() -> Response {
     res
 }
 
-/// `GET /api/streams/{id}/frame`: the newest frame, raw or JPEG; 204 when the
-/// stream has none yet.
+/// `GET /api/streams/{id}/frame`, raw, paced like the original server: with
+/// `?after=N` the newest frame if its number is above N, else the next one;
+/// without it the next frame published after the request came; `?wait=0` the
+/// newest at once; `?wait=MS` waits at most MS (up to 5 s). 204 when none
+/// came within [`PACED_WAIT`] (or `wait`). A loop of these
+/// requests thus runs at the stream's rate and never gets a frame twice.
+/// JPEG (`?format=jpeg` or `Accept: image/jpeg`): the newest frame at once.
 pub async fn frame(
     id: String,
     q: FrameQuery,
     accept: Option<String>,
+    peer: Option<std::net::SocketAddr>,
     state: State,
 ) -> Result<Response, Rejection> {
     let jpeg = wants_jpeg(&q, accept.as_deref())?;
     let setting = JpegSetting::from_query(&q, state.jpeg_quality)?;
     let hub = known_stream(&state, &id).await?;
+    if let Some(p) = peer {
+        hub.note_poller(p);
+    }
     if jpeg {
         return Ok(match hub.jpeg_now(setting, state.first_frame_wait).await? {
             Some(j) => jpeg_response(&j),
@@ -240,7 +407,21 @@ pub async fn frame(
         });
     }
     let mut sub = hub.subscribe(Kind::Http);
-    Ok(match sub.wait_frame(state.first_frame_wait).await? {
+    let newest = hub.latest();
+    let got = match q.wait {
+        Some(0) => sub.wait_frame(state.first_frame_wait).await?,
+        wait => {
+            let wait = wait.map_or(PACED_WAIT, |ms| Duration::from_millis(ms).min(PACED_WAIT));
+            match (newest, q.after) {
+                (Some(f), Some(after)) if f.meta.number > after => Some(f),
+                (newest, _) => {
+                    let seen = newest.map_or(0, |f| f.seq);
+                    sub.wait_frame_after(seen, wait).await?
+                }
+            }
+        }
+    };
+    Ok(match got {
         Some(f) => raw_response(&f),
         None => no_frame_yet(),
     })
@@ -273,8 +454,12 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
     // `send` waits and the next part is of the newest frame.
     let (tx, mut rx) = mpsc::channel::<Bytes>(3);
     let mut shutdown = state.shutdown.clone();
+    let deadline = state.client_deadline;
+    // Set when the client is dropped for taking nothing: the answer then ends
+    // with an error, so that the connection is closed (not kept alive).
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow_tx = slow.clone();
     tokio::spawn(async move {
-        let _permit = permit;
         let mut last = 0;
         loop {
             let feed = sub.rx.borrow_and_update().clone();
@@ -289,16 +474,25 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
                     j.number,
                     j.wall_ns
                 );
-                let sent = tx.send(Bytes::from(head)).await.is_ok()
-                    && tx.send(j.jpeg.clone()).await.is_ok()
-                    && tx.send(Bytes::from_static(b"\r\n")).await.is_ok();
-                if !sent {
-                    break;
+                let send = async {
+                    tx.send(Bytes::from(head)).await.is_ok()
+                        && tx.send(j.jpeg.clone()).await.is_ok()
+                        && tx.send(Bytes::from_static(b"\r\n")).await.is_ok()
+                };
+                // A client that takes nothing for the deadline is dropped (the
+                // channel stays full while the connection does not drain).
+                match tokio::time::timeout(deadline, send).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) => {
+                        slow_tx.store(true, Relaxed);
+                        permit.dropped_slow();
+                        sub.hub().metrics.slow_dropped.fetch_add(1, Relaxed);
+                        tracing::info!(stream = %sub.hub().id, "MJPEG client took no data for {deadline:?}: dropped");
+                        break;
+                    }
                 }
-                sub.hub()
-                    .metrics
-                    .mjpeg_sent
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sub.hub().metrics.mjpeg_sent.fetch_add(1, Relaxed);
             }
             tokio::select! {
                 r = sub.rx.changed() => if r.is_err() { break },
@@ -306,9 +500,16 @@ pub async fn mjpeg(id: String, q: FrameQuery, state: State) -> Result<Response, 
                 _ = tx.closed() => break,
             }
         }
+        drop(permit);
     });
-    let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+    let body = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        std::task::Poll::Ready(None) if slow.swap(false, Relaxed) => {
+            std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no data for the deadline",
+            ))))
+        }
+        p => p.map(|o| o.map(Ok)),
     });
     let mut res = warp::reply::stream(body).into_response();
     res.headers_mut().insert(
@@ -347,22 +548,30 @@ pub async fn websocket(
         WsSub::Raw(hub.subscribe(Kind::Ws))
     };
     let shutdown = state.shutdown.clone();
+    let deadline = state.client_deadline;
     Ok(ws
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            match sub {
+            let slow = match sub {
                 WsSub::Jpeg(sub) => {
                     let rx = sub.rx.clone();
-                    pump_ws(socket, rx, &hub, shutdown).await;
+                    let slow = pump_ws(socket, rx, &hub, shutdown, deadline).await;
                     drop(sub);
+                    slow
                 }
                 WsSub::Raw(sub) => {
                     let rx = sub.rx.clone();
-                    pump_ws(socket, rx, &hub, shutdown).await;
+                    let slow = pump_ws(socket, rx, &hub, shutdown, deadline).await;
                     drop(sub);
+                    slow
                 }
+            };
+            if slow {
+                permit.dropped_slow();
+                hub.metrics.slow_dropped.fetch_add(1, Relaxed);
+                tracing::info!(stream = %hub.id, "WebSocket client took no data for {deadline:?}: dropped");
             }
+            drop(permit);
         })
         .into_response())
 }
@@ -374,15 +583,18 @@ enum WsSub {
 }
 
 /// Sends each new item of `feed` to `socket` until the client leaves, the feed
-/// ends (close frame with the reason) or the gateway shuts down.
+/// ends (close frame with the reason) or the gateway shuts down. A send (or
+/// ping) the client does not take within `deadline` drops it: then `true`.
 async fn pump_ws<T: Framed>(
     socket: WebSocket,
     mut feed: watch::Receiver<Feed<T>>,
     hub: &StreamHub,
     mut shutdown: watch::Receiver<bool>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
+    deadline: Duration,
+) -> bool {
     let (mut tx, mut incoming) = socket.split();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut slow = false;
     // The client's messages are read in their own task, polled only when the
     // socket is readable: polling the read half once per frame from the loop
     // below would cost a read attempt each time (and tungstenite zero-fills up
@@ -410,26 +622,48 @@ async fn pump_ws<T: Framed>(
             }
             last = f.seq();
             let send = tx.send(Message::binary(f.ws_payload()));
-            match tokio::time::timeout(SEND_TIMEOUT, send).await {
+            match tokio::time::timeout(deadline, send).await {
                 Ok(Ok(())) => {
                     hub.metrics.ws_sent.fetch_add(1, Relaxed);
                 }
-                _ => break None,
+                Ok(Err(_)) => break None,
+                Err(_) => {
+                    slow = true;
+                    break None;
+                }
             }
         }
         tokio::select! {
             r = feed.changed() => if r.is_err() { break None },
             _ = &mut gone => break None,
             _ = shutdown.changed() => break Some((1001, "gateway shutting down".into())),
+            _ = ping.tick() => {
+                match tokio::time::timeout(deadline, tx.send(Message::ping(Vec::new()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => {
+                        slow = true;
+                        break None;
+                    }
+                }
+            }
         }
     };
     reader.abort();
-    if let Some((code, reason)) = close {
-        let _ = tx
-            .send(Message::close_with(code, close_reason(&reason)))
-            .await;
+    if slow {
+        // Its socket takes nothing: a close frame would wait too. Dropping the
+        // halves closes the TCP connection.
+        return true;
     }
-    let _ = tx.close().await;
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(
+            deadline,
+            tx.send(Message::close_with(code, close_reason(&reason))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(deadline, tx.close()).await;
+    false
 }
 
 /// A close reason fits in a control frame: at most 123 bytes (125 minus the code),
@@ -470,6 +704,20 @@ pub async fn metrics(state: State) -> Result<Response, Rejection> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(res)
+}
+
+/// `GET /health`: the original server's answer.
+pub async fn health() -> Result<Response, Rejection> {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(json_reply(
+        &OriginalHealth {
+            status: "healthy".into(),
+            timestamp,
+        },
+        StatusCode::OK,
+    ))
 }
 
 /// `GET /healthz`: 200 while the gateway runs; says whether the broker answers.

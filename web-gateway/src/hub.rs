@@ -28,8 +28,9 @@
 //! re-checked under it, so a thread never retires under a new subscriber.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,11 @@ const POLL: Duration = Duration::from_millis(200);
 const ATTACH_WAIT: Duration = Duration::from_secs(1);
 /// Raw frame buffers kept for reuse by a reader.
 const POOL: usize = 6;
+/// An HTTP client that asked for a frame this recently still counts as watching.
+pub const POLLER_WINDOW: Duration = Duration::from_secs(5);
+/// Most HTTP pollers remembered per stream (a flood of new connections cannot
+/// grow the table beyond it).
+const MAX_POLLERS: usize = 4096;
 
 /// Settings of the hub.
 #[derive(Clone, Debug)]
@@ -199,6 +205,8 @@ pub struct StreamMetrics {
     pub jpeg_encode_ns: AtomicU64,
     /// Requests refused because the stream served as many JPEG settings as it may.
     pub jpeg_settings_refused: AtomicU64,
+    /// WebSocket and MJPEG clients dropped because they accepted no data for the deadline.
+    pub slow_dropped: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -260,6 +268,24 @@ pub struct StreamHub {
     pub metrics: StreamMetrics,
     /// Encoders for one-off JPEGs, reused.
     spare_encoders: Mutex<Vec<jpeg::Encoder>>,
+    /// Whether the reader is (or is about to be) one of the broker's readers of
+    /// the stream: set before it attaches, cleared after it detached.
+    attached: AtomicBool,
+    /// Short attachments of the stats route (see `handlers::peek`) under way.
+    pub peeking: AtomicU32,
+    /// Slots of the ring the reader last attached to (0: not known).
+    pub slot_count: AtomicU32,
+    /// HTTP clients that asked for frames, by connection, and when.
+    pollers: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -284,7 +310,17 @@ impl Subscription {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<Arc<RawFrame>>, ApiError> {
-        wait_feed(&mut self.rx, timeout).await
+        wait_feed(&mut self.rx, timeout, |_| true).await
+    }
+
+    /// The first frame of the hub's sequence past `seq`, current or within
+    /// `timeout` (`None` then).
+    pub async fn wait_frame_after(
+        &mut self,
+        seq: u64,
+        timeout: Duration,
+    ) -> Result<Option<Arc<RawFrame>>, ApiError> {
+        wait_feed(&mut self.rx, timeout, |f| f.seq > seq).await
     }
 }
 
@@ -324,6 +360,7 @@ impl Drop for JpegSubscription {
 async fn wait_feed<T>(
     rx: &mut watch::Receiver<Feed<T>>,
     timeout: Duration,
+    wanted: impl Fn(&T) -> bool,
 ) -> Result<Option<Arc<T>>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -332,7 +369,7 @@ async fn wait_feed<T>(
             if let Some(end) = &feed.end {
                 return Err(end.to_api());
             }
-            if let Some(f) = &feed.frame {
+            if let Some(f) = feed.frame.as_ref().filter(|f| wanted(f)) {
                 return Ok(Some(f.clone()));
             }
         }
@@ -404,7 +441,47 @@ impl StreamHub {
             seq: AtomicU64::new(0),
             metrics: StreamMetrics::default(),
             spare_encoders: Mutex::new(Vec::new()),
+            attached: AtomicBool::new(false),
+            peeking: AtomicU32::new(0),
+            slot_count: AtomicU32::new(0),
+            pollers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Remembers that the HTTP client at `peer` asked for a frame now.
+    pub fn note_poller(&self, peer: SocketAddr) {
+        let now = Instant::now();
+        let mut p = lock(&self.pollers);
+        if p.len() >= MAX_POLLERS {
+            p.retain(|_, t| now.duration_since(*t) < POLLER_WINDOW);
+        }
+        if p.len() < MAX_POLLERS || p.contains_key(&peer) {
+            p.insert(peer, now);
+        }
+    }
+
+    /// HTTP clients that asked for frames within [`POLLER_WINDOW`] (at least
+    /// those with a request under way).
+    pub fn recent_pollers(&self) -> u64 {
+        let recent = lock(&self.pollers)
+            .values()
+            .filter(|t| t.elapsed() < POLLER_WINDOW)
+            .count() as u64;
+        recent.max(self.metrics.http_in_flight.load(Ordering::Relaxed))
+    }
+
+    /// The gateway's own sessions among the broker's readers of this stream.
+    pub fn own_readers(&self) -> u32 {
+        u32::from(self.attached.load(Ordering::SeqCst)) + self.peeking.load(Ordering::SeqCst)
+    }
+
+    /// The gateway's clients of this stream: WebSockets, MJPEG responses and
+    /// recent HTTP pollers.
+    pub fn watchers(&self) -> u64 {
+        let m = &self.metrics;
+        m.ws_clients.load(Ordering::Relaxed)
+            + m.mjpeg_clients.load(Ordering::Relaxed)
+            + self.recent_pollers()
     }
 
     fn touch(&self) {
@@ -443,6 +520,8 @@ impl StreamHub {
             ws_clients: m.ws_clients.load(Ordering::Relaxed),
             mjpeg_clients: m.mjpeg_clients.load(Ordering::Relaxed),
             http_in_flight: m.http_in_flight.load(Ordering::Relaxed),
+            http_pollers: self.recent_pollers(),
+            slow_clients_dropped: m.slow_dropped.load(Ordering::Relaxed),
             ws_frames_sent: m.ws_sent.load(Ordering::Relaxed),
             ws_frames_skipped: m.ws_skipped.load(Ordering::Relaxed),
             jpeg_encoded: enc,
@@ -712,6 +791,9 @@ impl StreamHub {
     /// One session and attachment: reads until it ends.
     fn read_attachment(&self, pool: &mut Pool) -> Outcome {
         let id = self.id.as_str();
+        // Declared before the reader: cleared only after it detached.
+        self.attached.store(true, Ordering::SeqCst);
+        let _attached = ClearOnDrop(&self.attached);
         let client = match Client::connect_to(&self.cfg.socket) {
             Ok(c) => c,
             Err(e) => {
@@ -741,6 +823,8 @@ impl StreamHub {
         self.metrics.attaches.fetch_add(1, Ordering::Relaxed);
         let (width, height, format) = (reader.width(), reader.height(), reader.pixel_format());
         let generation = reader.attachment().generation;
+        self.slot_count
+            .store(reader.attachment().slot_count, Ordering::Relaxed);
         let len = reader.frame_bytes();
         tracing::debug!(stream = id, width, height, %format, generation, "attached");
         loop {

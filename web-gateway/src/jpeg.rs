@@ -335,9 +335,9 @@ mod tests {
     #[test]
     fn settings_from_queries() {
         let q = |quality, scale| FrameQuery {
-            format: None,
             quality,
             scale,
+            ..FrameQuery::default()
         };
         assert_eq!(
             JpegSetting::from_query(&q(None, None), 80).unwrap(),

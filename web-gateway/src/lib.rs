@@ -33,6 +33,9 @@ use tokio::sync::watch;
 
 pub use handlers::{AppState, State};
 
+/// Default of `--client-deadline-ms`: the original server's write deadline.
+pub const DEFAULT_CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Everything the gateway is configured with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,15 +44,18 @@ pub struct Config {
     pub socket: PathBuf,
     pub auth: auth::Auth,
     pub insecure_no_auth: bool,
-    /// Origins allowed by CORS (none by default).
+    /// Origins allowed by CORS (none by default; `*`: every origin, `null` too).
     pub cors_origins: Vec<String>,
     /// Default JPEG quality, 1-100.
     pub jpeg_quality: u8,
     /// A stream's reader (and a JPEG setting's encoder) stops after this long
     /// without subscribers.
     pub idle: Duration,
-    /// How long `/frame` waits for a first frame before answering 204.
+    /// How long `/frame?wait=0` and `snapshot.jpg` wait for a first frame
+    /// before answering 204 / 503.
     pub first_frame_wait: Duration,
+    /// A WebSocket or MJPEG client that accepts no data for this long is dropped.
+    pub client_deadline: Duration,
     /// WebSocket clients served at once (all streams); past it, 503.
     pub max_ws_clients: usize,
     /// MJPEG responses served at once (all streams); past it, 503.
@@ -72,6 +78,7 @@ impl Config {
             jpeg_quality: 80,
             idle: Duration::from_secs(10),
             first_frame_wait: Duration::from_millis(2500),
+            client_deadline: DEFAULT_CLIENT_DEADLINE,
             max_ws_clients: limits::DEFAULT_MAX_WS_CLIENTS,
             max_http_streams: limits::DEFAULT_MAX_HTTP_STREAMS,
             max_jpeg_settings: limits::DEFAULT_MAX_JPEG_SETTINGS,
@@ -99,6 +106,7 @@ pub fn state(cfg: &Config) -> (State, watch::Sender<bool>) {
         jpeg_quality: cfg.jpeg_quality,
         first_frame_wait: cfg.first_frame_wait,
         limits: limits::Limits::new(cfg.max_ws_clients, cfg.max_http_streams),
+        client_deadline: cfg.client_deadline,
         shutdown: rx,
         started: Instant::now(),
     });
@@ -114,6 +122,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     auth::check_exposure(addr, &cfg.auth, cfg.insecure_no_auth).map_err(anyhow::Error::msg)?;
+    auth::check_cors(addr, &cfg.auth, &cfg.cors_origins).map_err(anyhow::Error::msg)?;
     let (state, stop) = state(&cfg);
     spawn_pruner(state.clone());
     let app = filters::app(state, &cfg.cors_origins);

@@ -30,6 +30,8 @@ pub struct Gauge {
     max: usize,
     open: AtomicUsize,
     refused: AtomicU64,
+    /// Connections dropped because the client accepted no data for the deadline.
+    pub dropped_slow: AtomicU64,
 }
 
 impl Gauge {
@@ -40,6 +42,7 @@ impl Gauge {
             max,
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            dropped_slow: AtomicU64::new(0),
         })
     }
 
@@ -83,6 +86,13 @@ impl Gauge {
 /// One open connection of a [`Gauge`]; released on drop.
 #[derive(Debug)]
 pub struct Permit(Arc<Gauge>);
+
+impl Permit {
+    /// Counts this connection as dropped for accepting no data in time.
+    pub fn dropped_slow(&self) {
+        self.0.dropped_slow.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {

@@ -35,7 +35,10 @@ struct Cli {
     /// Allow listening beyond loopback without a token.
     #[arg(long)]
     insecure_no_auth: bool,
-    /// Origin allowed by CORS (repeatable; none by default).
+    /// Origin allowed by CORS (repeatable; none by default). `*` allows every
+    /// origin, `null` (pages opened from a file) too, as the original server did:
+    /// then any page in a browser that reaches the gateway can use it, so beyond
+    /// loopback `*` needs --token.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
     /// Default JPEG quality (1-100) [default: 80].
@@ -45,6 +48,10 @@ struct Cli {
     /// [default: 10000].
     #[arg(long)]
     idle_ms: Option<u64>,
+    /// Drop a WebSocket or MJPEG client that accepts no data for this long, ms
+    /// [default: 10000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    client_deadline_ms: Option<u64>,
     /// WebSocket clients served at once, over all streams; more are refused with 503
     /// [default: 1000].
     #[arg(long)]
@@ -171,6 +178,11 @@ async fn run() -> anyhow::Result<()> {
     };
     cfg.jpeg_quality = cli.jpeg_quality.or(g.jpeg_quality).unwrap_or(80);
     cfg.idle = Duration::from_millis(cli.idle_ms.or(g.idle_ms).unwrap_or(10_000));
+    cfg.client_deadline = match cli.client_deadline_ms.or(g.client_deadline_ms) {
+        Some(0) => anyhow::bail!("[gateway] client_deadline_ms must be at least 1"),
+        Some(ms) => Duration::from_millis(ms),
+        None => framebroker_gateway::DEFAULT_CLIENT_DEADLINE,
+    };
     cfg.max_ws_clients = cli
         .max_ws_clients
         .or(g.max_ws_clients)
@@ -185,7 +197,9 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or(limits::DEFAULT_MAX_JPEG_SETTINGS as u16),
     );
     // Refuse before binding anything.
-    if let Err(msg) = auth::check_exposure(cfg.listen, &cfg.auth, cfg.insecure_no_auth) {
+    if let Err(msg) = auth::check_exposure(cfg.listen, &cfg.auth, cfg.insecure_no_auth)
+        .and_then(|()| auth::check_cors(cfg.listen, &cfg.auth, &cfg.cors_origins))
+    {
         let _ = writeln!(std::io::stderr(), "framebroker-gateway: {msg}");
         std::process::exit(2);
     }

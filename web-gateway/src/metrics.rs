@@ -71,8 +71,18 @@ pub fn render(
         "counter",
         "Connections refused with 503 because the limit was reached.",
     );
+    o.family(
+        "framebroker_gateway_slow_clients_dropped_total",
+        "counter",
+        "Connections dropped because the client accepted no data for the deadline (--client-deadline-ms).",
+    );
     for (kind, g) in [("ws", &limits.ws), ("mjpeg", &limits.mjpeg)] {
         let l = format!("kind=\"{kind}\"");
+        o.sample(
+            "framebroker_gateway_slow_clients_dropped_total",
+            &l,
+            g.dropped_slow.load(Relaxed),
+        );
         o.sample("framebroker_gateway_connections", &l, g.open());
         o.sample("framebroker_gateway_connections_limit", &l, g.max());
         o.sample(

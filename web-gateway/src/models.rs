@@ -10,6 +10,33 @@ use serde::{Deserialize, Serialize};
 /// Largest `POST /api/streams` body accepted, bytes.
 pub const MAX_BODY: u64 = 16 * 1024;
 
+/// `POST /api/streams/start-with-url`: the id is derived from the URL
+/// ([`url_stream_id`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StartUrlBody {
+    pub rtsp_url: String,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub pixel_format: Option<String>,
+    #[serde(default)]
+    pub on_demand: Option<bool>,
+}
+
+/// The id `start-with-url` gives a URL, the original server's: the first 16
+/// characters of `"stream_"` followed by the hex MD5 of the URL (so the same URL
+/// always gets the same id, and its clients can compute it themselves).
+pub fn url_stream_id(url: &str) -> String {
+    use md5::{Digest, Md5};
+    let hex: String = Md5::digest(url.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("stream_{hex}")[..16].to_string()
+}
+
 /// `POST /api/streams`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StartBody {
@@ -45,6 +72,20 @@ pub struct StreamView {
     /// For a variant (another size or format of the same decode): its main stream.
     #[serde(default)]
     pub parent: Option<String>,
+    /// Whether frames are arriving (state `live`), the original's field.
+    #[serde(default)]
+    pub is_running: bool,
+    /// Frames the broker wrote to the stream since it started.
+    #[serde(default)]
+    pub frame_count: u64,
+    /// Everyone watching now: WebSocket, MJPEG and recent HTTP clients of the
+    /// gateway, and local shared-memory readers.
+    #[serde(default)]
+    pub client_count: u64,
+    /// The frame rate the source declares (0 while not known); `fps` in the
+    /// stats is the measured one.
+    #[serde(default)]
+    pub declared_fps: f64,
 }
 
 impl From<&StreamInfo> for StreamView {
@@ -60,6 +101,21 @@ impl From<&StreamInfo> for StreamView {
             readers: s.readers,
             on_demand: s.on_demand,
             parent: s.parent.clone(),
+            is_running: s.state == framebroker_proto::StreamState::Live,
+            frame_count: 0,
+            client_count: 0,
+            declared_fps: s.declared_fps,
+        }
+    }
+}
+
+impl StreamView {
+    /// The view with the counters of `stats` and the gateway's `client_count`.
+    pub fn counted(s: &StreamStats, client_count: u64) -> Self {
+        StreamView {
+            frame_count: s.frames_written,
+            client_count,
+            ..StreamView::from(&s.info)
         }
     }
 }
@@ -80,11 +136,19 @@ pub struct Started {
     pub message: String,
 }
 
-/// `DELETE /api/streams/{id}` answer.
+/// `DELETE /api/streams/{id}` and `/force` answer.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Stopped {
+    pub message: String,
     pub stream_id: String,
     pub stopped: bool,
+}
+
+/// `409` answer of `DELETE /api/streams/{id}` while someone watches.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StillWatched {
+    pub error: String,
+    pub client_count: u64,
 }
 
 /// The gateway's own counters of one stream.
@@ -101,6 +165,12 @@ pub struct GatewayCounters {
     pub ws_clients: u64,
     pub mjpeg_clients: u64,
     pub http_in_flight: u64,
+    /// Distinct HTTP clients (connections) that asked for frames in the last few seconds.
+    #[serde(default)]
+    pub http_pollers: u64,
+    /// WebSocket and MJPEG clients dropped because they accepted no data for the deadline.
+    #[serde(default)]
+    pub slow_clients_dropped: u64,
     /// Frames sent to WebSocket clients, and frames they skipped (too slow).
     pub ws_frames_sent: u64,
     pub ws_frames_skipped: u64,
@@ -125,15 +195,24 @@ pub struct StatsView {
     /// `software (<hwaccel> unavailable: <reason>)` after a fallback.
     #[serde(default)]
     pub decoder: String,
-    /// WebSocket + MJPEG + in-flight HTTP clients of the gateway (the original's name).
-    pub client_count: u64,
+    /// When the newest frame was captured (RFC 3339, UTC), `null` before the first.
+    pub last_frame_time: Option<String>,
+    /// Frames held in the stream's shared-memory ring now: the ring's slot count
+    /// once it has filled (each reader takes the newest of them).
+    pub buffer_size: u64,
     pub gateway: GatewayCounters,
 }
 
 impl StatsView {
-    pub fn new(s: &StreamStats, gateway: GatewayCounters) -> Self {
+    pub fn new(
+        s: &StreamStats,
+        gateway: GatewayCounters,
+        client_count: u64,
+        last_frame_time: Option<String>,
+        buffer_size: u64,
+    ) -> Self {
         StatsView {
-            stream: StreamView::from(&s.info),
+            stream: StreamView::counted(s, client_count),
             fps: s.fps,
             frames_written: s.frames_written,
             frames_dropped: s.frames_dropped,
@@ -142,7 +221,8 @@ impl StatsView {
             uptime_ms: s.uptime_ms,
             bytes_per_frame: s.bytes_per_frame,
             decoder: s.decoder.clone(),
-            client_count: gateway.ws_clients + gateway.mjpeg_clients + gateway.http_in_flight,
+            last_frame_time,
+            buffer_size,
             gateway,
         }
     }
@@ -157,6 +237,14 @@ pub struct Health {
     pub broker: Option<String>,
     pub socket: String,
     pub auth: bool,
+}
+
+/// `GET /health`, the original's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OriginalHealth {
+    pub status: String,
+    /// Unix time, seconds.
+    pub timestamp: u64,
 }
 
 /// Every error answer.
@@ -174,4 +262,63 @@ pub struct FrameQuery {
     pub quality: Option<u8>,
     /// Downscale: 1, 0.5, 0.25 or 0.125 (JPEG only).
     pub scale: Option<f64>,
+    /// `/frame` only: the newest frame if its `X-Frame-Number` is above this,
+    /// else the next one (up to 5 s, then 204).
+    pub after: Option<u64>,
+    /// `/frame` only: how long to wait for a new frame, ms (at most 5000, the
+    /// default); `0` answers the newest frame at once, new or not.
+    pub wait: Option<u64>,
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC with nanoseconds
+/// (`2026-01-02T03:04:05.123456789Z`).
+pub fn rfc3339_ns(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let nanos = unix_ns % 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_urls_are_the_original_servers() {
+        // md5("rtsp://127.0.0.1:8554/test") = 5642dbdef96a...: the id keeps 9 hex digits.
+        let id = url_stream_id("rtsp://127.0.0.1:8554/test");
+        assert_eq!(id, "stream_5642dbdef");
+        assert_ne!(id, url_stream_id("rtsp://127.0.0.1:8554/other"));
+        // The MD5 of the empty string is d41d8cd98f00b204e9800998ecf8427e.
+        assert_eq!(url_stream_id(""), "stream_d41d8cd98");
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_ns(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339_ns(1_767_323_045_500_000_000),
+            "2026-01-02T03:04:05.500000000Z"
+        );
+    }
 }

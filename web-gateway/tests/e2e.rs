@@ -196,9 +196,18 @@ async fn websocket_closes_with_a_reason_when_the_stream_stops() {
     let gw = Gateway::start(&broker.socket);
     let mut ws = ws_connect(&gw.ws_url("/ws/demo")).await;
     next_binary(&mut ws).await;
+    // While it watches, a plain DELETE is refused (the original's rule) and
+    // changes nothing...
     let r = request(gw.addr, "DELETE", "/api/streams/demo", &[], b"").await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["client_count"], 1);
+    assert!(r.error().contains("/force"), "{}", r.error());
+    next_binary(&mut ws).await;
+    // ...and /force stops it.
+    let r = request(gw.addr, "DELETE", "/api/streams/demo/force", &[], b"").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["stopped"], true);
+    assert_eq!(r.json()["message"], "Stream force-stopped successfully");
     let deadline = Instant::now() + Duration::from_secs(10);
     let close = loop {
         assert!(Instant::now() < deadline, "no close frame");
@@ -367,14 +376,21 @@ async fn api_compatible_with_the_original_server() {
         body,
     )
     .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // 200 either way, as the original answered, with its fields.
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     assert_eq!(v["stream_id"], "camera1");
     assert_eq!(v["created"], true);
-    // Again: already running, 200.
+    assert_eq!(v["message"], "Stream started successfully");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(160), Some(120))
+    );
+    // Again: already running.
     let r = request(addr, "POST", "/api/streams", &[], body).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["created"], false);
+    assert_eq!(r.json()["message"], "Stream already running");
     // Another URL under the same id: 409.
     let r = request(
         addr,
@@ -419,7 +435,7 @@ async fn api_compatible_with_the_original_server() {
     assert!(r.error().contains("invalid stream id"), "{}", r.error());
     // Credentials are never echoed (a camera that does not answer: it stays starting).
     let r = request(addr, "POST", "/api/streams", &[], br#"{"stream_id": "cam2", "rtsp_url": "rtsp://admin:hunter2@127.0.0.1:9/x?password=hunter2"}"#).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let text = String::from_utf8_lossy(&r.body).to_string();
     assert!(!text.contains("hunter2"), "credentials echoed: {text}");
     assert!(
@@ -465,6 +481,7 @@ async fn api_compatible_with_the_original_server() {
     assert_eq!(stats["stream_id"], "camera1");
     assert_eq!(stats["width"], 160);
     assert!(stats["fps"].as_f64().is_some());
+    assert!(stats["declared_fps"].as_f64().is_some(), "{stats}");
     // Unknown stream: 404 JSON everywhere.
     for p in [
         "/api/streams/nope/stats",
@@ -479,8 +496,15 @@ async fn api_compatible_with_the_original_server() {
     }
     let r = request(addr, "DELETE", "/api/streams/nope", &[], b"").await;
     assert_eq!(r.status, 404);
-    // Stop.
+    let r = request(addr, "DELETE", "/api/streams/nope/force", &[], b"").await;
+    assert_eq!(r.status, 404);
+    // Stop: this test polled /frame a moment ago, so it still counts as a
+    // client (HTTP pollers count for 5 s): 409, then /force.
     let r = request(addr, "DELETE", "/api/streams/camera1", &[], b"").await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["client_count"].as_u64().unwrap() >= 1);
+    assert_eq!(get(addr, "/api/streams").await.json()["count"], 1);
+    let r = request(addr, "DELETE", "/api/streams/camera1/force", &[], b"").await;
     assert_eq!(r.status, 200);
     assert_eq!(get(addr, "/api/streams").await.json()["count"], 0);
 }
@@ -533,7 +557,7 @@ async fn real_rtsp_camera_through_the_gateway() {
         cam.url
     );
     let r = request(gw.addr, "POST", "/api/streams", &[], body.as_bytes()).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let deadline = Instant::now() + Duration::from_secs(20);
     let frame = loop {
         let r = get(gw.addr, "/api/streams/door/frame").await;

@@ -286,3 +286,145 @@ async fn jpeg_settings_per_stream_are_capped() {
     assert!(r.error().contains("quality=10&scale=1"), "{}", r.error());
     held.send(Message::Close(None)).await.ok();
 }
+
+/// A client that upgrades (or asks for MJPEG) and then never reads: the socket
+/// as the test sees it, with a small receive buffer so that it fills quickly.
+async fn stalled(gw: &Gateway, path: &str, websocket: bool) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = sock.connect(gw.addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", gw.addr);
+    if websocket {
+        req.push_str(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Read the status line, then nothing more.
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    let want: &[u8] = if websocket {
+        b"HTTP/1.1 101"
+    } else {
+        b"HTTP/1.1 200"
+    };
+    assert_eq!(&head, want, "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Reads until the server closes the connection (what it had buffered first),
+/// within `secs`; false if it stays open.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The original server's write deadline: WebSocket and MJPEG clients that take
+/// no data for `client_deadline` are dropped and counted, while a healthy
+/// WebSocket beside them keeps receiving every frame the gateway reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_dropped_after_the_deadline() {
+    const STALLED_WS: usize = 6;
+    let broker = broker(&["demo"]);
+    let gw = Gateway::start_with(&broker.socket, |c| {
+        c.client_deadline = Duration::from_secs(2);
+    });
+    let healthy = ws_connect(&gw.ws_url("/ws/demo")).await;
+    let frames_at = |gw: &Gateway| {
+        let addr = gw.addr;
+        async move {
+            let text = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("framebroker_gateway_frames_total{stream=\"demo\"}"))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        }
+    };
+    // The healthy client reads all along (for at most 60 s), in its own task.
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (got, stop) = (got.clone(), stop.clone());
+        let mut healthy = healthy;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(60)
+            {
+                next_binary(&mut healthy).await;
+                got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            healthy
+        })
+    };
+    let read_before = frames_at(&gw).await;
+    let got_before = got.load(std::sync::atomic::Ordering::Relaxed);
+    let mut stuck = Vec::new();
+    for _ in 0..STALLED_WS {
+        stuck.push(stalled(&gw, "/ws/demo", true).await);
+    }
+    let mut stuck_mjpeg = stalled(&gw, "/api/streams/demo/mjpeg?quality=95", false).await;
+    assert_eq!(
+        metric(&gw, "framebroker_gateway_connections{kind=\"ws\"}").await,
+        Some(1 + STALLED_WS as u64)
+    );
+    let start = Instant::now();
+    eventually(30, "every stalled WebSocket dropped", || async {
+        metric(
+            &gw,
+            "framebroker_gateway_slow_clients_dropped_total{kind=\"ws\"}",
+        )
+        .await
+            == Some(STALLED_WS as u64)
+    })
+    .await;
+    let read = frames_at(&gw).await - read_before;
+    let got_ws = got.load(std::sync::atomic::Ordering::Relaxed) - got_before;
+    println!(
+        "healthy client: {got_ws} frames while the gateway read {read}; {STALLED_WS} stalled dropped after {:?}",
+        start.elapsed()
+    );
+    // Not before the deadline...
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    // ...and the healthy one kept up meanwhile (frames it got / frames read).
+    assert!(
+        got_ws as f64 >= 0.8 * read as f64,
+        "healthy client got {got_ws} of {read} frames"
+    );
+    assert_eq!(
+        metric(&gw, "framebroker_gateway_connections{kind=\"ws\"}").await,
+        Some(1)
+    );
+    for s in &mut stuck {
+        assert!(closed_by_server(s, 10).await, "a dropped socket stays open");
+    }
+    // The stalled MJPEG client too (its buffers take longer to fill).
+    eventually(30, "the stalled MJPEG client dropped", || async {
+        metric(
+            &gw,
+            "framebroker_gateway_slow_clients_dropped_total{kind=\"mjpeg\"}",
+        )
+        .await
+            == Some(1)
+    })
+    .await;
+    assert!(closed_by_server(&mut stuck_mjpeg, 10).await);
+    // The healthy one was never dropped and still gets frames; the per-stream
+    // counter agrees.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut healthy = reader.await.expect("the healthy reader never failed");
+    next_binary(&mut healthy).await;
+    let g = get(gw.addr, "/api/streams/demo/stats").await.json()["gateway"].clone();
+    assert_eq!(g["slow_clients_dropped"], 1 + STALLED_WS as u64);
+    assert_eq!(g["ws_clients"], 1);
+}

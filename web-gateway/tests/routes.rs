@@ -113,6 +113,12 @@ async fn openapi_document_matches_the_router() {
         "/ws",
         "/ws/cam1/x",
         "/web/nope.js",
+        "/static/nope.js",
+        "/static",
+        "/viewer/x",
+        "/health/x",
+        "/api/streams/cam1/force/x",
+        "/api/streams/start-with-url/x",
         "/metrics/x",
         "/healthz/x",
         "/index.html",
@@ -667,4 +673,172 @@ async fn method_not_allowed_says_which_methods_are() {
         }
     }
     assert!(checked >= 40, "{checked}");
+}
+
+/// The original server's routes beside ours: `/health`, `/viewer`, `/static/…`,
+/// `start-with-url`'s bad input, and `--cors-origin '*'` (preflight 204 with the
+/// original's three headers on any path, every origin including `null`, the
+/// WebSocket handshake not refused).
+#[tokio::test]
+async fn original_routes_and_any_origin() {
+    let closed = app(None, &[]);
+    let res = warp::test::request().path("/health").reply(&closed).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(v["status"], "healthy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ts = v["timestamp"].as_u64().expect("integer timestamp");
+    assert!(ts.abs_diff(now) <= 5, "{ts} vs {now}");
+    let res = warp::test::request().path("/viewer").reply(&closed).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.body(), filters::INDEX_HTML.as_bytes());
+    for (name, ct, body) in filters::ASSETS {
+        let res = warp::test::request()
+            .path(&format!("/static/{name}"))
+            .reply(&closed)
+            .await;
+        assert_eq!(res.status(), 200, "{name}");
+        assert_eq!(res.headers()["content-type"], *ct);
+        assert_eq!(res.body(), body.as_bytes());
+    }
+    // start-with-url: bad input is a 400 before the broker is asked.
+    for (body, needle) in [
+        ("{\"rtsp_url\": 5}", "invalid type"),
+        ("{\"width\": 640}", "rtsp_url"),
+        (
+            "{\"rtsp_url\": \"rtsp://h/x\", \"width\": \"wide\"}",
+            "invalid type",
+        ),
+        (
+            "{\"rtsp_url\": \"rtsp://h/x\", \"pixel_format\": \"rgba\"}",
+            "pixel_format",
+        ),
+        ("nope", "invalid JSON"),
+    ] {
+        let res = warp::test::request()
+            .method("POST")
+            .path("/api/streams/start-with-url")
+            .body(body)
+            .reply(&closed)
+            .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{body}");
+        let e = error_of(res.body());
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+    // Its path is not a stream id.
+    for m in ["GET", "DELETE"] {
+        let res = warp::test::request()
+            .method(m)
+            .path("/api/streams/start-with-url")
+            .reply(&closed)
+            .await;
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{m}");
+        assert_eq!(res.headers()["allow"], "POST");
+    }
+    let res = warp::test::request()
+        .method("POST")
+        .path("/api/streams")
+        .body("{\"stream_id\": \"start-with-url\", \"rtsp_url\": \"rtsp://h/x\"}")
+        .reply(&closed)
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(res.body()).contains("taken by the route"));
+    // Unknown id on /force: the broker is asked (here: down, 503), never a 404 route.
+    let res = warp::test::request()
+        .method("DELETE")
+        .path("/api/streams/cam1/force")
+        .reply(&closed)
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let res = warp::test::request()
+        .method("DELETE")
+        .path("/api/streams/a%20b/force")
+        .reply(&closed)
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // Closed by default: a page from a file (Origin: null) is refused.
+    let res = warp::test::request()
+        .path("/api/streams")
+        .header("origin", "null")
+        .reply(&closed)
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let star = app(None, &["*"]);
+    for origin in ["null", "http://localhost:8000", "https://anything.example"] {
+        // Preflight on any path, as the original's middleware answered it.
+        for path in [
+            "/api/streams",
+            "/api/streams/start-with-url",
+            "/api/streams/x/force",
+            "/nope",
+        ] {
+            let res = warp::test::request()
+                .method("OPTIONS")
+                .path(path)
+                .header("origin", origin)
+                .header("access-control-request-method", "DELETE")
+                .header("access-control-request-headers", "content-type")
+                .reply(&star)
+                .await;
+            assert_eq!(res.status(), StatusCode::NO_CONTENT, "{origin} {path}");
+            let h = res.headers();
+            assert_eq!(h["access-control-allow-origin"], "*");
+            assert_eq!(
+                h["access-control-allow-methods"],
+                "GET, POST, DELETE, OPTIONS"
+            );
+            assert!(h["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("Content-Type"));
+        }
+        // Answers (errors too) carry the header.
+        for (m, p, status) in [
+            ("GET", "/health", StatusCode::OK),
+            ("GET", "/api/streams", StatusCode::SERVICE_UNAVAILABLE),
+            (
+                "POST",
+                "/api/streams/start-with-url",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let res = warp::test::request()
+                .method(m)
+                .path(p)
+                .header("origin", origin)
+                .body("{}")
+                .reply(&star)
+                .await;
+            assert_eq!(res.status(), status, "{origin} {m} {p}");
+            assert_eq!(res.headers()["access-control-allow-origin"], "*");
+            assert!(res.headers()["access-control-expose-headers"]
+                .to_str()
+                .unwrap()
+                .contains("X-Frame-Timestamp"));
+        }
+        // The WebSocket handshake passes the origin check (then: broker down).
+        let res = warp::test::request()
+            .path("/ws/cam1")
+            .header("origin", origin)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .reply(&star)
+            .await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{origin}");
+    }
+    // '*' opens origins, not the token.
+    let star_token = app(Some("t"), &["*"]);
+    let res = warp::test::request()
+        .path("/api/streams")
+        .header("origin", "null")
+        .reply(&star_token)
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
 }

@@ -268,7 +268,9 @@ fn encode_totals(body: &[u8]) -> (f64, f64) {
 }
 
 /// Raw `/frame` polling: `pollers` tasks each GET the frame back to back for
-/// `seconds`. Returns (requests/s, MB/s, distinct frames/s).
+/// `seconds` (no sleep, as the original server's Python client did; the
+/// gateway paces each request to the next new frame). Returns (requests/s,
+/// MB/s, distinct frames/s).
 async fn poll_frames(addr: SocketAddr, pollers: usize, seconds: u64) -> Result<(f64, f64, f64)> {
     let end = Instant::now() + Duration::from_secs(seconds);
     let t0 = Instant::now();
@@ -607,7 +609,8 @@ async fn main() -> Result<()> {
         for &n in &args.pollers {
             let (rps, mbs, fps) = poll_frames(addr, n.max(1), args.poll_seconds).await?;
             println!(
-                "raw /frame polling, {n} concurrent pollers: {rps:.1} requests/s, {mbs:.1} MB/s, {fps:.1} distinct frames/s"
+                "raw /frame polling, {n} concurrent pollers: {rps:.1} requests/s, {mbs:.1} MB/s, {fps:.1} distinct frames/s, {:.2} requests per new frame per poller",
+                rps / n.max(1) as f64 / fps.max(f64::MIN_POSITIVE)
             );
             js_poll.push(serde_json::json!({
                 "pollers": n, "requests_per_s": rps, "mb_per_s": mbs, "distinct_frames_per_s": fps,

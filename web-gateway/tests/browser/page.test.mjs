@@ -4,13 +4,19 @@
 //    frames change, its stats update;
 //  - a stream added through the form appears and plays;
 //  - MJPEG mode plays in an <img>;
-//  - the JS client example page plays;
-//  - removing a stream through the page stops it;
+//  - removing a stream through the page stops it; one someone else watches is
+//    refused with who watches, and the page's force stops it;
+//  - the original server's clients, re-created: client_example.html opened
+//    from a file (Origin: null) against a gateway with --cors-origin '*' (start
+//    with URL, both stats panels, list, stop refused while another client
+//    watches, force), and a page written for the original js_client.js API
+//    calling each of its methods; the React viewer's server-stats panel;
 //  - a screenshot is saved to tests/browser/artifacts/.
 // Run: cargo build --workspace --bins && (cd web-gateway/tests/browser && npm install && npm test)
 
 import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
@@ -78,6 +84,32 @@ const stack = await startStack({
   token: TOKEN,
   corsOrigins: [reactOrigin],
 });
+// A gateway as the original's users run it: every origin allowed, no token.
+const open = await startStack({ corsOrigins: ['*'] });
+const webDir = path.resolve(here, '../../web');
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'fbgw-pages-'));
+
+/** Opens a WebSocket to `url` in a page of its own; `close()` resolves to its close code. */
+async function watcher(ctx, origin, url) {
+  const wp = await ctx.newPage();
+  await wp.goto(`${origin}/health`);
+  await wp.evaluate((u) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(u);
+    ws.binaryType = 'arraybuffer';
+    window.frames_ = 0;
+    window.closed_ = null;
+    ws.onmessage = () => { window.frames_ += 1; if (window.frames_ === 1) resolve(); };
+    ws.onclose = (e) => { window.closed_ = e.code; reject(new Error(`closed ${e.code}`)); };
+    setTimeout(() => reject(new Error('no frame in 15 s')), 15000);
+  }), url);
+  return {
+    page: wp,
+    async closedWith() {
+      await wp.waitForFunction(() => window.closed_ !== null, null, { timeout: 10000 });
+      return wp.evaluate(() => window.closed_);
+    },
+  };
+}
 const userDataDir = mkdtempSync(path.join(os.tmpdir(), 'fbgw-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath,
@@ -148,6 +180,24 @@ try {
 
   await page.screenshot({ path: path.join(artifacts, 'page-mjpeg.png'), fullPage: true });
 
+  await step('removing a stream someone else watches says so, and the force stops it', async () => {
+    const w = await watcher(context, stack.base, `${stack.base.replace(/^http/, 'ws')}/ws/second?token=${TOKEN}`);
+    page.once('dialog', (d) => d.accept());
+    await page.click('section[data-stream-id="second"] button.remove');
+    const sel = 'section[data-stream-id="second"] .watchers';
+    await page.waitForFunction((s) => !document.querySelector(s)?.hidden, sel, { timeout: 15000 });
+    assert.match(await page.textContent(sel), /\d+ other client\(s\) watching second/);
+    // Refused: it still runs.
+    let res = await fetch(`${stack.base}/api/streams/second/stats`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    assert.equal(res.status, 200);
+    await page.click(`${sel} button.force`);
+    await page.waitForFunction(() => !document.querySelector('section[data-stream-id="second"]'), null, { timeout: 5000 });
+    assert.equal(await w.closedWith(), 1000);
+    res = await fetch(`${stack.base}/api/streams/second/stats`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    assert.equal(res.status, 404);
+    await w.page.close();
+  });
+
   await step('removing a stream through the page stops it', async () => {
     page.once('dialog', (d) => d.accept());
     await page.click('section[data-stream-id="added"] button.remove');
@@ -156,20 +206,134 @@ try {
     assert.equal(res.status, 404);
   });
 
-  await step('the JS client example page plays (raw BGR over WebSocket)', async () => {
+  await step('client_example.html from a file, as the original users open it', async () => {
     const ex = await context.newPage();
-    await ex.goto(`${stack.base}/web/client_example.html`);
-    await ex.fill('#stream', 'second');
-    await ex.selectOption('#format', 'raw');
-    await ex.fill('#token', TOKEN);
-    await ex.fill('#width', '320');
-    await ex.fill('#height', '240');
-    await ex.click('#connect');
-    await ex.waitForFunction(() => /frames ([5-9]|\d\d+)/.test(document.querySelector('#info').textContent), null, { timeout: 10000 });
-    assert.match(await ex.textContent('#info'), /320x240 bgr24/);
-    await changes(ex, '#canvas', 'example raw');
-    await ex.click('#disconnect');
+    const q = new URLSearchParams({
+      serverUrl: open.base.replace(/^http/, 'ws'),
+      rtspUrl: 'testsrc://?size=320x240&rate=30',
+      width: '320',
+      height: '240',
+    });
+    await ex.goto(`${pathToFileURL(path.join(webDir, 'client_example.html'))}?${q}`);
+    await ex.click('#startBtn');
+    await ex.waitForFunction(() => /Connected and receiving frames/.test(document.querySelector('#status').textContent), null, { timeout: 20000 });
+    await ex.waitForFunction(() => Number(document.querySelector('#framesReceived').textContent.replace(/\D/g, '')) > 5, null, { timeout: 15000 });
+    await changes(ex, '#videoCanvas', 'client_example');
+    // The server panel fills in from the stats (every 2 s).
+    await ex.waitForFunction(() => document.querySelector('#serverIsRunning').textContent === 'Yes', null, { timeout: 10000 });
+    const id = await ex.textContent('#serverStreamId');
+    assert.match(id, /^stream_[0-9a-f]{9}$/);
+    assert.ok(Number((await ex.textContent('#serverFrameCount')).replace(/\D/g, '')) > 0);
+    assert.ok(Number(await ex.textContent('#serverClientCount')) >= 1);
+    assert.ok(Number(await ex.textContent('#serverBufferSize')) > 0);
+    assert.match(await ex.textContent('#serverLastFrame'), /^\d{4}-\d\d-\d\dT/);
+    assert.ok(Number(await ex.textContent('#averageFps')) > 0);
+    await ex.click('#listStreamsBtn');
+    const li = `#streamsContent li[data-stream-id="${id}"]`;
+    await ex.waitForSelector(li, { timeout: 5000 });
+    assert.match(await ex.textContent(li), /Running: Yes, Clients: \d+, Frames: [\d,]+/);
+    // Someone else watches: Stop is refused with the count...
+    const w = await watcher(context, open.base, `${open.base.replace(/^http/, 'ws')}/ws/${id}`);
+    await ex.click('#stopBtn');
+    await ex.waitForFunction(() => /Cannot stop - \d+ clients connected/.test(document.querySelector('#status').textContent), null, { timeout: 10000 });
+    assert.match(await ex.textContent('#error'), /still watching/);
+    // ...Force stops it for everybody.
+    await ex.click('#startBtn');
+    await ex.waitForFunction(() => !document.querySelector('#forceStopBtn').disabled, null, { timeout: 20000 });
+    await ex.click('#forceStopBtn');
+    await ex.waitForFunction(() => /Stream force-stopped/.test(document.querySelector('#status').textContent), null, { timeout: 10000 });
+    assert.equal(await w.closedWith(), 1000);
+    assert.equal((await fetch(`${open.base}/api/streams/${id}/stats`)).status, 404);
+    await ex.screenshot({ path: path.join(artifacts, 'client-example-file.png'), fullPage: true });
+    await w.page.close();
     await ex.close();
+  });
+
+  await step('a page written for the original js_client.js: every method', async () => {
+    const file = path.join(scratch, 'original-api.html');
+    writeFileSync(file, `<!doctype html><html><body><canvas width="10" height="10"></canvas>
+<script src="${pathToFileURL(path.join(webDir, 'js_client.js'))}"></script></body></html>`);
+    const op = await context.newPage();
+    await op.goto(pathToFileURL(file).href);
+    const r = await op.evaluate(async (server) => {
+      const out = {};
+      const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+      const until = async (what, f, ms = 15000) => {
+        const end = Date.now() + ms;
+        while (!(await f())) {
+          if (Date.now() > end) throw new Error(`timed out: ${what}`);
+          await sleep(50);
+        }
+      };
+      const client = new RTSPStreamClient(server);
+      client.setupCanvas(document.querySelector('canvas'));
+      const events = [];
+      const frames = [];
+      client.onConnect(() => events.push('connect'));
+      client.onDisconnect((e) => events.push(`disconnect ${e.code}`));
+      client.onError((e) => events.push(`error ${e}`));
+      client.onFrame((frameData, width, height, stats) => frames.push([frameData.length, width, height, stats.framesReceived]));
+      const url = 'testsrc://?size=320x240&rate=25';
+      out.start = await client.startStreamWithURL(url, 320, 240);
+      out.again = await client.startStreamWithURL(url, 320, 240);
+      out.list = (await client.listStreams()).filter((s) => s.stream_id === client.streamId);
+      client.connect();
+      await until('5 frames', () => frames.length >= 5);
+      out.frames = frames.slice(0, 5);
+      out.canvas = [client.canvas.width, client.canvas.height];
+      await until('a running stream with frames', async () => {
+        out.serverStats = await client.getStreamStats();
+        return out.serverStats && out.serverStats.is_running && out.serverStats.buffer_size > 0;
+      });
+      out.stats = client.getStats();
+      out.connection = client.getConnectionStatus();
+      const a = await client.pollFrame();
+      const b = await client.pollFrame();
+      out.polled = [a.width, a.height, a.data.length, b.frameNumber > a.frameNumber];
+      out.stop = await client.stopStream();
+      out.startAgain = await client.startStream(url, 320, 240);
+      client.resetStats();
+      out.reset = client.getStats().framesReceived;
+      out.force = await client.forceStopStream();
+      await until('the socket closed', () => events.some((e) => e.startsWith('disconnect')));
+      out.events = events;
+      out.after = await client.getStreamStats();
+      out.stopGone = await client.stopStream();
+      out.forceGone = await client.forceStopStream();
+      client.disconnect();
+      out.bad = await new RTSPStreamClient(server).startStreamWithURL('file:///etc/passwd');
+      return out;
+    }, open.base.replace(/^http/, 'ws'));
+    assert.equal(r.start.success, true, JSON.stringify(r.start));
+    assert.match(r.start.streamId, /^stream_[0-9a-f]{9}$/);
+    assert.equal(r.start.message, 'Stream started successfully');
+    assert.deepEqual([r.start.width, r.start.height], [320, 240]);
+    assert.equal(r.again.message, 'Stream already running');
+    assert.equal(r.again.streamId, r.start.streamId);
+    assert.equal(r.list.length, 1);
+    assert.ok('is_running' in r.list[0] && 'client_count' in r.list[0] && 'frame_count' in r.list[0]);
+    for (const [len, w, h, n] of r.frames) assert.deepEqual([len, w, h, n > 0], [320 * 240 * 3, 320, 240, true]);
+    assert.deepEqual(r.canvas, [320, 240]);
+    assert.equal(r.serverStats.stream_id, r.start.streamId);
+    assert.ok(r.serverStats.frame_count > 0 && r.serverStats.client_count >= 1, JSON.stringify(r.serverStats));
+    assert.match(r.serverStats.last_frame_time, /Z$/);
+    assert.equal(r.stats.isConnected, true);
+    assert.ok(r.stats.framesReceived >= 5 && r.stats.bytesReceived >= 5 * 320 * 240 * 3 && r.stats.averageFps > 0);
+    assert.equal(r.connection.wsState, 1);
+    assert.deepEqual(r.polled, [320, 240, 320 * 240 * 3, true]);
+    // This page's own socket watches: a plain stop is refused.
+    assert.deepEqual([r.stop.success, r.stop.conflict, r.stop.clientCount >= 1], [false, true, true], JSON.stringify(r.stop));
+    assert.equal(r.startAgain.success, true);
+    assert.equal(r.reset, 0);
+    assert.deepEqual(r.force, { success: true, message: 'Stream force-stopped successfully' });
+    assert.deepEqual(r.events.slice(0, 1), ['connect']);
+    assert.ok(r.events.includes('disconnect 1000'), r.events.join());
+    assert.equal(r.after, null);
+    assert.equal(r.stopGone.success, true);
+    assert.equal(r.forceGone.success, true);
+    assert.equal(r.bad.success, false);
+    assert.match(r.bad.error, /HTTP 400/);
+    await op.close();
   });
 
   await step('the React component (Vite 7 build, other origin) starts a stream and plays it', async () => {
@@ -188,6 +352,14 @@ try {
     assert.equal(await rp.getAttribute('.rtsp-stream-viewer', 'data-status'), 'open');
     const p = await changes(rp, sel, 'react');
     assert.deepEqual([p.w, p.h], [320, 240]);
+    // The original's panels: the client's counts, and the server's after "Refresh Stats".
+    await rp.waitForFunction(() => Number(document.querySelector('.client-stats .stat-item span')?.textContent || 0) > 3, null, { timeout: 5000 });
+    await rp.click('button.refresh-stats');
+    await rp.waitForSelector('.server-stats', { timeout: 5000 });
+    assert.equal(await rp.textContent('.server-stats .is-running'), 'Yes');
+    assert.ok(Number(await rp.textContent('.server-stats .frame-count')) > 0);
+    assert.ok(Number(await rp.textContent('.server-stats .client-count')) >= 1);
+    assert.ok(Number(await rp.textContent('.server-stats .buffer-size')) > 0);
     // It really started the stream on the gateway (POST across origins, with CORS).
     const res = await fetch(`${stack.base}/api/streams/reactcam/stats`, { headers: { Authorization: `Bearer ${TOKEN}` } });
     assert.equal(res.status, 200);
@@ -238,7 +410,9 @@ try {
 } finally {
   await context.close();
   rmSync(userDataDir, { recursive: true, force: true });
+  rmSync(scratch, { recursive: true, force: true });
   await stack.stop();
+  await open.stop();
   reactServer.close();
 }
 
