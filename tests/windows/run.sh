@@ -59,6 +59,10 @@ say "cross-process end to end under Wine"
 if [ "${1:-}" = "--figures" ]; then cargo build --workspace --bins --locked; fi
 .venv/bin/python tests/windows/e2e.py "$@"
 
+# The programs of the test above are gone, but the prefix's wineserver may still
+# be winding them down; a Wine program started meanwhile can hang at start.
+timeout 60 "$(dirname "$WINE")/wineserver" -w || "$(dirname "$WINE")/wineserver" -k || true
+
 say "the Windows-Python reader across a broker kill and restart"
 .venv/bin/python tests/windows/python_e2e.py --broker-exe "target/$TARGET/debug/framebroker.exe" \
     --fb-reader-exe "target/$TARGET/debug/fb-reader.exe" --ffmpeg "$WORK/ffmpeg.exe"
