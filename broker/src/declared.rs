@@ -13,6 +13,7 @@ use framebroker_proto::config::{Mode, StreamDecl};
 use framebroker_proto::control::{HwAccel, StartRequest, VariantRequest};
 
 use crate::registry::{Broker, Refusal};
+use crate::sync::Lock;
 
 /// The declarations in force, by stream id.
 #[derive(Default)]
@@ -22,7 +23,7 @@ pub struct Declared {
 
 impl Declared {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StreamDecl>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        self.streams.locked()
     }
 
     /// The declaration of an on-demand stream `id` (or of the stream one of

@@ -14,9 +14,12 @@ use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use ffmpeg_sidecar::log_parser::FfmpegLogParser;
 use framebroker_proto::control::{HwAccel, Transport};
-use framebroker_proto::naming::{redact_text, Source};
+use framebroker_proto::naming::Source;
 use framebroker_proto::ring::wall_ns;
 use framebroker_proto::{Geometry, PixelFormat, StreamTime};
+
+use crate::error::{classify_line, is_damage, Error, ErrorKind};
+use crate::sync::{wait_timeout, Lock};
 
 /// What to pull and how: everything the source needs, already validated.
 #[derive(Clone, Debug)]
@@ -55,15 +58,16 @@ pub type KillHandle = Arc<dyn Fn() + Send + Sync>;
 /// A source that produces raw frames.
 pub trait RunningSource: Send {
     /// Waits until the output geometry is known (ffmpeg has probed the input).
-    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, String>;
+    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error>;
     /// The raw frame bytes, `frame_bytes` per frame, back to back.
     fn frames(&mut self) -> &mut dyn Read;
     fn pid(&self) -> u32;
     fn kill_handle(&self) -> KillHandle;
-    /// Kills (if still running) and reaps the source; returns how it ended.
+    /// Kills (if still running) and reaps the source; returns how it ended
+    /// (`exit status: 0`), for the log.
     fn finish(&mut self) -> String;
-    /// The last error the source reported, credentials redacted.
-    fn last_error(&self) -> Option<String>;
+    /// The error that best says why the source ended, as far as it reported one.
+    fn last_error(&self) -> Option<Error>;
     /// Count of decode errors (corrupt input) reported so far.
     fn decode_errors(&self) -> u64;
     /// Waits until the geometry of every variant output is known (in the order of
@@ -72,7 +76,7 @@ pub trait RunningSource: Send {
         &mut self,
         _timeout: Duration,
         _stop: &dyn Fn() -> bool,
-    ) -> Result<Vec<Geometry>, String> {
+    ) -> Result<Vec<Geometry>, Error> {
         Ok(Vec::new())
     }
     /// The variants' frame streams, in the order of [`SourceSpec::variants`]; once.
@@ -84,7 +88,7 @@ pub trait RunningSource: Send {
         None
     }
     /// Why the hardware decoder could not be used, when the source said so.
-    fn hwaccel_error(&self) -> Option<String> {
+    fn hwaccel_error(&self) -> Option<Error> {
         None
     }
     /// The frame rate the input declares (its stream information), once known.
@@ -94,7 +98,7 @@ pub trait RunningSource: Send {
 }
 
 pub trait SourceFactory: Send + Sync {
-    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String>;
+    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error>;
 }
 
 /// The real source: the system ffmpeg.
@@ -251,7 +255,8 @@ fn filter_graph(outputs: &[(Option<(u32, u32)>, PixelFormat)]) -> String {
 }
 
 impl SourceFactory for Ffmpeg {
-    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
+        let internal = |what: &str| Error::new(ErrorKind::Internal, what);
         let mut cmd = FfmpegCommand::new_with_path(&self.path);
         // `new_with_path` already adds `-loglevel level+info`; ours repeats it
         // harmlessly, and keeps ffmpeg_args() complete on its own.
@@ -303,10 +308,14 @@ impl SourceFactory for Ffmpeg {
         let spawned = cmd.spawn();
         // The child has its copies; ours must go or the readers never see EOF.
         drop(variant_writes);
-        let mut child = spawned.map_err(|e| format!("cannot start ffmpeg: {e}"))?;
+        let mut child = spawned.map_err(|e| internal(&format!("cannot start ffmpeg: {e}")))?;
         let pid = child.as_inner().id();
-        let stdout = child.take_stdout().ok_or("ffmpeg has no stdout")?;
-        let stderr = child.take_stderr().ok_or("ffmpeg has no stderr")?;
+        let stdout = child
+            .take_stdout()
+            .ok_or_else(|| internal("ffmpeg has no stdout"))?;
+        let stderr = child
+            .take_stderr()
+            .ok_or_else(|| internal("ffmpeg has no stderr"))?;
         grow_pipe(&stdout);
         let (geo_tx, geo_rx) = mpsc::channel();
         let shared = Arc::new(StderrState::default());
@@ -319,8 +328,8 @@ impl SourceFactory for Ffmpeg {
         let hw = spec.hwaccel != HwAccel::None;
         std::thread::Builder::new()
             .name(format!("ffmpeg-log-{id}"))
-            .spawn(move || drain_stderr(stderr, &id, &formats, hw, geo_tx, &st, &ck))
-            .map_err(|e| format!("cannot start log thread: {e}"))?;
+            .spawn(move || drain_log(stderr, &id, &formats, hw, geo_tx, &st, &ck))
+            .map_err(|e| internal(&format!("cannot start log thread: {e}")))?;
         let alive = Arc::new(Mutex::new(true));
         Ok(Box::new(FfmpegSource {
             child,
@@ -337,13 +346,14 @@ impl SourceFactory for Ffmpeg {
 }
 
 /// A close-on-exec pipe whose write end sits at fd 64 or above.
-fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::os::fd::{FromRawFd, OwnedFd};
-    let (r, w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let internal = |e: String| Error::new(ErrorKind::Internal, e);
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| internal(format!("cannot create a pipe: {e}")))?;
     let high = fcntl(&w, FcntlArg::F_DUPFD_CLOEXEC(64))
-        .map_err(|e| format!("cannot move a pipe descriptor: {e}"))?;
+        .map_err(|e| internal(format!("cannot move a pipe descriptor: {e}")))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing
     // else owns; the OwnedFd takes sole ownership and closes it once.
     let high = unsafe { OwnedFd::from_raw_fd(high) };
@@ -360,12 +370,16 @@ fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     }
 }
 
+/// What ffmpeg's log said, for the supervisor.
 #[derive(Default)]
 struct StderrState {
-    last_error: Mutex<Option<String>>,
+    /// The error that best explains an end: the latest line naming a cause, else
+    /// the latest error line.
+    last_error: Mutex<Option<Error>>,
+    /// Damaged frames the decoder reported.
     decode_errors: std::sync::atomic::AtomicU64,
     /// The first line saying the hardware decoder could not be set up.
-    hwaccel_error: Mutex<Option<String>>,
+    hwaccel_error: Mutex<Option<Error>>,
     /// The input's declared frame rate (see [`declared_rate`]).
     declared_fps: Mutex<Option<f64>>,
 }
@@ -394,33 +408,37 @@ pub fn declared_rate(line: &str) -> Option<f64> {
     value("fps").or_else(|| value("tbr"))
 }
 
-/// Lines ffmpeg prints when a `-hwaccel` device or decoder cannot be set up.
-const HWACCEL_FAILURES: &[&str] = &[
-    "device creation failed",
-    "device setup failed",
-    "no device available for decoder",
-    "failed setup for format",
-    "hwaccel initialisation returned error",
-    "failed to initialise vaapi",
-    "cannot load libcuda",
-    "cannot load nvcuvid",
-    "failed to create",
-    "unsupported hwaccel",
-    "unrecognized hwaccel",
-    // v4l2m2m without a /dev/video* decoder; an ffmpeg built without the decoder.
-    "could not find a valid device",
-    "can't configure decoder",
-    "unknown decoder",
-];
-
-/// Whether an ffmpeg log line says the hardware decoder is unusable.
-pub fn is_hwaccel_failure(line: &str) -> bool {
-    let l = line.to_ascii_lowercase();
-    HWACCEL_FAILURES.iter().any(|p| l.contains(p))
+impl StderrState {
+    /// Takes in one log line other than showinfo's.
+    fn line(&self, level: &LogLevel, line: &str, hw: bool) {
+        let kind = classify_line(line);
+        if hw && kind == Some(ErrorKind::HardwareDecoder) {
+            let mut e = self.hwaccel_error.locked();
+            if e.is_none() {
+                *e = Some(Error::new(ErrorKind::HardwareDecoder, short_reason(line)));
+            }
+        }
+        if is_damage(line) {
+            self.decode_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if matches!(level, LogLevel::Error | LogLevel::Fatal) {
+            let mut last = self.last_error.locked();
+            // A later line that names no cause ("Conversion failed!") does not
+            // hide an earlier one that does.
+            let named = last.as_ref().is_some_and(|e| e.kind() != ErrorKind::Exited);
+            if kind.is_some() || !named {
+                *last = Some(Error::new(kind.unwrap_or(ErrorKind::Exited), line));
+            }
+        }
+    }
 }
 
-fn drain_stderr(
-    stderr: std::process::ChildStderr,
+/// Reads ffmpeg's log (its stderr, or a captured one in the tests) to its end:
+/// the outputs' geometry to `geo_tx`, each frame's pts to `clock`, errors and
+/// damage to `st`.
+fn drain_log(
+    log: impl Read,
     id: &str,
     formats: &[PixelFormat],
     hw: bool,
@@ -428,7 +446,7 @@ fn drain_stderr(
     st: &StderrState,
     clock: &FrameClock,
 ) {
-    let mut parser = FfmpegLogParser::new(stderr);
+    let mut parser = FfmpegLogParser::new(log);
     let mut showinfo = ShowinfoParser::default();
     loop {
         match parser.parse_next_event() {
@@ -436,7 +454,7 @@ fn drain_stderr(
                 // The first video stream of the input is the one decoded (`0:v:0`).
                 if s.video_data().is_some() {
                     if let Some(fps) = declared_rate(&s.raw_log_message) {
-                        let mut d = st.declared_fps.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut d = st.declared_fps.locked();
                         d.get_or_insert(fps);
                     }
                 }
@@ -448,7 +466,7 @@ fn drain_stderr(
                 // frames come at (passthrough: the input's).
                 if k == 0 {
                     if let Some(fps) = declared_rate(&s.raw_log_message) {
-                        let mut d = st.declared_fps.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut d = st.declared_fps.locked();
                         d.get_or_insert(fps);
                     }
                 }
@@ -466,32 +484,18 @@ fn drain_stderr(
             Ok(FfmpegEvent::Log(level, line)) => {
                 // showinfo prints two lines per frame (`n: pts:`, then the colour
                 // properties): read the first, log neither, so no frame pays for
-                // redacting and lowercasing them below.
+                // classifying them below.
                 if line.contains("Parsed_showinfo") {
                     if let Some((n, pts_ns)) = showinfo.parse(&line) {
                         clock.record(n, pts_ns, wall_ns());
                     }
                     continue;
                 }
-                let line = redact_text(&line);
-                if hw && is_hwaccel_failure(&line) {
-                    let mut e = st.hwaccel_error.lock().unwrap_or_else(|p| p.into_inner());
-                    if e.is_none() {
-                        *e = Some(short_reason(&line));
-                    }
-                }
-                let lower = line.to_ascii_lowercase();
-                if lower.contains("corrupt")
-                    || lower.contains("error while decoding")
-                    || lower.contains("concealing")
-                {
-                    st.decode_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                st.line(&level, &line, hw);
+                let line = framebroker_proto::naming::redact_text(&line);
                 match level {
                     LogLevel::Error | LogLevel::Fatal => {
-                        tracing::warn!(stream = id, "ffmpeg: {line}");
-                        *st.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+                        tracing::warn!(stream = id, "ffmpeg: {line}")
                     }
                     LogLevel::Warning => tracing::debug!(stream = id, "ffmpeg: {line}"),
                     _ => tracing::trace!(stream = id, "ffmpeg: {line}"),
@@ -595,7 +599,7 @@ struct ClockState {
 impl FrameClock {
     /// Records frame `n`'s pts (`None`: not reported), seen at wall clock `now_ns`.
     pub fn record(&self, n: u64, pts_ns: Option<i64>, now_ns: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.locked();
         if s.window.is_empty() {
             s.window = vec![None; CLOCK_WINDOW];
         }
@@ -627,7 +631,7 @@ impl FrameClock {
     /// `wait` for its line; a log that reports nothing costs no waiting.
     pub fn stream_time(&self, n: u64, wait: Duration) -> Option<StreamTime> {
         let deadline = Instant::now() + wait;
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.locked();
         loop {
             if let Some(Some((m, t))) = s.window.get((n % CLOCK_WINDOW as u64) as usize) {
                 if *m == n {
@@ -639,11 +643,7 @@ impl FrameClock {
             if !close || now >= deadline || s.newest.is_some_and(|m| m > n) {
                 return None;
             }
-            s = self
-                .cv
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            s = wait_timeout(&self.cv, s, deadline - now);
         }
     }
 }
@@ -671,13 +671,13 @@ impl FfmpegSource {
         deadline: Instant,
         timeout: Duration,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Geometry, String> {
+    ) -> Result<Geometry, Error> {
         loop {
             if let Some(g) = self.geos.get(k).copied().flatten() {
                 return Ok(g);
             }
             if stop() {
-                return Err("stopped".into());
+                return Err(Error::new(ErrorKind::Stopped, "stopped"));
             }
             match self.geo_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok((i, g)) => {
@@ -687,14 +687,15 @@ impl FfmpegSource {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "no stream information from ffmpeg within {timeout:?}"
+                    return Err(Error::new(
+                        ErrorKind::NoStreamInfo,
+                        format!("no stream information from ffmpeg within {timeout:?}"),
                     ))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(self
-                        .last_error()
-                        .unwrap_or_else(|| "ffmpeg exited before opening the input".into()))
+                    return Err(self.last_error().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Exited, "ffmpeg exited before opening the input")
+                    }))
                 }
             }
         }
@@ -702,7 +703,7 @@ impl FfmpegSource {
 }
 
 impl RunningSource for FfmpegSource {
-    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, String> {
+    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error> {
         self.output_geometry(0, Instant::now() + timeout, timeout, stop)
     }
 
@@ -710,7 +711,7 @@ impl RunningSource for FfmpegSource {
         &mut self,
         timeout: Duration,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Vec<Geometry>, String> {
+    ) -> Result<Vec<Geometry>, Error> {
         let deadline = Instant::now() + timeout;
         (1..self.geos.len())
             .map(|k| self.output_geometry(k, deadline, timeout, stop))
@@ -728,20 +729,12 @@ impl RunningSource for FfmpegSource {
         Some(self.clock.clone())
     }
 
-    fn hwaccel_error(&self) -> Option<String> {
-        self.shared
-            .hwaccel_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn hwaccel_error(&self) -> Option<Error> {
+        self.shared.hwaccel_error.locked().clone()
     }
 
     fn declared_fps(&self) -> Option<f64> {
-        *self
-            .shared
-            .declared_fps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *self.shared.declared_fps.locked()
     }
 
     fn frames(&mut self) -> &mut dyn Read {
@@ -756,7 +749,7 @@ impl RunningSource for FfmpegSource {
         let alive = self.alive.clone();
         let pid = self.pid;
         Arc::new(move || {
-            let alive = alive.lock().unwrap_or_else(|p| p.into_inner());
+            let alive = alive.locked();
             if *alive {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
@@ -767,7 +760,7 @@ impl RunningSource for FfmpegSource {
     }
 
     fn finish(&mut self) -> String {
-        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alive = self.alive.locked();
         let _ = self.child.kill();
         let status = self.child.wait();
         *alive = false;
@@ -777,12 +770,8 @@ impl RunningSource for FfmpegSource {
         }
     }
 
-    fn last_error(&self) -> Option<String> {
-        self.shared
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn last_error(&self) -> Option<Error> {
+        self.shared.last_error.locked().clone()
     }
 
     fn decode_errors(&self) -> u64 {
@@ -971,26 +960,151 @@ mod tests {
     }
 
     #[test]
-    fn hwaccel_failures_are_recognised() {
-        assert!(is_hwaccel_failure(
-            "[error] Device creation failed: -542398533."
-        ));
-        assert!(is_hwaccel_failure(
-            "[h264 @ 0x1] [error] No device available for decoder: device type vaapi needed for codec h264."
-        ));
-        // Debian's ffmpeg 5.1 asked for h264_v4l2m2m without a V4L2 decoder device,
-        // and for h264_rkmpp, which it was built without.
-        assert!(is_hwaccel_failure(
-            "[h264_v4l2m2m @ 0x55bda78bd0c0] [error] Could not find a valid device"
-        ));
-        assert!(is_hwaccel_failure(
-            "[h264_v4l2m2m @ 0x55bda78bd0c0] [error] can't configure decoder"
-        ));
-        assert!(is_hwaccel_failure("[fatal] Unknown decoder 'h264_rkmpp'"));
-        assert!(!is_hwaccel_failure("[error] Connection refused"));
+    fn short_reasons_drop_the_prefixes() {
         assert_eq!(
             short_reason("[h264 @ 0x1] [error] No device available for decoder"),
             "No device available for decoder"
         );
+    }
+
+    /// What the log parser made of a captured ffmpeg log (`broker/testdata/`,
+    /// see its README for how each was captured).
+    struct Replay {
+        geometries: Vec<(usize, Geometry)>,
+        state: StderrState,
+        clock: FrameClock,
+    }
+
+    impl Replay {
+        fn of(name: &str, hw: bool) -> Replay {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(format!("{name}.log"));
+            let log = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            let (tx, rx) = mpsc::channel();
+            let (state, clock) = (StderrState::default(), FrameClock::default());
+            drain_log(log, name, &[PixelFormat::Bgr24], hw, tx, &state, &clock);
+            Replay {
+                geometries: rx.try_iter().collect(),
+                state,
+                clock,
+            }
+        }
+        fn error(&self) -> Error {
+            self.state.last_error.locked().clone().expect("an error")
+        }
+        fn kind(&self) -> ErrorKind {
+            self.error().kind()
+        }
+        fn decode_errors(&self) -> u64 {
+            self.state
+                .decode_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn frame(&self, n: u64) -> Option<StreamTime> {
+            self.clock.stream_time(n, Duration::ZERO)
+        }
+    }
+
+    const QVGA: Geometry = Geometry {
+        width: 320,
+        height: 240,
+        pixel_format: PixelFormat::Bgr24,
+    };
+
+    #[test]
+    fn the_test_camera_gives_its_size_and_every_frames_pts_and_no_error() {
+        let r = Replay::of("camera_ok", false);
+        assert_eq!(r.geometries, [(0, QVGA)]);
+        assert!(r.state.last_error.locked().is_none());
+        assert_eq!(r.decode_errors(), 0);
+        assert_eq!(*r.state.declared_fps.locked(), Some(15.0));
+        assert_eq!(
+            r.frame(0).unwrap().pts_ns,
+            1_000_000_000,
+            "pts 90000 at 1/90000"
+        );
+        let (a, b) = (r.frame(1).unwrap(), r.frame(14).unwrap());
+        assert_eq!(
+            (a.pts_ns, b.pts_ns),
+            (1_066_666_666, 1_933_333_333),
+            "6000 ticks a frame: 15 fps"
+        );
+        assert_eq!(b.wall_ns - a.wall_ns, (b.pts_ns - a.pts_ns) as u64);
+        assert_eq!(r.frame(15), None, "15 frames captured");
+    }
+
+    #[test]
+    fn a_401_is_unauthorized_and_its_message_holds_no_password() {
+        let r = Replay::of("unauthorized_401", false);
+        assert_eq!(r.kind(), ErrorKind::Unauthorized);
+        assert!(r.kind().is_permanent());
+        assert_eq!(
+            r.error().message(),
+            "[error] rtsp://***@127.0.0.1:8554/cam: Server returned 401 Unauthorized (authorization failed)"
+        );
+        assert!(r.geometries.is_empty());
+    }
+
+    #[test]
+    fn a_404_is_not_found() {
+        let r = Replay::of("not_found_404", false);
+        assert_eq!(r.kind(), ErrorKind::NotFound);
+        assert!(r.error().message().contains("404 Not Found"));
+        assert!(r.geometries.is_empty());
+    }
+
+    #[test]
+    fn a_refused_connection_is_unreachable_and_retried() {
+        let r = Replay::of("refused", false);
+        assert_eq!(r.kind(), ErrorKind::Unreachable);
+        assert!(!r.kind().is_permanent());
+        assert_eq!(
+            r.error().message(),
+            "[error] rtsp://127.0.0.1:8554/cam: Connection refused"
+        );
+    }
+
+    #[test]
+    fn a_frozen_camera_ends_unreachable_after_its_frames() {
+        let r = Replay::of("stalled", false);
+        assert_eq!(r.geometries, [(0, QVGA)]);
+        assert!(r.frame(0).is_some(), "frames before the freeze");
+        assert_eq!(r.kind(), ErrorKind::Unreachable);
+        assert!(r.error().message().ends_with("Connection timed out"));
+    }
+
+    #[test]
+    fn a_damaged_stream_counts_one_decode_error_per_damaged_frame_and_goes_on() {
+        let r = Replay::of("damaged", false);
+        assert_eq!(r.geometries, [(0, QVGA)]);
+        // ffmpeg's "corrupt decoded frame" lines; the codec's own lines about
+        // macroblocks and concealment come with them and are not counted again.
+        assert_eq!(r.decode_errors(), 7);
+        assert_eq!(r.kind(), ErrorKind::Damaged);
+        assert!(!r.kind().is_permanent());
+        assert!(r.frame(29).is_some(), "every frame decoded");
+    }
+
+    #[test]
+    fn a_missing_vaapi_device_is_a_hardware_decoder_error_with_the_first_reason() {
+        let r = Replay::of("vaapi_missing", true);
+        let hw = r.state.hwaccel_error.locked().clone().unwrap();
+        assert_eq!(hw.kind(), ErrorKind::HardwareDecoder);
+        assert_eq!(hw.message(), "Device creation failed: -542398533.");
+        assert_eq!(r.kind(), ErrorKind::HardwareDecoder);
+        assert!(!r.kind().is_the_cameras());
+        // Without -hwaccel the same lines are not the decoder's business.
+        let sw = Replay::of("vaapi_missing", false);
+        assert!(sw.state.hwaccel_error.locked().is_none());
+    }
+
+    #[test]
+    fn input_that_is_not_video_is_invalid_data_despite_later_lines() {
+        let r = Replay::of("invalid_data", false);
+        assert_eq!(r.kind(), ErrorKind::InvalidData);
+        assert!(r.kind().is_permanent());
+        assert!(r.error().message().contains("Invalid data found"));
+        assert!(r.geometries.is_empty());
     }
 }

@@ -5,21 +5,24 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use framebroker_proto::config::Mode;
 use framebroker_proto::control::{
     Attachment, ErrorCode, HwAccel, StartRequest, StreamInfo, StreamStats, MAX_VARIANTS,
 };
 use framebroker_proto::layout::{self, DEFAULT_SLOTS, MAX_SLOTS, MIN_SLOTS};
-use framebroker_proto::naming::{self, classify_url, redact_url, UrlPolicy};
-use framebroker_proto::ring::{monotonic_ns, RingConfig};
+use framebroker_proto::naming::{self, classify_url, redact_url, Source, UrlPolicy};
+use framebroker_proto::ring::RingConfig;
 use framebroker_proto::shm::{self, OwnedSegment};
 use framebroker_proto::{Geometry, StreamState};
 
+use crate::clock::{self, Clock};
 use crate::declared::Declared;
+use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{OutputSpec, SourceFactory, SourceSpec};
 use crate::supervisor::{self, SegmentAllocator, StreamHandle, SupervisorConfig};
+use crate::sync::{Lock, Rank, RankedGuard, RankedMutex};
 
 /// A refused request: the code and a message for the caller (no secrets in it).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +90,7 @@ impl Default for BrokerConfig {
 }
 
 /// Hands out segments within the budget and the free space of `/dev/shm`.
-struct Allocator {
+pub(crate) struct Allocator {
     prefix: String,
     mode: u32,
     checksum: bool,
@@ -96,13 +99,27 @@ struct Allocator {
     generation: AtomicU64,
 }
 
+impl Allocator {
+    pub(crate) fn new(cfg: &SupervisorConfig, budget: u64) -> Self {
+        Allocator {
+            prefix: cfg.shm_prefix.clone(),
+            mode: cfg.shm_mode,
+            checksum: cfg.checksum,
+            budget,
+            used: Mutex::new(0),
+            generation: AtomicU64::new(1),
+        }
+    }
+}
+
 impl SegmentAllocator for Allocator {
     fn allocate(
         &self,
         id: &str,
         geometry: Geometry,
         slots: u32,
-    ) -> Result<(Arc<OwnedSegment>, RingConfig), String> {
+    ) -> Result<(Arc<OwnedSegment>, RingConfig), Error> {
+        let internal = |e: framebroker_proto::Error| Error::new(ErrorKind::Internal, e.to_string());
         let mut config = RingConfig {
             stream_id: id.to_string(),
             geometry,
@@ -111,26 +128,31 @@ impl SegmentAllocator for Allocator {
             checksum: self.checksum,
             writer_pid: std::process::id(),
         };
-        let size = config.segment_size().map_err(|e| e.to_string())?;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let size = config
+            .segment_size()
+            .map_err(|e| Error::new(ErrorKind::BadGeometry, e.to_string()))?;
+        let mut used = self.used.locked();
         if *used + size > self.budget {
-            return Err(budget_message(size, *used, self.budget));
+            return Err(Error::new(
+                ErrorKind::NoRoom,
+                budget_message(size, *used, self.budget),
+            ));
         }
-        let free = shm::free_bytes().map_err(|e| e.to_string())?;
+        let free = shm::free_bytes().map_err(internal)?;
         if size > free {
-            return Err(format!(
+            return Err(Error::new(ErrorKind::NoRoom, format!(
                 "/dev/shm has {} free, the ring needs {}: enlarge /dev/shm or use fewer slots or a smaller size",
                 mib(free),
                 mib(size)
-            ));
+            )));
         }
         // A name can be taken by a segment we must not remove (another live broker
         // with our prefix, a foreign file): move on to the next generation.
         let mut last_err = String::new();
         for _ in 0..16 {
             config.generation = self.generation.fetch_add(1, Ordering::Relaxed);
-            let name = naming::segment_name(&self.prefix, id, config.generation)
-                .map_err(|e| e.to_string())?;
+            let name =
+                naming::segment_name(&self.prefix, id, config.generation).map_err(internal)?;
             match OwnedSegment::create(&name, size, self.mode) {
                 Ok(seg) => {
                     *used += size;
@@ -142,14 +164,14 @@ impl SegmentAllocator for Allocator {
                     tracing::warn!(segment = %name, "name taken by another segment; trying the next generation");
                     last_err = format!("{name}: {reason}");
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(internal(e)),
             }
         }
-        Err(last_err)
+        Err(Error::new(ErrorKind::Internal, last_err))
     }
 
     fn release(&self, bytes: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.locked();
         *used = used.saturating_sub(bytes);
     }
 }
@@ -253,7 +275,9 @@ pub struct Broker {
     cfg: BrokerConfig,
     factory: Arc<dyn SourceFactory>,
     alloc: Arc<Allocator>,
-    streams: Mutex<HashMap<String, Entry>>,
+    clock: Clock,
+    /// See [`crate::sync`] for the order with a stream's status lock.
+    streams: RankedMutex<HashMap<String, Entry>>,
     /// Supervisors of stopped streams that may still be cleaning up; shutdown
     /// waits for them so no segment outlives a clean exit.
     stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -300,21 +324,122 @@ fn remove_family(streams: &mut HashMap<String, Entry>, id: &str) -> Option<Arc<F
     Some(family)
 }
 
+/// A start request that passed [`Broker::validate`]: its URL classified, its
+/// sizes and variants checked, its slot count decided.
+struct Checked {
+    req: StartRequest,
+    source: Source,
+    size: Option<(u32, u32)>,
+    variants: Vec<OutputSpec>,
+    slots: u32,
+}
+
+impl Checked {
+    /// Bytes of the rings whose size is known now (the main stream's and each
+    /// variant's): refused at once rather than failing later.
+    fn ring_bytes(&self) -> u64 {
+        std::iter::once((self.size, self.req.pixel_format))
+            .chain(self.variants.iter().map(|v| (v.size, v.pixel_format)))
+            .filter_map(|(size, pf)| {
+                let (w, h) = size?;
+                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), self.slots))
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// What [`Broker::admit`] gives a request.
+enum Admission {
+    /// The stream that runs under the id already.
+    Running(StreamInfo),
+    /// The request's id joins the running decode of the same URL.
+    Join(Arc<Family>),
+    /// A new decode.
+    New,
+}
+
+/// The variants of a request, checked: at most [`MAX_VARIANTS`], valid ids used
+/// once, valid sizes.
+fn checked_variants(req: &StartRequest) -> Result<Vec<OutputSpec>, Refusal> {
+    if req.variants.len() > MAX_VARIANTS {
+        return Err(Refusal::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
+                req.id,
+                req.variants.len()
+            ),
+        ));
+    }
+    let mut variants = Vec::with_capacity(req.variants.len());
+    for v in &req.variants {
+        naming::validate_stream_id(&v.id)?;
+        if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidId,
+                format!("variant id {:?} is used twice in the request", v.id),
+            ));
+        }
+        variants.push(OutputSpec {
+            id: v.id.clone(),
+            size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
+            pixel_format: v.pixel_format,
+        });
+    }
+    Ok(variants)
+}
+
+/// The answer to a request for an id that is registered: the same stream when
+/// the request asks for what it is, else a refusal.
+fn answer_same_id(e: &Entry, c: &Checked) -> Result<StreamInfo, Refusal> {
+    let (h, req) = (&e.handle, &c.req);
+    if h.spec.url != req.url {
+        return Err(Refusal::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "stream {:?} already exists with another URL ({})",
+                req.id, h.spec.redacted
+            ),
+        ));
+    }
+    if Arc::ptr_eq(h, &e.family.root) {
+        lacks_variants(h, &c.variants)?;
+        return Ok(h.info());
+    }
+    // A variant or an alias: the same request again gets it.
+    if c.variants.is_empty() && output_matches(h.source(), c.size, req.pixel_format) {
+        return Ok(h.info());
+    }
+    Err(Refusal::new(
+        ErrorCode::AlreadyExists,
+        format!(
+            "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
+            req.id,
+            if h.alias_of.is_some() { "an alias" } else { "a variant" },
+            e.family.root.id(),
+            describe_output(h.source().spec.size, h.source().spec.pixel_format),
+        ),
+    ))
+}
+
 impl Broker {
     pub fn new(cfg: BrokerConfig, factory: Arc<dyn SourceFactory>) -> Arc<Self> {
-        let alloc = Arc::new(Allocator {
-            prefix: cfg.supervisor.shm_prefix.clone(),
-            mode: cfg.supervisor.shm_mode,
-            checksum: cfg.supervisor.checksum,
-            budget: cfg.shm_budget,
-            used: Mutex::new(0),
-            generation: AtomicU64::new(1),
-        });
+        Self::with_clock(cfg, factory, clock::real())
+    }
+
+    /// A broker whose stall, idle and backoff time is `clock`'s (tests simulate it).
+    pub fn with_clock(
+        cfg: BrokerConfig,
+        factory: Arc<dyn SourceFactory>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let alloc = Arc::new(Allocator::new(&cfg.supervisor, cfg.shm_budget));
         Arc::new(Broker {
             cfg,
             factory,
             alloc,
-            streams: Mutex::new(HashMap::new()),
+            clock,
+            streams: RankedMutex::new(Rank::Streams, HashMap::new()),
             stopping: Mutex::new(Vec::new()),
             declared: Declared::default(),
         })
@@ -329,8 +454,8 @@ impl Broker {
         &self.declared
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    fn streams(&self) -> RankedGuard<'_, HashMap<String, Entry>> {
+        self.streams.locked()
     }
 
     fn get(&self, id: &str) -> Result<Arc<StreamHandle>, Refusal> {
@@ -341,118 +466,114 @@ impl Broker {
     }
 
     /// Starts a stream, or returns the one running with the same id and URL, or
-    /// (unless `allow_duplicate_url`) with the same URL under another id.
+    /// (unless `allow_duplicate_url`) puts the id on the running decode of the
+    /// same URL (see [`join_family`](Self::join_family)).
     ///
     /// Variants in the request become streams of their own (listed with `parent`
     /// set) fed by the same ffmpeg; everything about them is checked before
-    /// anything starts.
+    /// anything starts. Three steps: [`validate`](Self::validate) the request on
+    /// its own, [`admit`](Self::admit) it against the table (every refusal comes
+    /// before any change), then [`spawn`](Self::spawn) the new decode.
     pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<(StreamInfo, bool), Refusal> {
+        let checked = self.validate(req)?;
+        let mut streams = self.streams();
+        match self.admit(&mut streams, &checked)? {
+            Admission::Running(info) => Ok((info, false)),
+            Admission::Join(family) => {
+                let c = &checked;
+                self.join_family(&mut streams, &family, &c.req.id, c.size, &c.req)
+            }
+            Admission::New => self.spawn(&mut streams, checked),
+        }
+    }
+
+    /// Checks a start request on its own: ids, URL, sizes, variants, slots.
+    fn validate(&self, req: StartRequest) -> Result<Checked, Refusal> {
         naming::validate_stream_id(&req.id)?;
         let source = classify_url(&req.url, &self.cfg.url_policy)?;
         let size = checked_size(&req.id, req.width, req.height, req.pixel_format)?;
-        if req.variants.len() > MAX_VARIANTS {
-            return Err(Refusal::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "stream {:?}: at most {MAX_VARIANTS} variants, {} requested",
-                    req.id,
-                    req.variants.len()
-                ),
-            ));
-        }
-        let mut variants = Vec::with_capacity(req.variants.len());
-        for v in &req.variants {
-            naming::validate_stream_id(&v.id)?;
-            if v.id == req.id || variants.iter().any(|o: &OutputSpec| o.id == v.id) {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidId,
-                    format!("variant id {:?} is used twice in the request", v.id),
-                ));
-            }
-            variants.push(OutputSpec {
-                id: v.id.clone(),
-                size: checked_size(&v.id, v.width, v.height, v.pixel_format)?,
-                pixel_format: v.pixel_format,
-            });
-        }
+        let variants = checked_variants(&req)?;
         let slots = req.ring_slots.unwrap_or(self.cfg.default_slots);
         if !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(framebroker_proto::Error::InvalidSlots { slots }.into());
         }
-        let mut streams = self.streams();
+        Ok(Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        })
+    }
+
+    /// Decides what a checked request gets from the table: a running stream, a
+    /// place on a running decode, or a new decode; refuses it when an id is
+    /// taken or a limit would be passed. Changes nothing unless it admits: then
+    /// a failed stream under the same id, and the oldest ended streams when the
+    /// room is needed, make way.
+    fn admit(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: &Checked,
+    ) -> Result<Admission, Refusal> {
+        let id = &c.req.id;
         if streams
-            .get(&req.id)
+            .get(id)
             .is_some_and(|e| e.family.root.status().state.is_final())
         {
             // A failed stream is replaced by a new attempt under the same id.
-            if let Some(old) = remove_family(&mut streams, &req.id) {
+            if let Some(old) = remove_family(streams, id) {
                 self.retire(&old);
             }
         }
-        if let Some(e) = streams.get(&req.id) {
-            let h = &e.handle;
-            if h.spec.url != req.url {
-                return Err(Refusal::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "stream {:?} already exists with another URL ({})",
-                        req.id, h.spec.redacted
-                    ),
-                ));
-            }
-            if Arc::ptr_eq(h, &e.family.root) {
-                lacks_variants(h, &variants)?;
-                return Ok((h.info(), false));
-            }
-            // A variant or an alias: the same request again gets it.
-            if variants.is_empty() && output_matches(h.source(), size, req.pixel_format) {
-                return Ok((h.info(), false));
-            }
-            return Err(Refusal::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "{:?} is already {} of stream {:?} ({}): stop it first to ask for another size or format",
-                    req.id,
-                    if h.alias_of.is_some() { "an alias" } else { "a variant" },
-                    e.family.root.id(),
-                    describe_output(h.source().spec.size, h.source().spec.pixel_format),
-                ),
-            ));
+        if let Some(e) = streams.get(id) {
+            return answer_same_id(e, c).map(Admission::Running);
         }
-        if let Some(v) = variants.iter().find(|v| streams.contains_key(&v.id)) {
+        if let Some(v) = c.variants.iter().find(|v| streams.contains_key(&v.id)) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyExists,
                 format!("variant id {:?} is already a stream; pick another id", v.id),
             ));
         }
-        // Failed (or stopped) streams stay listed with their last error until
-        // the room is needed; they do not count against the limit, and the
-        // oldest make way below, so the list stays within --max-streams and a
-        // client starting bad URLs cannot grow the broker without bound.
-        let ended = streams
-            .values()
-            .filter(|e| e.family.root.status().state.is_final())
-            .count();
-        let active = streams.len().saturating_sub(ended);
-        let running = if req.allow_duplicate_url {
+        let running = if c.req.allow_duplicate_url {
             None
         } else {
             streams
                 .values()
                 .find(|e| {
-                    e.family.root.spec.url == req.url && !e.family.root.status().state.is_final()
+                    e.family.root.spec.url == c.req.url && !e.family.root.status().state.is_final()
                 })
                 .map(|e| e.family.clone())
         };
-        if let Some(family) = &running {
+        if let Some(family) = running {
             // The variants asked for must be there already; the request adds one id.
-            lacks_variants(&family.root, &variants)?;
+            lacks_variants(&family.root, &c.variants)?;
+            self.check_stream_limit(streams, 1)?;
+            return Ok(Admission::Join(family));
         }
-        let wanted = if running.is_some() {
-            1
-        } else {
-            1 + variants.len()
-        };
+        let wanted = 1 + c.variants.len();
+        self.check_stream_limit(streams, wanted)?;
+        self.check_budget(streams, c.ring_bytes())?;
+        self.make_room(streams, wanted);
+        Ok(Admission::New)
+    }
+
+    /// Refuses `wanted` more ids when the running ones would pass
+    /// `--max-streams`. Failed (or stopped) streams stay listed with their last
+    /// error until the room is needed; they do not count against the limit, and
+    /// the oldest make way ([`make_room`](Self::make_room)), so the list stays
+    /// within `--max-streams` and a client starting bad URLs cannot grow the
+    /// broker without bound.
+    fn check_stream_limit(
+        &self,
+        streams: &HashMap<String, Entry>,
+        wanted: usize,
+    ) -> Result<(), Refusal> {
+        let ended = streams
+            .values()
+            .filter(|e| e.family.root.status().state.is_final())
+            .count();
+        let active = streams.len().saturating_sub(ended);
         if active + wanted > self.cfg.max_streams {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
@@ -463,19 +584,11 @@ impl Broker {
                 ),
             ));
         }
-        if let Some(family) = running {
-            return self.join_family(&mut streams, &family, &req.id, size, &req);
-        }
-        // Rings of known size (the main stream's and each variant's): refuse now
-        // rather than fail later.
-        let need: u64 = std::iter::once((size, req.pixel_format))
-            .chain(variants.iter().map(|v| (v.size, v.pixel_format)))
-            .filter_map(|(size, pf)| {
-                let (w, h) = size?;
-                Some(ring_bytes(pf.frame_bytes(w, h).unwrap_or(0), slots))
-            })
-            .fold(0u64, u64::saturating_add);
-        self.check_budget(&streams, need)?;
+        Ok(())
+    }
+
+    /// Removes the oldest ended streams until `wanted` more ids fit the list.
+    fn make_room(&self, streams: &mut HashMap<String, Entry>, wanted: usize) {
         while streams.len() + wanted > self.cfg.max_streams {
             let Some(oldest) = streams
                 .values()
@@ -485,11 +598,27 @@ impl Broker {
             else {
                 break;
             };
-            if let Some(old) = remove_family(&mut streams, &oldest) {
+            if let Some(old) = remove_family(streams, &oldest) {
                 self.retire(&old);
             }
             tracing::info!(stream = %oldest, "ended stream removed from the list to make room");
         }
+    }
+
+    /// Starts the decode of an admitted request: its stream, the variants of the
+    /// request, and the supervisor's thread.
+    fn spawn(
+        &self,
+        streams: &mut HashMap<String, Entry>,
+        c: Checked,
+    ) -> Result<(StreamInfo, bool), Refusal> {
+        let Checked {
+            req,
+            source,
+            size,
+            variants,
+            slots,
+        } = c;
         let spec = SourceSpec {
             id: req.id.clone(),
             redacted: redact_url(&req.url),
@@ -502,34 +631,13 @@ impl Broker {
             hwaccel: req.hwaccel.unwrap_or(self.cfg.default_hwaccel),
             variants,
         };
-        let handle = Arc::new(StreamHandle::new(spec, slots, req.on_demand));
-        let (h, f, a, c) = (
-            handle.clone(),
-            self.factory.clone(),
-            self.alloc.clone() as Arc<dyn SegmentAllocator>,
-            self.cfg.supervisor.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name(format!("stream-{}", req.id))
-            .spawn(move || {
-                let h2 = h.clone();
-                let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
-                if std::panic::catch_unwind(run).is_err() {
-                    // A bug, not a camera problem: say so instead of hanging in `starting`.
-                    h2.status().state = StreamState::Failed;
-                    h2.status().last_error =
-                        Some("internal error: the stream supervisor panicked (see the log)".into());
-                    if let Some(r) = h2.ring_status() {
-                        r.set_state(StreamState::Failed);
-                    }
-                }
-            })
-            .map_err(|e| {
-                Refusal::new(
-                    ErrorCode::Internal,
-                    format!("cannot start supervisor thread: {e}"),
-                )
-            })?;
+        let handle = Arc::new(StreamHandle::new(
+            spec,
+            slots,
+            req.on_demand,
+            self.clock.clone(),
+        ));
+        let thread = self.spawn_supervisor(&handle)?;
         tracing::info!(stream = %req.id, url = %handle.spec.redacted, on_demand = req.on_demand, "stream added");
         let info = handle.info();
         let family = Arc::new(Family {
@@ -550,6 +658,40 @@ impl Broker {
         Ok((info, true))
     }
 
+    /// The supervisor's thread for `handle`. A panic in it is a bug, not a camera
+    /// problem: the stream says so (`failed`) instead of hanging in `starting`.
+    fn spawn_supervisor(
+        &self,
+        handle: &Arc<StreamHandle>,
+    ) -> Result<std::thread::JoinHandle<()>, Refusal> {
+        let (h, f, a, c) = (
+            handle.clone(),
+            self.factory.clone(),
+            self.alloc.clone() as Arc<dyn SegmentAllocator>,
+            self.cfg.supervisor.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("stream-{}", handle.id()))
+            .spawn(move || {
+                let h2 = h.clone();
+                let run = std::panic::AssertUnwindSafe(move || supervisor::run(h, f, a, c));
+                if std::panic::catch_unwind(run).is_err() {
+                    h2.status().state = StreamState::Failed;
+                    h2.status().last_error =
+                        Some("internal error: the stream supervisor panicked (see the log)".into());
+                    if let Some(r) = h2.ring_status() {
+                        r.set_state(StreamState::Failed);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("cannot start supervisor thread: {e}"),
+                )
+            })
+    }
+
     /// Refuses `need` more bytes of rings when they would not fit the budget,
     /// counting the rings of streams still starting as if they were allocated.
     fn check_budget(&self, streams: &HashMap<String, Entry>, need: u64) -> Result<(), Refusal> {
@@ -568,7 +710,7 @@ impl Broker {
                 ))
             })
             .sum();
-        let used = *self.alloc.used.lock().unwrap_or_else(|p| p.into_inner()) + pending;
+        let used = *self.alloc.used.locked() + pending;
         if used.saturating_add(need) > self.cfg.shm_budget {
             return Err(Refusal::new(
                 ErrorCode::LimitExceeded,
@@ -701,13 +843,8 @@ impl Broker {
     /// Stops a decode; shutdown waits for its supervisor.
     fn retire(&self, family: &Family) {
         family.root.request_stop();
-        if let Some(t) = family
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = family.thread.locked().take() {
+            let mut stopping = self.stopping.locked();
             stopping.retain(|t| !t.is_finished());
             stopping.push(t);
         }
@@ -842,7 +979,8 @@ impl Broker {
             // Idle once no reader of the stream or of its variants is left.
             self.with_idle_owner(handle, |o| {
                 if o.total_readers() == 0 {
-                    o.idle_since_ns.store(monotonic_ns(), Ordering::Relaxed);
+                    o.idle_since_ns
+                        .store(self.clock.monotonic_ns(), Ordering::Relaxed);
                 }
             });
         }
@@ -864,12 +1002,7 @@ impl Broker {
         for f in &families {
             self.retire(f);
         }
-        let stopping: Vec<_> = self
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        let stopping: Vec<_> = self.stopping.locked().drain(..).collect();
         for t in stopping {
             let _ = t.join();
         }
@@ -881,7 +1014,7 @@ impl Broker {
         std::thread::Builder::new()
             .name("ticker".into())
             .spawn(move || {
-                let mut rates: HashMap<usize, VecDeque<(Instant, u64)>> = HashMap::new();
+                let mut rates: HashMap<usize, VecDeque<(Duration, u64)>> = HashMap::new();
                 while let Some(b) = broker.upgrade() {
                     b.tick(&mut rates);
                     drop(b);
@@ -891,7 +1024,10 @@ impl Broker {
             .expect("spawn ticker")
     }
 
-    fn tick(&self, rates: &mut HashMap<usize, VecDeque<(Instant, u64)>>) {
+    /// Once per heartbeat interval: heartbeats, rates and the stall policy
+    /// ([`StreamHandle::kill_if_stalled`]) for every output, and the idle policy
+    /// ([`StreamHandle::idle`]) for every id.
+    fn tick(&self, rates: &mut HashMap<usize, VecDeque<(Duration, u64)>>) {
         // Every output of every decode once (a decode whose main id was stopped
         // still writes for its other ids), and every registered id.
         let (handles, ids) = {
@@ -907,69 +1043,32 @@ impl Broker {
             let ids: Vec<Arc<StreamHandle>> = streams.values().map(|e| e.handle.clone()).collect();
             (outputs, ids)
         };
-        let now = Instant::now();
-        let now_ns = monotonic_ns();
+        let now_ns = self.clock.monotonic_ns();
+        let now = Duration::from_nanos(now_ns);
         let mut idle = Vec::new();
         for h in &handles {
             let ring = h.ring_status();
             if let Some(r) = &ring {
                 r.heartbeat();
             }
-            // Rate over the last two seconds of being live (a window that reached
-            // back into a start-up or a reconnect would under-report).
+            let live = h.status().state == StreamState::Live;
             let samples = rates.entry(Arc::as_ptr(h) as usize).or_default();
-            let fps = if h.status().state == StreamState::Live {
-                samples.push_back((now, h.frames_written.load(Ordering::Relaxed)));
-                while samples.len() > 2 && now.duration_since(samples[0].0) > Duration::from_secs(2)
-                {
-                    samples.pop_front();
-                }
-                match (samples.front(), samples.back()) {
-                    (Some(a), Some(b)) if b.0.duration_since(a.0) > Duration::from_millis(500) => {
-                        Some((b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64())
-                    }
-                    _ => None,
-                }
-            } else {
-                samples.clear();
-                Some(0.0)
-            };
-            if let Some(fps) = fps {
+            let frames = h.frames_written.load(Ordering::Relaxed);
+            if let Some(fps) = measure_fps(samples, now, frames, live) {
                 h.status().fps = fps;
                 if let Some(r) = &ring {
                     r.set_fps(fps);
                 }
             }
-            // Stall: a source that delivers nothing for the stall timeout is killed
-            // (ffmpeg can hang on a frozen camera; its exit restarts it).
-            let quiet = Duration::from_nanos(
-                now_ns.saturating_sub(h.last_progress_ns.load(Ordering::Relaxed)),
-            );
-            let state = h.status().state;
-            let limit = match state {
-                StreamState::Live => self.cfg.supervisor.stall_timeout,
-                _ => self.cfg.supervisor.probe_timeout + self.cfg.supervisor.stall_timeout,
-            };
-            if !state.is_final() && quiet > limit && h.status().ffmpeg_pid != 0 {
-                h.kill_source(&format!(
-                    "source stalled: no frame for {:.1} s",
-                    quiet.as_secs_f64()
-                ));
-                h.last_progress_ns.store(now_ns, Ordering::Relaxed);
-            }
+            h.kill_if_stalled(now_ns, &self.cfg.supervisor);
         }
         rates.retain(|k, _| handles.iter().any(|h| Arc::as_ptr(h) as usize == *k));
-        // On-demand ids stop after the grace period without readers: a main stream
-        // counts the readers of its request's variants too (which go with it); an
-        // alias or an added variant counts its own (attach and detach keep the time).
         for h in &ids {
-            let since = h.idle_since_ns.load(Ordering::Relaxed);
-            if h.on_demand
-                && (h.parent.is_none() || h.standalone)
-                && since != 0
-                && h.total_readers() == 0
-                && Duration::from_nanos(now_ns.saturating_sub(since)) > self.cfg.idle_grace
-            {
+            if h.idle(
+                now_ns,
+                self.cfg.idle_grace,
+                self.cfg.supervisor.probe_timeout,
+            ) {
                 idle.push(h.clone());
             }
         }
@@ -986,16 +1085,45 @@ impl Broker {
     }
 }
 
+/// The rate over the last two seconds of being live, from `(time, frames
+/// written)` samples, one added per call (a window that reached back into a
+/// start-up or a reconnect would under-report). `Some(0.0)` when not live;
+/// `None` until the window spans half a second.
+fn measure_fps(
+    samples: &mut VecDeque<(Duration, u64)>,
+    now: Duration,
+    frames: u64,
+    live: bool,
+) -> Option<f64> {
+    if !live {
+        samples.clear();
+        return Some(0.0);
+    }
+    samples.push_back((now, frames));
+    while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2) {
+        samples.pop_front();
+    }
+    match (samples.front(), samples.back()) {
+        (Some(a), Some(b)) if b.0.saturating_sub(a.0) > Duration::from_millis(500) => {
+            Some((b.1 - a.1) as f64 / b.0.saturating_sub(a.0).as_secs_f64())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The supervisor's restart logic against a fake source (the real ffmpeg is
     //! exercised by the end-to-end tests in `tests/`).
     use super::*;
+    use crate::clock::SimulatedClocks;
     use crate::ffmpeg::{KillHandle, RunningSource};
-    use framebroker_proto::shm::ReadOnlySegment;
-    use framebroker_proto::{PixelFormat, RingReader};
+    use crate::testing::{Run, Script};
+    use framebroker_proto::ring::monotonic_ns;
+    use framebroker_proto::PixelFormat;
     use std::io::Read;
     use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
 
     /// Each run yields `frames` frames of the run's geometry, then ends (as ffmpeg
     /// does when a camera drops).
@@ -1023,7 +1151,7 @@ mod tests {
     }
 
     impl RunningSource for FakeRun {
-        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, String> {
+        fn geometry(&mut self, _: Duration, _: &dyn Fn() -> bool) -> Result<Geometry, Error> {
             Ok(self.geometry)
         }
         fn frames(&mut self) -> &mut dyn Read {
@@ -1038,8 +1166,11 @@ mod tests {
         fn finish(&mut self) -> String {
             "exit status: 0".into()
         }
-        fn last_error(&self) -> Option<String> {
-            Some("Connection reset by peer".into())
+        fn last_error(&self) -> Option<Error> {
+            Some(Error::new(
+                ErrorKind::Unreachable,
+                "Connection reset by peer",
+            ))
         }
         fn decode_errors(&self) -> u64 {
             0
@@ -1051,7 +1182,7 @@ mod tests {
             &mut self,
             _: Duration,
             _: &dyn Fn() -> bool,
-        ) -> Result<Vec<Geometry>, String> {
+        ) -> Result<Vec<Geometry>, Error> {
             Ok(self.variants.iter().map(|v| v.0).collect())
         }
         fn take_variant_outputs(&mut self) -> Vec<Box<dyn Read + Send>> {
@@ -1063,9 +1194,12 @@ mod tests {
     }
 
     impl SourceFactory for Fake {
-        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+        fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
             if spec.url.contains("denied") {
-                return Err("method DESCRIBE failed: 401 Unauthorized".into());
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    "method DESCRIBE failed: 401 Unauthorized",
+                ));
             }
             let run = self.runs.fetch_add(1, Ordering::SeqCst) as usize;
             let (width, height) = self.sizes[run.min(self.sizes.len() - 1)];
@@ -1329,83 +1463,100 @@ mod tests {
     }
 
     #[test]
-    fn a_source_that_ends_is_restarted_into_the_same_segment() {
-        let (b, prefix) = broker(vec![(16, 8)]);
-        b.start(StartRequest::new("s", "testsrc://")).unwrap();
-        assert!(wait(|| b.attach("s").is_ok()));
-        let (a, _) = b.attach("s").unwrap();
-        assert!(wait(|| b.stats("s").unwrap().reconnects >= 2));
-        let st = b.stats("s").unwrap();
-        assert!(st.frames_written >= 10, "{st:?}");
-        assert_eq!(
-            st.info.generation, a.generation,
-            "same segment across restarts"
-        );
-        assert_eq!(st.last_error.as_deref(), Some("Connection reset by peer"));
-        assert_eq!(st.info.declared_fps, 25.0, "the source's declared rate");
-        assert_eq!(framebroker_proto::shm::list(&prefix).len(), 1);
-        // The half frame at the end of each run was abandoned, never published.
-        let seg = ReadOnlySegment::open(&a.segment, None).unwrap();
-        let mut r = RingReader::open(&seg).unwrap();
-        let mut buf = vec![0; 128];
-        let m = r.try_latest(&mut buf).unwrap().unwrap();
-        assert!(
-            buf.iter().all(|x| *x < 5),
-            "frame {} holds partial data",
-            m.number
-        );
-        b.shutdown();
-        assert!(
-            framebroker_proto::shm::list(&prefix).is_empty(),
-            "segments unlinked on shutdown"
-        );
-        assert_eq!(r.state(), StreamState::Stopped);
-    }
-
-    #[test]
-    fn a_new_geometry_gets_a_new_generation_and_stops_the_old_segment() {
-        let (b, prefix) = broker(vec![(16, 8), (32, 8)]);
-        b.start(StartRequest::new("s", "testsrc://")).unwrap();
-        assert!(wait(|| b.attach("s").is_ok()));
-        let (first, _) = b.attach("s").unwrap();
-        let seg = ReadOnlySegment::open(&first.segment, None).unwrap();
-        let old = RingReader::open(&seg).unwrap();
-        assert!(wait(|| b
-            .attach("s")
-            .map(|(a, _)| a.generation != first.generation)
-            .unwrap_or(false)));
-        let (second, _) = b.attach("s").unwrap();
-        assert_eq!((second.width, second.height), (32, 8));
-        assert_eq!(
-            old.state(),
-            StreamState::Stopped,
-            "readers of the old segment are told to re-attach"
-        );
-        assert!(
-            wait(|| framebroker_proto::shm::list(&prefix).len() == 1),
-            "old segment unlinked"
-        );
-        b.shutdown();
-    }
-
-    #[test]
     fn readers_are_counted_and_on_demand_streams_stop_when_idle() {
+        // A camera that stays connected (the fake holds after its frames), and
+        // a simulated clock: the grace is exact, nothing sleeps through it.
         let (b, _) = broker(vec![(16, 8)]);
+        let cfg = b.cfg.clone();
+        b.shutdown();
+        let clock = SimulatedClocks::new();
+        let script = Script::new(vec![Run::holds(3)]);
+        let b = Broker::with_clock(cfg, Arc::new(script.clone()), clock.clone());
         let mut req = StartRequest::new("s", "testsrc://");
         req.on_demand = true;
         b.start(req).unwrap();
         assert!(wait(|| b.attach("s").is_ok()));
+        assert!(wait(|| script.holding.load(Ordering::SeqCst) == 1));
         let h = b.current("s").unwrap();
         assert_eq!(b.stats("s").unwrap().info.readers, 1);
         b.detach(&h);
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
         b.detach(&h); // never below zero
         assert_eq!(b.stats("s").unwrap().info.readers, 0);
-        b.spawn_ticker();
+        let mut rates = HashMap::new();
+        clock.advance(b.cfg.idle_grace);
+        b.tick(&mut rates);
+        assert_eq!(b.list().len(), 1, "kept for the whole grace period");
+        clock.advance(Duration::from_nanos(1));
+        b.tick(&mut rates);
         assert!(
-            wait(|| b.list().is_empty()),
+            b.list().is_empty(),
             "idle on-demand stream stopped after the grace period"
         );
         b.shutdown(); // waits for the stopped stream to unlink its segment
+    }
+
+    #[test]
+    fn the_rate_is_measured_over_two_seconds_of_being_live() {
+        let mut s = VecDeque::new();
+        let ms = Duration::from_millis;
+        assert_eq!(measure_fps(&mut s, ms(0), 0, true), None);
+        assert_eq!(
+            measure_fps(&mut s, ms(500), 15, true),
+            None,
+            "half a second is not a measure"
+        );
+        assert_eq!(measure_fps(&mut s, ms(1000), 30, true), Some(30.0));
+        // The samples older than two seconds leave the window (two stay).
+        assert_eq!(measure_fps(&mut s, ms(3000), 120, true), Some(45.0));
+        assert_eq!(s.len(), 2);
+        assert_eq!(measure_fps(&mut s, ms(3100), 120, false), Some(0.0));
+        assert!(s.is_empty(), "a reconnect starts a new window");
+    }
+
+    #[test]
+    fn validate_refuses_a_bad_request_on_its_own_and_admit_changes_nothing_it_refuses() {
+        use framebroker_proto::control::VariantRequest;
+        let (b, prefix) = broker(vec![(16, 8)]);
+        let code = |r: StartRequest| b.validate(r).err().map(|e| e.code);
+        let req = |id: &str| StartRequest::new(id, "testsrc://");
+        assert_eq!(code(req("a b")), Some(ErrorCode::InvalidId));
+        assert_eq!(
+            code(StartRequest::new("s", "ftp://h/x")),
+            Some(ErrorCode::InvalidUrl)
+        );
+        let mut r = req("s");
+        r.width = Some(320);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry), "width alone");
+        let mut r = req("s");
+        r.ring_slots = Some(MIN_SLOTS - 1);
+        assert_eq!(code(r), Some(ErrorCode::InvalidGeometry));
+        let mut r = req("s");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        assert_eq!(
+            code(r),
+            Some(ErrorCode::InvalidId),
+            "a variant named like its stream"
+        );
+        let mut r = req("s");
+        r.variants = (0..=MAX_VARIANTS)
+            .map(|k| VariantRequest::new(format!("v{k}"), None, PixelFormat::Gray))
+            .collect();
+        assert_eq!(code(r), Some(ErrorCode::LimitExceeded));
+        let ok = b.validate(req("s")).unwrap();
+        assert_eq!((ok.slots, ok.size), (b.cfg.default_slots, None));
+        // Admitted against a table that refuses it: nothing changes.
+        let mut r = req("t");
+        r.variants = vec![VariantRequest::new("s", None, PixelFormat::Gray)];
+        let c = b.validate(r).unwrap();
+        b.start(req("s")).unwrap();
+        let ids = |b: &Broker| b.list().into_iter().map(|s| s.id).collect::<Vec<_>>();
+        let mut streams = b.streams();
+        let e = b.admit(&mut streams, &c).err().unwrap();
+        drop(streams);
+        assert_eq!(e.code, ErrorCode::AlreadyExists, "{}", e.message);
+        assert_eq!(ids(&b), ["s"]);
+        b.shutdown();
+        assert!(framebroker_proto::shm::list(&prefix).is_empty());
     }
 }

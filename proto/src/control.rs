@@ -320,8 +320,8 @@ pub struct StreamStats {
     /// Measured input rate over the last seconds.
     pub fps: f64,
     pub frames_written: u64,
-    /// Damage seen: decode errors ffmpeg reported on corrupt input, plus frames
-    /// lost between ffmpeg and the ring.
+    /// Damage seen: frames ffmpeg reported decoding from corrupt input (one per
+    /// frame), plus frames lost between ffmpeg and the ring.
     pub frames_dropped: u64,
     /// ffmpeg restarts after the first start.
     pub reconnects: u64,

@@ -6,7 +6,7 @@ Run with the system interpreter, which can import ``gi``::
     /usr/bin/python3 tests/camera/rtsp_camera.py [--host 127.0.0.1] [--port 0]
         [--path /cam] [--width 640] [--height 480] [--fps 30]
         [--pattern smpte] [--color 0xff0000ff] [--bitrate KBPS] [--timeoverlay]
-        [--stamp] [--like-camera]
+        [--stamp] [--like-camera] [--auth USER:PASS]
 
 Pipeline (one shared pipeline for all clients)::
 
@@ -25,6 +25,9 @@ immediately, even after ``kill -9``.
 is opaque blue).  ``--timeoverlay`` draws the frame number (needs the Pango
 plugin, Debian package gstreamer1.0-x); it is off by default because tests
 check bar colours.
+
+``--auth USER:PASS`` requires HTTP Basic credentials, as a camera with a
+password does: a client without them (or with others) gets ``401 Unauthorized``.
 
 ``--like-camera`` makes the stream cost a decoder what a real IP camera's does
 (the default is the cheapest H.264 there is: a static pattern, ultrafast, no
@@ -91,6 +94,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "veryfast, 2 s GOP, encoded once by ffmpeg and replayed in a loop")
     p.add_argument("--stamp", action="store_true",
                    help="an appsrc picture carrying its capture wall clock as blocks (see above)")
+    p.add_argument("--auth", metavar="USER:PASS", default=None,
+                   help="require these Basic credentials; others get 401 Unauthorized")
     a = p.parse_args(argv)
     if not a.path.startswith("/"):
         a.path = "/" + a.path
@@ -317,6 +322,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             stop_feed = replay.feed(media.get_element().get_by_name("replaysrc"))
             media.connect("unprepared", lambda _m: stop_feed.set())
         factory.connect("media-configure", on_replay_media)
+    if a.auth:
+        user, _, password = a.auth.partition(":")
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        server.set_auth(auth)
+        # The role may see and play the mount; anyone else is refused with 401.
+        perms = GstRtspServer.RTSPPermissions()
+        perms.add_role_from_structure(Gst.Structure.new_from_string(
+            "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
+        factory.set_permissions(perms)
     server.get_mount_points().add_factory(a.path, factory)
 
     loop = GLib.MainLoop()

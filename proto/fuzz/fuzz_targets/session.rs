@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use framebroker::control_server::Session;
+use framebroker::error::{Error, ErrorKind};
 use framebroker::ffmpeg::{KillHandle, RunningSource, SourceFactory, SourceSpec};
 use framebroker::registry::{Broker, BrokerConfig};
 use framebroker::supervisor::SupervisorConfig;
@@ -84,11 +85,11 @@ struct FakeRun {
 }
 
 impl RunningSource for FakeRun {
-    fn geometry(&mut self, _: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, String> {
+    fn geometry(&mut self, _: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error> {
         // As ffmpeg's probe does: a stop requested before the kill handle was
         // installed is seen here.
         if stop() {
-            return Err("stopped while probing".into());
+            return Err(Error::new(ErrorKind::Stopped, "stopped while probing"));
         }
         Ok(self.geometry)
     }
@@ -108,7 +109,7 @@ impl RunningSource for FakeRun {
     fn finish(&mut self) -> String {
         "exit status: 0".into()
     }
-    fn last_error(&self) -> Option<String> {
+    fn last_error(&self) -> Option<Error> {
         None
     }
     fn decode_errors(&self) -> u64 {
@@ -119,7 +120,7 @@ impl RunningSource for FakeRun {
 struct Fake;
 
 impl SourceFactory for Fake {
-    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, String> {
+    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
         let (width, height) = spec.size.unwrap_or(NATIVE);
         let geometry = Geometry {
             width,
