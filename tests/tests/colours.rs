@@ -215,3 +215,33 @@ fn a_readers_frame_matches_ffmpegs_own_conversion_on_both_hand_overs() {
         }
     }
 }
+
+/// A decoder output the broker does not convert itself (H.264 4:4:4 decodes to
+/// yuv444p): the first run ends with the reason, the next has ffmpeg convert,
+/// and the frames are then ffmpeg's own.
+#[test]
+fn what_the_broker_cannot_convert_falls_back_to_ffmpegs_conversion() {
+    let dir = TempDir::new("colours444").unwrap();
+    let bars = format!("smptebars=size={W}x{H}:rate=30");
+    let path = clip(&dir, "bars444", &bars, &["-pix_fmt", "yuv444p"]);
+    let broker = Broker::start(&["--allow-files"]).unwrap();
+    let c = broker.client();
+    c.start(StartRequest::new("c", format!("file://{path}")))
+        .unwrap();
+    let got = frame(&broker, "c");
+    assert_eq!(got, reference(&path, "bgr24"), "ffmpeg's own conversion");
+    let stats = c.stats("c").unwrap();
+    assert!(stats.reconnects >= 1, "one run ended to fall back");
+    let pids = processes_with_arg("ffmpeg", &path);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    assert!(
+        !cmdline.split(|b| *b == 0).any(|a| a == b"nut"),
+        "the running ffmpeg converts"
+    );
+    assert!(
+        broker
+            .log_text()
+            .contains("does not convert this output itself (the decoder puts out yuv444p)"),
+        "the reason is logged"
+    );
+}
