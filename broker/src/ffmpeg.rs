@@ -709,11 +709,12 @@ impl<R: Read> NutFrames<R> {
         }
     }
 
+    /// Ends the run: the reason becomes the run's error. Not the camera's
+    /// `InvalidData` (which counts towards giving up): a frame of another size
+    /// (the camera changed resolution) or damage on the pipe is survived by a
+    /// restart, which also re-reads the geometry.
     fn fail(&self, what: String) -> std::io::Error {
-        let e = Error::new(
-            ErrorKind::InvalidData,
-            format!("ffmpeg's NUT output: {what}"),
-        );
+        let e = Error::new(ErrorKind::Exited, format!("ffmpeg's NUT output: {what}"));
         *self.shared.last_error.locked() = Some(e);
         std::io::Error::new(std::io::ErrorKind::InvalidData, what)
     }
