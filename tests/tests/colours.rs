@@ -224,7 +224,7 @@ fn what_the_broker_cannot_convert_falls_back_to_ffmpegs_conversion() {
     let dir = TempDir::new("colours444").unwrap();
     let bars = format!("smptebars=size={W}x{H}:rate=30");
     let path = clip(&dir, "bars444", &bars, &["-pix_fmt", "yuv444p"]);
-    let broker = Broker::start(&["--allow-files"]).unwrap();
+    let broker = Broker::start(&["--allow-files", "--handover", "nut"]).unwrap();
     let c = broker.client();
     c.start(StartRequest::new("c", format!("file://{path}")))
         .unwrap();
