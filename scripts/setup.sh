@@ -6,10 +6,13 @@
 #       editable mode (reading frames from Python; OpenCV is optional there)
 #   scripts/setup.sh --test  also what the tests need (scripts/test.sh):
 #     - apt: GStreamer RTSP server with Python gi (the loopback test camera),
-#       chromium (browser tests), systemd (systemd-analyze)
+#       chromium (browser tests), systemd (systemd-analyze), wine64 (the
+#       Windows stage)
 #     - opencv-python-headless, pytest, websockets in .venv, and .venv-cv4 with
 #       OpenCV 4.x; schemathesis, build, kubernetes-validate, psutil, matplotlib;
 #       the browser tests' npm packages
+#     - apt: gcc-mingw-w64-x86-64 and wine64, and the Rust target
+#       x86_64-pc-windows-gnu (the Windows stage, tests/windows/run.sh)
 #     - nightly miri (best effort)
 # Nothing is fetched that the chosen use does not need. Runs apt-get as root, or
 # through sudo otherwise. Fast (< 3 s) when all is present.
@@ -58,6 +61,10 @@ if [ "$TEST" = 1 ]; then
     # run the aarch64 binaries; libatomic1 gives the Python reader's fence (the
     # ring tests force the fenced path on x86-64 too).
     APT_PKGS+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libatomic1)
+    # The Windows stage (tests/windows/run.sh): mingw links the Windows build,
+    # Wine runs it and a Windows CPython (tests/windows/python_env.sh); its
+    # binary is /usr/lib/wine/wine64, not on PATH.
+    APT_PKGS+=(gcc-mingw-w64-x86-64 wine64)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"
@@ -142,7 +149,16 @@ if [ "$TEST" = 1 ]; then
     fi
 fi
 
-# 3. Miri on nightly (tests only; optional).
+# 3. The Rust target of the Windows stage (tests only).
+if [ "$TEST" = 1 ]; then
+    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu; then
+        say "rustup target add x86_64-pc-windows-gnu"
+        rustup target add x86_64-pc-windows-gnu >/dev/null
+    fi
+    say "windows target ok"
+fi
+
+# 4. Miri on nightly (tests only; optional).
 if [ "$TEST" = 1 ]; then
     if cargo +nightly miri --version >/dev/null 2>&1; then
         say "miri ok"

@@ -4,10 +4,11 @@
 #   1. cargo fmt --check and clippy -D warnings over the workspace,
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
 #      with the real broker, ffmpeg and RTSP test camera),
-#   3. the loom model of the seqlock, miri on the in-process ring, and a bounded
-#      fuzzing run of the control protocol,
+#   3. the loom models of the seqlock and of the Windows wake-up, miri on the
+#      in-process ring, and a bounded fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
-#      gateway clients; real broker, real OpenCV 4.x and 5.x),
+#      gateway clients; real broker, real OpenCV 4.x and 5.x), and the client's
+#      unit suites on the Windows CPython under Wine (named pipe, mappings, events),
 #   5. the deployment files: Dockerfile and its entrypoint, systemd units
 #      (systemd-analyze), cargo install, the Python wheel in a fresh venv, the
 #      Kubernetes manifests (schema check),
@@ -15,7 +16,10 @@
 #   7. aarch64 under qemu-user (scripts/aarch64.sh): the workspace cross-built,
 #      the proto and client-rs tests, the Python ring tests on arm64 CPython, and
 #      an aarch64 broker and reader across processes,
-#   8. a smoke run of the benchmark suite (every section runs; no timing is
+#   8. the Windows stage: the workspace cross-built for x86_64-pc-windows-gnu and
+#      linted, the proto tests and a cross-process end-to-end test under Wine
+#      (tests/windows/run.sh),
+#   9. a smoke run of the benchmark suite (every section runs; no timing is
 #      asserted: the numbers come from bench/run.py, see docs/BENCHMARKS.md).
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -44,9 +48,9 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
-step "loom model of the seqlock"
+step "loom models of the seqlock and of the Windows wake-up"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p framebroker-proto --test loom_seqlock --release --locked
+    cargo test -p framebroker-proto --test loom_seqlock --test loom_wake_events --release --locked
 
 step "miri on the in-process ring"
 if cargo +nightly miri --version >/dev/null 2>&1; then
@@ -73,6 +77,11 @@ for venv in .venv-cv4 .venv; do  # the oldest supported OpenCV first
         web-gateway/tests/browser/test_python_clients.py
 done
 
+step "Python client on Windows: its unit suites on the embeddable CPython 3.13 under Wine"
+# The Windows-Python reader against the Windows broker runs in the Windows stage
+# (tests/windows/python_e2e.py), which builds the broker for Windows.
+bash tests/windows/python_unit.sh
+
 step "deployment: Dockerfile, systemd units, cargo install, wheel, Kubernetes manifests"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider -rs tests/deploy
@@ -83,6 +92,9 @@ FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
 
 step "aarch64 under qemu-user: cross-build, proto/client-rs tests, Python ring tests, cross-process run"
 bash scripts/aarch64.sh
+
+step "Windows under Wine: cross-build, clippy, unit tests, cross-process end to end"
+bash tests/windows/run.sh
 
 step "benchmarks: every section runs (a smoke run on the debug build; numbers: bench/run.py)"
 FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \

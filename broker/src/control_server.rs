@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use framebroker_proto::control::{
     self, ErrorCode, Request, Response, PROTOCOL_MAGIC, PROTOCOL_VERSION,
 };
 use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::{GenericFilePath, ListenerOptions, Stream};
+use interprocess::local_socket::Stream;
+#[cfg(unix)]
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+#[cfg(unix)]
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
 use crate::registry::{Broker, Refusal};
@@ -22,15 +25,33 @@ use framebroker_proto::naming::redact_text;
 /// Most connections served at once; more are refused with a clear error.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// The bound control socket; removes its file when dropped.
+/// What `Request::Reload` runs: re-read the config file and apply it; `Ok` says
+/// what changed, `Err` why nothing did. Set by the binary (`ControlSocket::set_reload`).
+pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// The bound control socket (a named pipe on Windows); removes its file when dropped.
 pub struct ControlSocket {
     listener: LocalSocketListener,
     path: PathBuf,
+    reload: OnceLock<ReloadHook>,
 }
 
 impl ControlSocket {
+    /// Binds the named pipe for `path` (`\\.\pipe\X` or `X`), owner-only; a broker
+    /// (or anyone) already holding the name is an error.
+    #[cfg(windows)]
+    pub fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
+        let pipe = framebroker_proto::naming::windows_pipe_name(&path.to_string_lossy());
+        Ok(ControlSocket {
+            listener: crate::platform::bind_control(Path::new(&pipe), mode)?,
+            path: PathBuf::from(pipe),
+            reload: OnceLock::new(),
+        })
+    }
+
     /// Binds `path` owner-only. A live broker already there is an error; a stale
     /// socket file from a dead one is replaced.
+    #[cfg(unix)]
     pub fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
@@ -57,7 +78,13 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
+            reload: OnceLock::new(),
         })
+    }
+
+    /// What `Request::Reload` does from now on (without a hook it is refused).
+    pub fn set_reload(&self, hook: ReloadHook) {
+        let _ = self.reload.set(hook);
     }
 
     pub fn path(&self) -> &Path {
@@ -65,7 +92,9 @@ impl ControlSocket {
     }
 
     /// Removes the socket file (shutdown; the serving thread may still hold `self`).
+    /// A named pipe has no file: it goes with the process.
     pub fn remove_file(&self) {
+        #[cfg(unix)]
         let _ = std::fs::remove_file(&self.path);
     }
 
@@ -93,10 +122,13 @@ impl ControlSocket {
                 continue;
             }
             let (b, l) = (broker.clone(), live.clone());
+            let reload = self.reload.get().cloned();
             let spawned = std::thread::Builder::new()
                 .name("session".into())
                 .spawn(move || {
-                    Session::new(b).run(conn);
+                    let mut session = Session::new(b);
+                    session.reload = reload;
+                    session.run(conn);
                     l.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {
@@ -109,7 +141,7 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.remove_file();
     }
 }
 
@@ -119,6 +151,8 @@ pub struct Session {
     /// The attachments this session holds, by stream id; each names the stream
     /// instance it counted on (a stream restarted under the same id is another).
     attached: HashMap<String, Vec<Arc<StreamHandle>>>,
+    /// What `Request::Reload` runs; `None`: reload is refused.
+    pub reload: Option<ReloadHook>,
 }
 
 impl Session {
@@ -126,6 +160,7 @@ impl Session {
         Session {
             broker,
             attached: HashMap::new(),
+            reload: None,
         }
     }
 
@@ -266,6 +301,17 @@ impl Session {
                     )),
                 }
             }
+            Request::Reload => match &self.reload {
+                Some(hook) => hook()
+                    .map(|summary| Response::Reloaded {
+                        summary: redact_text(&summary),
+                    })
+                    .map_err(|why| Refusal::new(ErrorCode::BadRequest, why)),
+                None => Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    "this broker cannot reload (it was not started by `framebroker serve`)",
+                )),
+            },
         };
         result
             .map_err(|r| Refusal {

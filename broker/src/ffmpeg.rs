@@ -372,24 +372,36 @@ impl SourceFactory for Ffmpeg {
         // the child as fd VARIANT_FD0 + k. Both ends are close-on-exec, so no other
         // child inherits them; the write ends are first moved above every target fd
         // so the dup2 calls in the child cannot clobber one another.
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut variant_reads = Vec::with_capacity(spec.variants.len());
+        #[cfg(unix)]
         let mut variant_writes = Vec::with_capacity(spec.variants.len());
+        #[cfg(unix)]
         for _ in &spec.variants {
             let (r, w) = variant_pipe()?;
             grow_pipe(&r);
             variant_reads.push(std::fs::File::from(r));
             variant_writes.push(w);
         }
+        // Windows: a child gets no numbered descriptors beyond stdio.
+        #[cfg(windows)]
+        if !spec.variants.is_empty() {
+            // The registry refuses such requests up front; this is the backstop.
+            return Err(internal(
+                "variants are not available on Windows yet (they need extra pipes to ffmpeg)",
+            ));
+        }
+        #[cfg(unix)]
         let write_fds: Vec<i32> = {
             use std::os::fd::AsRawFd;
             variant_writes.iter().map(|w| w.as_raw_fd()).collect()
         };
         // stdin stays a pipe (ffmpeg-sidecar requires it); `-nostdin` makes ffmpeg
         // ignore it.
-        let inner = cmd.as_inner_mut();
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::process::CommandExt;
+            let inner = cmd.as_inner_mut();
             // SAFETY: runs in the child between fork and exec, where only
             // async-signal-safe calls are allowed: prctl, pthread_sigmask and dup2
             // are, and iterating the captured Vec does not allocate. The broker blocks
@@ -414,8 +426,14 @@ impl SourceFactory for Ffmpeg {
         }
         let spawned = cmd.spawn();
         // The child has its copies; ours must go or the readers never see EOF.
+        #[cfg(unix)]
         drop(variant_writes);
         let mut child = spawned.map_err(|e| internal(&format!("cannot start ffmpeg: {e}")))?;
+        if let Err(e) = crate::platform::adopt_child(child.as_inner()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(internal(&e));
+        }
         let pid = child.as_inner().id();
         let stdout = child
             .take_stdout()
@@ -423,6 +441,7 @@ impl SourceFactory for Ffmpeg {
         let stderr = child
             .take_stderr()
             .ok_or_else(|| internal("ffmpeg has no stderr"))?;
+        #[cfg(unix)]
         grow_pipe(&stdout);
         let (geo_tx, geo_rx) = mpsc::channel();
         let shared = Arc::new(StderrState::default());
@@ -464,6 +483,7 @@ impl SourceFactory for Ffmpeg {
 }
 
 /// A close-on-exec pipe whose write end sits at fd 64 or above.
+#[cfg(unix)]
 fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -480,6 +500,7 @@ fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error>
 
 /// A bigger pipe means fewer wake-ups per frame (a 640×480 frame is 900 KiB; the
 /// default pipe holds 64 KiB). Best effort.
+#[cfg(unix)]
 fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     #[cfg(target_os = "linux")]
     {
@@ -1148,10 +1169,7 @@ impl RunningSource for FfmpegSource {
         Arc::new(move || {
             let alive = alive.locked();
             if *alive {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::SIGKILL,
-                );
+                crate::platform::kill_pid(pid);
             }
         })
     }

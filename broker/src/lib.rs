@@ -10,7 +10,9 @@
 //! - [`supervisor`]: one thread per stream, restart with backoff, frames into the ring;
 //! - [`registry`]: the streams, limits, attachments, and the ticker;
 //! - [`declared`]: the streams of the config file, always or on demand, and reload;
-//! - [`control_server`]: the control socket and its sessions.
+//! - [`control_server`]: the control socket and its sessions;
+//! - [`platform`]: shutdown/reload events, ffmpeg's death with the broker, the
+//!   Windows control pipe: what differs between Unix and Windows.
 
 pub mod clock;
 pub mod control_server;
@@ -19,6 +21,7 @@ pub mod declared;
 pub mod error;
 pub mod ffmpeg;
 pub mod nut;
+pub mod platform;
 pub mod registry;
 pub mod supervisor;
 pub mod sync;

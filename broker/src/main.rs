@@ -39,6 +39,9 @@ enum Command {
     /// Add, remove, list and inspect streams of a running broker.
     #[command(subcommand)]
     Streams(StreamsCommand),
+    /// Make a running broker re-read its config file (what SIGHUP does on Unix;
+    /// works on every system).
+    Reload,
     /// Check that ffmpeg and shared memory are usable.
     Doctor {
         #[arg(long)]
@@ -46,10 +49,10 @@ enum Command {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// Config file (TOML, see docs/CONFIG.md). Flags beat FRAMEBROKER_* variables,
-    /// which beat the file. SIGHUP reloads its streams.
+    /// which beat the file. `framebroker reload` (or SIGHUP on Unix) reloads its streams.
     #[arg(long, env = "FRAMEBROKER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// ffmpeg binary [default: `ffmpeg` on PATH; never downloaded].
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::Streams(cmd) => {
             streams(cli.socket.clone().unwrap_or_else(default_socket_path), cmd)
         }
+        Command::Reload => reload(cli.socket.clone().unwrap_or_else(default_socket_path)),
         Command::Doctor { ffmpeg } => doctor(ffmpeg),
     };
     match result {
@@ -215,6 +219,9 @@ fn print_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     match writeln!(std::io::stdout().lock(), "{line}") {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        // Windows: a pipe whose reader has gone can also say "not connected".
+        #[cfg(windows)]
+        Err(e) if e.raw_os_error() == Some(233) => Err(OutputClosed.into()),
         Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
@@ -379,15 +386,10 @@ fn toml_quote(s: &str) -> String {
 }
 
 fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
     let (settings, decls) = load(socket.as_ref(), &a)?;
-    // Block the signals in every thread (threads inherit the mask); the main
-    // thread waits for them with sigwait. ffmpeg children unblock them.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGHUP);
-    signals.thread_block().context("blocking signals")?;
+    // Before any thread starts: on Unix the signals are blocked in every thread and
+    // taken by the main thread; on Windows console events arrive through a handler.
+    let signals = framebroker::platform::Signals::install()?;
 
     let mut ffmpeg = Ffmpeg::locate(settings.ffmpeg.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(h) = a.handover.as_deref() {
@@ -422,6 +424,17 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
         broker.shutdown();
         bail!("stream {id}: {why}");
     }
+    // One reload at a time, whether a signal or a control request asked.
+    let reloader: framebroker::control_server::ReloadHook = {
+        let (socket, a, settings, broker) =
+            (socket.clone(), a.clone(), settings.clone(), broker.clone());
+        let one_at_a_time = std::sync::Mutex::new(());
+        Arc::new(move || {
+            let _g = framebroker_proto::lock::lock(&one_at_a_time);
+            reload_config(socket.as_ref(), &a, &settings, &broker)
+        })
+    };
+    control.set_reload(reloader.clone());
     {
         let (c, b) = (control.clone(), broker.clone());
         std::thread::Builder::new()
@@ -437,35 +450,68 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     );
 
     loop {
-        let sig = signals.wait().context("waiting for signals")?;
-        if sig != Signal::SIGHUP {
-            tracing::info!("{sig:?}: shutting down");
-            break;
-        }
-        let Some(path) = &a.config else {
-            tracing::warn!("SIGHUP: started without --config, nothing to reload");
-            continue;
-        };
-        match load(socket.as_ref(), &a) {
-            Err(e) => tracing::error!(
-                "reload of {} refused, running config unchanged: {e:#}",
-                path.display()
-            ),
-            Ok((next, decls)) => {
-                for key in next.differences(&settings) {
-                    tracing::warn!(
-                        key,
-                        "reload: this setting needs a restart; the running value is kept"
-                    );
-                }
-                let applied = broker.apply_declared(decls);
-                tracing::info!("reloaded {}: {applied}", path.display());
+        match signals.wait()? {
+            framebroker::platform::Event::Shutdown(why) => {
+                tracing::info!("{why}: shutting down");
+                break;
+            }
+            framebroker::platform::Event::Reload => {
+                let _ = reloader();
             }
         }
     }
     control.remove_file();
     broker.shutdown();
     tracing::info!("bye");
+    signals.finished();
+    Ok(())
+}
+
+/// Re-reads the config file and applies its streams (SIGHUP, `framebroker
+/// reload`). A file that does not load changes nothing. Logs what it did and
+/// returns it for the control answer.
+fn reload_config(
+    socket: Option<&PathBuf>,
+    a: &ServeArgs,
+    settings: &Settings,
+    broker: &Arc<Broker>,
+) -> Result<String, String> {
+    let Some(path) = &a.config else {
+        tracing::warn!("reload: started without --config, nothing to reload");
+        return Err("the broker was started without --config: nothing to reload".into());
+    };
+    match load(socket, a) {
+        Err(e) => {
+            let why = format!(
+                "reload of {} refused, running config unchanged: {e:#}",
+                path.display()
+            );
+            tracing::error!("{why}");
+            Err(why)
+        }
+        Ok((next, decls)) => {
+            let kept = next.differences(settings);
+            for key in &kept {
+                tracing::warn!(
+                    key,
+                    "reload: this setting needs a restart; the running value is kept"
+                );
+            }
+            let applied = broker.apply_declared(decls);
+            tracing::info!("reloaded {}: {applied}", path.display());
+            let mut summary = format!("reloaded {}: {applied}", path.display());
+            if !kept.is_empty() {
+                summary += &format!("; needs a restart, kept: {}", kept.join(", "));
+            }
+            Ok(summary)
+        }
+    }
+}
+
+fn reload(socket: PathBuf) -> anyhow::Result<()> {
+    let client = Client::connect_to(&socket)?;
+    let summary = client.reload()?;
+    out!("{summary}");
     Ok(())
 }
 

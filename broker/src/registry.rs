@@ -360,7 +360,25 @@ enum Admission {
 
 /// The variants of a request, checked: at most [`MAX_VARIANTS`], valid ids used
 /// once, valid sizes.
+/// Variants need numbered pipes to ffmpeg beyond stdio, which a Windows child
+/// does not get (decision 14): refused before anything starts.
+fn variants_supported(id: &str) -> Result<(), Refusal> {
+    if cfg!(windows) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "stream {id:?}: variants (another size or format of a running decode) are not \
+                 available on Windows yet; start a stream of its own with allow_duplicate_url"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn checked_variants(req: &StartRequest) -> Result<Vec<OutputSpec>, Refusal> {
+    if !req.variants.is_empty() {
+        variants_supported(&req.id)?;
+    }
     if req.variants.len() > MAX_VARIANTS {
         return Err(Refusal::new(
             ErrorCode::LimitExceeded,
@@ -773,6 +791,7 @@ impl Broker {
                 ))
             }
             None => {
+                variants_supported(id)?;
                 if outputs.len() > MAX_VARIANTS {
                     return Err(Refusal::new(
                         ErrorCode::LimitExceeded,

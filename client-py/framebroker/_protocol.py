@@ -36,6 +36,10 @@ from ._errors import (
     UnsupportedVersion,
 )
 from ._layout import PixelFormat, StreamState
+from ._platform import WINDOWS
+
+if WINDOWS:
+    from . import _win32
 
 log = logging.getLogger("framebroker.protocol")
 
@@ -157,6 +161,11 @@ class StatsRequest:
 
 
 @dataclass(frozen=True)
+class ReloadRequest:
+    """Re-read the broker's config file (what SIGHUP does on Unix, on every system)."""
+
+
+@dataclass(frozen=True)
 class AttachRequest:
     id: str
 
@@ -257,11 +266,31 @@ class ErrorResponse:
     message: str
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    summary: str
+
+
 Request = Union[
-    HelloRequest, StartRequest, StopRequest, ListRequest, StatsRequest, AttachRequest, DetachRequest
+    HelloRequest,
+    StartRequest,
+    StopRequest,
+    ListRequest,
+    StatsRequest,
+    AttachRequest,
+    DetachRequest,
+    ReloadRequest,
 ]
 Response = Union[
-    HelloResponse, Started, Stopped, StreamList, StatsResponse, Attachment, Detached, ErrorResponse
+    HelloResponse,
+    Started,
+    Stopped,
+    StreamList,
+    StatsResponse,
+    Attachment,
+    Detached,
+    ErrorResponse,
+    Reloaded,
 ]
 
 #: Variant order of ``Request`` (the index is the wire tag).
@@ -273,6 +302,7 @@ REQUEST_VARIANTS: Tuple[type, ...] = (
     StatsRequest,
     AttachRequest,
     DetachRequest,
+    ReloadRequest,
 )
 #: Variant order of ``Response`` (the index is the wire tag).
 RESPONSE_VARIANTS: Tuple[type, ...] = (
@@ -284,6 +314,7 @@ RESPONSE_VARIANTS: Tuple[type, ...] = (
     Attachment,
     Detached,
     ErrorResponse,
+    Reloaded,
 )
 
 # --------------------------------------------------------------------------- codec
@@ -516,6 +547,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsRequest: _Struct(StatsRequest, [STR]),
     AttachRequest: _Struct(AttachRequest, [STR]),
     DetachRequest: _Struct(DetachRequest, [STR]),
+    ReloadRequest: _Struct(ReloadRequest, []),
     StreamInfo: _STREAM_INFO,
     StreamStats: _STREAM_STATS,
     VariantRequest: _VARIANT,
@@ -529,6 +561,7 @@ SCHEMAS: Dict[type, _Struct] = {
     StatsResponse: _Struct(StatsResponse, [_STREAM_STATS]),
     Detached: _Struct(Detached, [STR]),
     ErrorResponse: _Struct(ErrorResponse, [_Enum(ErrorCode), STR]),
+    Reloaded: _Struct(Reloaded, [STR]),
 }
 
 
@@ -620,8 +653,13 @@ def read_frame(recv: Callable[[int], bytes]) -> Optional[bytes]:
 def default_socket_path() -> str:
     """Where the broker listens unless told otherwise: ``$FRAMEBROKER_SOCKET``, else
     ``$XDG_RUNTIME_DIR/framebroker/broker.sock``, else
-    ``/tmp/framebroker-<uid>/broker.sock`` (empty variables count as unset)."""
+    ``/tmp/framebroker-<uid>/broker.sock`` (empty variables count as unset).
+
+    On Windows a named pipe: ``$FRAMEBROKER_SOCKET`` (``X`` means ``\\\\.\\pipe\\X``
+    unless it is a pipe path already), else ``\\\\.\\pipe\\framebroker-<user>``."""
     env = os.environ.get(SOCKET_ENV)
+    if WINDOWS:
+        return _win32.pipe_path(env) if env else _win32.default_pipe_path()
     if env:
         return env
     xdg = os.environ.get("XDG_RUNTIME_DIR")
@@ -661,11 +699,13 @@ class BrokerClient:
         connect: bool = True,
     ) -> None:
         self.socket_path = os.fspath(socket_path) if socket_path else default_socket_path()
+        if WINDOWS:
+            self.socket_path = _win32.pipe_path(self.socket_path)
         self.timeout = timeout
         self.client_name = client_name
         self.broker_name: Optional[str] = None
         self.protocol: Optional[int] = None
-        self._sock: Optional[socket.socket] = None
+        self._sock: "Optional[Union[socket.socket, _win32.PipeStream]]" = None
         self._lock = threading.Lock()
         if connect:
             self.connect()
@@ -680,31 +720,7 @@ class BrokerClient:
         """Connects (closing any previous session) and performs the Hello handshake."""
         with self._lock:
             self._close_locked()
-            if not hasattr(socket, "AF_UNIX"):
-                raise FrameBrokerError("this platform has no Unix sockets (named pipes: not yet)")
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(self.timeout)
-            try:
-                s.connect(self.socket_path)
-            except FileNotFoundError:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, "no such socket") from None
-            except ConnectionRefusedError:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, "connection refused: a stale socket file") from None
-            except PermissionError:
-                s.close()
-                raise FrameBrokerError(
-                    f"permission denied on the control socket {self.socket_path}: it is owner-only; "
-                    "run as the broker's user"
-                ) from None
-            except socket.timeout:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
-            except OSError as e:
-                s.close()
-                raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
-            self._sock = s
+            self._sock = self._connect_pipe() if WINDOWS else self._connect_unix()
             try:
                 hello = HelloRequest(client=self.client_name)
                 resp = self._roundtrip_locked(hello, "Hello")
@@ -730,6 +746,46 @@ class BrokerClient:
             self.protocol = resp.protocol
             log.debug("connected to %s (%s)", self.socket_path, resp.broker)
             return resp
+
+    def _connect_unix(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.socket_path)
+        except FileNotFoundError:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, "no such socket") from None
+        except ConnectionRefusedError:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, "connection refused: a stale socket file") from None
+        except PermissionError:
+            s.close()
+            raise FrameBrokerError(
+                f"permission denied on the control socket {self.socket_path}: it is owner-only; "
+                "run as the broker's user"
+            ) from None
+        except socket.timeout:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
+        except OSError as e:
+            s.close()
+            raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
+        return s
+
+    def _connect_pipe(self) -> "_win32.PipeStream":
+        try:
+            return _win32.PipeStream(self.socket_path, self.timeout)
+        except FileNotFoundError:
+            raise BrokerNotRunning(self.socket_path, "no such pipe") from None
+        except PermissionError:
+            raise FrameBrokerError(
+                f"permission denied on the control pipe {self.socket_path}: it is owner-only; "
+                "run as the broker's user"
+            ) from None
+        except TimeoutError:
+            raise BrokerNotRunning(self.socket_path, f"connect timed out after {self.timeout} s") from None
+        except OSError as e:
+            raise BrokerNotRunning(self.socket_path, e.strerror or str(e)) from None
 
     def close(self) -> None:
         """Ends the session (the broker detaches everything it attached)."""
@@ -849,3 +905,9 @@ class BrokerClient:
 
     def detach(self, id: str) -> None:
         self._expect(DetachRequest(id), Detached, f"detach stream {id}")
+
+    def reload(self) -> str:
+        """Makes the broker re-read its config file and apply its streams (SIGHUP's
+        job, on every system); returns what changed. ``BrokerError`` when the broker
+        runs without a config file or the file is invalid (nothing changes then)."""
+        return self._expect(ReloadRequest(), Reloaded, "reload the config").summary

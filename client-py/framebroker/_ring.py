@@ -43,7 +43,6 @@ import functools
 import logging
 import mmap
 import os
-import platform
 import stat
 import sys
 import time
@@ -65,6 +64,10 @@ from ._errors import (
 )
 from ._layout import PixelFormat, StreamState
 from ._wait import WordWaiter
+from ._platform import WINDOWS, machine
+
+if WINDOWS:
+    from . import _win32
 
 log = logging.getLogger("framebroker.ring")
 
@@ -74,7 +77,7 @@ SHM_DIR = "/dev/shm"
 _RETRIES = 64
 #: Loads are not reordered with other loads here (total store order), so the
 #: seqlock read needs no fence (see the module docstring).
-_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_TSO = machine() in ("x86_64", "amd64", "i386", "i686", "x86")
 #: Environment variable choosing where the read path fences: ``auto`` (the
 #: default: wherever loads may be reordered, i.e. off x86) or ``always``.
 FENCE_ENV = "FRAMEBROKER_RING_FENCE"
@@ -102,7 +105,10 @@ T = TypeVar("T")
 
 
 def monotonic_ns() -> int:
-    """``CLOCK_MONOTONIC`` in ns: the clock of the broker's heartbeat and ``mono_ns``."""
+    """``CLOCK_MONOTONIC`` in ns: the clock of the broker's heartbeat and ``mono_ns``
+    (on Windows ``QueryPerformanceCounter`` in ns, which is ``perf_counter_ns``)."""
+    if WINDOWS:
+        return time.perf_counter_ns()
     if hasattr(time, "clock_gettime_ns") and hasattr(time, "CLOCK_MONOTONIC"):
         return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     return time.monotonic_ns()
@@ -194,7 +200,7 @@ def read_fence() -> Optional[Callable[[], None]]:
         return _libatomic_fence()
     except (OSError, AttributeError) as e:
         raise FrameBrokerError(
-            f"reading frames on {platform.machine() or 'this CPU'} needs a memory fence between "
+            f"reading frames on {machine() or 'this CPU'} needs a memory fence between "
             f"loads, taken from libatomic.so.1, which cannot be loaded ({e}); install it "
             "(Debian/Ubuntu: apt-get install libatomic1; Fedora: dnf install libatomic)"
         ) from None
@@ -234,15 +240,31 @@ class Ring:
         except BaseException:
             self.close()
             raise
-        self._waiter = WordWaiter(self._base + L.WAKE_OFF, self.wake_word, use_futex)
+        self._waiter = self._open_waiter(use_futex)
         last = self.last_frame()
         #: Number of the last frame this reader returned (0: none).
         self.cursor = max(last - 1, 0)
 
     # -- opening
 
+    def _open_waiter(self, use_futex: Optional[bool]) -> "WordWaiter | _win32.EventWaiter":
+        """What sleeps until the wake word changes: the futex on the word (or the
+        sleeping poll with ``use_futex=False``); on Windows the segment's wake events."""
+        if WINDOWS and use_futex is not False:
+            try:
+                return _win32.EventWaiter(self.name)
+            except BaseException:
+                self.close()
+                raise
+        return WordWaiter(self._base + L.WAKE_OFF, self.wake_word, use_futex)
+
     @staticmethod
     def _map(name: str, trusted_owner: Optional[int]) -> mmap.mmap:
+        """The segment, mapped read-only. On Windows the named mapping of
+        :func:`framebroker._win32.open_mapping`, which only the broker's user can
+        open (its DACL), so ``trusted_owner`` is not needed there."""
+        if WINDOWS:
+            return _win32.open_mapping(name)
         path = segment_path(name)
         flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
@@ -650,6 +672,9 @@ class Ring:
         """Unmaps the segment. Arrays handed out by :meth:`view` that are still
         alive keep the mapping until they are garbage-collected."""
         mm, self._mm = self._mm, None
+        close_waiter = getattr(getattr(self, "_waiter", None), "close", None)
+        if close_waiter is not None:
+            close_waiter()  # the wake events' handles (Windows)
         # Views first: an mmap with exported buffers cannot be closed.
         self._w64 = self._w32 = self._frames = None  # type: ignore[assignment]
         self._slot_frames = []

@@ -6,6 +6,9 @@ the broker wakes it from another process, and the kernel keys it by the shared
 file's page, so it works on a read-only mapping. ``ctypes`` releases the GIL for
 the call, so other Python threads keep running.
 
+Windows has no futex across processes: there the ring waits on the segment's
+wake events instead (``_win32.EventWaiter``, the same ``wait(expected, timeout)``).
+
 Elsewhere (or when the system call is refused): a sleeping poll with short,
 growing steps, like the Rust fallback in ``proto/src/sync.rs``.
 """
@@ -15,10 +18,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import platform
 import sys
 import time
 from typing import Callable, Optional
+
+from ._platform import machine
 
 log = logging.getLogger("framebroker.ring")
 
@@ -34,7 +38,7 @@ class _Timespec(ctypes.Structure):
 def _load_syscall() -> "Optional[Callable[..., int]]":
     if not sys.platform.startswith("linux"):
         return None
-    if platform.machine().lower() not in _SYS_FUTEX or ctypes.sizeof(ctypes.c_long) != 8:
+    if machine() not in _SYS_FUTEX or ctypes.sizeof(ctypes.c_long) != 8:
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -46,7 +50,7 @@ def _load_syscall() -> "Optional[Callable[..., int]]":
 
 
 _syscall = _load_syscall()
-_SYS_FUTEX_NR = _SYS_FUTEX.get(platform.machine().lower(), -1)
+_SYS_FUTEX_NR = _SYS_FUTEX.get(machine(), -1)
 
 
 def futex_available() -> bool:

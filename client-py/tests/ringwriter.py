@@ -1,6 +1,8 @@
 """A ring *writer* in Python, for unit tests of the reader: it follows the writer
 protocol of ``proto/doc/layout.md`` step by step (the broker's Rust writer is
-exercised by the end-to-end tests)."""
+exercised by the end-to-end tests). On Linux the segment is a file in /dev/shm
+woken by a futex; on Windows a named file mapping and its four wake events, as
+"On Windows" in layout.md has them."""
 
 from __future__ import annotations
 
@@ -17,11 +19,61 @@ import numpy as np
 
 from framebroker import _layout as L
 from framebroker._layout import PixelFormat, StreamState
+from framebroker._platform import WINDOWS, machine
 from framebroker._ring import SHM_DIR, monotonic_ns
 
 FUTEX_WAKE = 1
-_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine, -1)
-_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_FUTEX = -1 if WINDOWS else {"x86_64": 202, "aarch64": 98}.get(machine(), -1)
+_libc = None if WINDOWS else ctypes.CDLL(None, use_errno=True)
+
+
+class _WinObjects:
+    """The Windows side of a writer: the named mapping and its wake events,
+    created as the broker creates them (``proto/doc/layout.md``, "On Windows")."""
+
+    PAGE_READWRITE = 0x04
+    ERROR_ALREADY_EXISTS = 183
+
+    def __init__(self, name: str, size: int) -> None:
+        from ctypes import wintypes as W
+
+        from framebroker import _win32
+
+        k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        create_mapping = k32.CreateFileMappingW
+        create_mapping.restype = W.HANDLE
+        create_mapping.argtypes = [W.HANDLE, ctypes.c_void_p, W.DWORD, W.DWORD, W.DWORD, W.LPCWSTR]
+        create_event = k32.CreateEventW
+        create_event.restype = W.HANDLE
+        create_event.argtypes = [ctypes.c_void_p, W.BOOL, W.BOOL, W.LPCWSTR]
+        for f in (k32.SetEvent, k32.ResetEvent, k32.CloseHandle):
+            f.restype = W.BOOL
+            f.argtypes = [W.HANDLE]
+        self._k32 = k32
+        self.tagname = _win32.object_name(name)
+        self.mapping = create_mapping(W.HANDLE(-1), None, self.PAGE_READWRITE, 0, size, self.tagname)
+        err = ctypes.get_last_error()
+        assert self.mapping, f"CreateFileMappingW({self.tagname}): error {err}"
+        if err == self.ERROR_ALREADY_EXISTS:
+            k32.CloseHandle(self.mapping)
+            raise FileExistsError(self.tagname)
+        self.events = []
+        for k in range(_win32.WAKE_EVENTS):
+            h = create_event(None, True, False, _win32.wake_event_name(name, k))
+            assert h and ctypes.get_last_error() != self.ERROR_ALREADY_EXISTS
+            self.events.append(h)
+
+    def wake(self, old: int) -> None:
+        """Step 6 on Windows, around the store the caller makes: see :meth:`RingWriter.bump_and_wake`."""
+        self._k32.SetEvent(self.events[old % len(self.events)])
+
+    def reset_next(self, old: int) -> None:
+        self._k32.ResetEvent(self.events[(old + 1) % len(self.events)])
+
+    def close(self) -> None:
+        for h in self.events + [self.mapping]:
+            self._k32.CloseHandle(h)
+        self.events, self.mapping = [], None
 
 
 class RingWriter:
@@ -48,13 +100,18 @@ class RingWriter:
         self.size = L.segment_size(self.frame_bytes, slots)
         self.checksum = checksum
         self.shape = pixel_format.frame_shape(width, height)
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.ftruncate(fd, self.size)
-            self.mm = mmap.mmap(fd, self.size)
-        finally:
-            os.close(fd)
+        self._win: Optional[_WinObjects] = None
+        if WINDOWS:
+            self._win = _WinObjects(name, self.size)
+            self.mm = mmap.mmap(-1, self.size, tagname=self._win.tagname)
+        else:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+            try:
+                os.fchmod(fd, mode)
+                os.ftruncate(fd, self.size)
+                self.mm = mmap.mmap(fd, self.size)
+            finally:
+                os.close(fd)
         mm = self.mm
         struct.pack_into("<IIIIII", mm, 8, L.LAYOUT_VERSION, L.HEADER_PAGE, width, height, int(pixel_format), slots)
         struct.pack_into("<QQQQQ", mm, 32, self.frame_bytes, self.stride, L.HEADER_PAGE, self.size, generation)
@@ -126,8 +183,15 @@ class RingWriter:
         return self.commit(odd, wall_ns, mono_ns)
 
     def bump_and_wake(self) -> None:
-        self.set_u32(L.WAKE_OFF, (self.get_u32(L.WAKE_OFF) + 1) & 0xFFFFFFFF)
-        if _SYS_FUTEX > 0:
+        old = self.get_u32(L.WAKE_OFF)
+        if self._win is not None:
+            # Reset the event of the new value, store it, set the event of the old one.
+            self._win.reset_next(old)
+            self.set_u32(L.WAKE_OFF, (old + 1) & 0xFFFFFFFF)
+            self._win.wake(old)
+            return
+        self.set_u32(L.WAKE_OFF, (old + 1) & 0xFFFFFFFF)
+        if _SYS_FUTEX > 0 and _libc is not None:
             _libc.syscall(
                 ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(self.wake_addr), ctypes.c_long(FUTEX_WAKE),
                 ctypes.c_long(0x7FFFFFFF), ctypes.c_void_p(None), ctypes.c_void_p(None), ctypes.c_long(0),
@@ -168,6 +232,10 @@ class RingWriter:
             self.mm.close()
         except BufferError:
             pass
+        if self._win is not None:
+            # A named mapping goes with its last handle (readers may still hold it).
+            self._win.close()
+            return
         if unlink:
             try:
                 os.unlink(self.path)

@@ -233,8 +233,12 @@ def test_fps_right_after_open_is_the_declared_rate_like_opencv(
     assert cap.isOpened(), cap.last_error
     got = cap.get(CAP_PROP_FPS)
     # Opened a moment ago: the broker has not measured a rate yet, so this is the
-    # declared one, exactly as OpenCV has it.
-    assert got == want, f"framebroker {got}, OpenCV {want}"
+    # declared one, exactly as OpenCV has it. (A loaded machine can be slow enough
+    # between open and get() for the broker to have measured the rate, which
+    # needs 0.5 s of frames: then it is that one, close to the declared rate.)
+    if got != want:
+        measured = cap._local.ring.fps()  # type: ignore[union-attr]
+        assert measured > 0 and abs(got - want) < 0.1 * want, f"framebroker {got}, OpenCV {want}"
     info = {s.id: s for s in streams(broker)}[cap._local.stream_id]  # type: ignore[union-attr]
     assert info.declared_fps == want
     cap.release()
@@ -412,7 +416,14 @@ def test_stream_stopped_while_reading_then_back(broker: Broker, camera: Camera) 
     with broker.client() as c:
         c.stop(sid)
     t0 = time.monotonic()
-    assert cap.read() == (False, None)
+    # A frame published between the read above and the stop is still a new
+    # frame (as in the crash test below); the ring holds at most a few.
+    got = cap.read()
+    for _ in range(8):
+        if not got[0]:
+            break
+        got = cap.read()
+    assert got == (False, None)
     assert time.monotonic() - t0 < 1.0
     assert cap.isOpened()
     with broker.client() as c:

@@ -16,7 +16,7 @@ from .paths import TESTDATA
 
 @pytest.fixture(scope="module")
 def rust() -> Dict[str, Any]:
-    return json.loads((TESTDATA / "layout.json").read_text())
+    return json.loads((TESTDATA / "layout.json").read_text(encoding="utf-8"))
 
 
 def test_every_offset_matches_and_none_is_missing(rust: Dict[str, Any]) -> None:

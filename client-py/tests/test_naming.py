@@ -16,7 +16,7 @@ from .paths import TESTDATA
 
 # (url, stream_id_for_url(url), redact_url(url)) as the Rust functions compute them,
 # regenerated and checked by `cargo test -p framebroker-proto --test golden`.
-GOLDEN = json.loads((TESTDATA / "naming.json").read_text())
+GOLDEN = json.loads((TESTDATA / "naming.json").read_text(encoding="utf-8"))
 RUST_VECTORS = [(v["url"], v["stream_id"], v["redacted"]) for v in GOLDEN["vectors"]]
 
 

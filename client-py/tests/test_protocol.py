@@ -1,12 +1,14 @@
 """The control-protocol codec against proto/testdata/golden.json (byte for byte, both
 ways), framing limits, malformed input, the socket path rules, and BrokerClient's
-handshake and errors against a scripted peer."""
+handshake and errors against a scripted peer (over a Unix socket, or over a named
+pipe on Windows)."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
 import io
+import itertools
 import json
 import os
 import re
@@ -28,6 +30,7 @@ from framebroker._errors import (
     UnsupportedVersion,
 )
 from framebroker._layout import PixelFormat, StreamState
+from framebroker._platform import WINDOWS
 from framebroker._protocol import (
     MAX_FRAME,
     REQUEST_VARIANTS,
@@ -46,10 +49,12 @@ from framebroker._protocol import (
 
 from .paths import TESTDATA
 
-GOLDEN = json.loads((TESTDATA / "golden.json").read_text())
+GOLDEN = json.loads((TESTDATA / "golden.json").read_text(encoding="utf-8"))
 
-REQUEST_NAMES = ["Hello", "Start", "Stop", "List", "Stats", "Attach", "Detach"]
-RESPONSE_NAMES = ["Hello", "Started", "Stopped", "List", "Stats", "Attached", "Detached", "Error"]
+REQUEST_NAMES = ["Hello", "Start", "Stop", "List", "Stats", "Attach", "Detach", "Reload"]
+RESPONSE_NAMES = [
+    "Hello", "Started", "Stopped", "List", "Stats", "Attached", "Detached", "Error", "Reloaded",
+]
 
 
 # -- serde JSON <-> dataclasses (serde's externally tagged form, as golden.json has it)
@@ -268,6 +273,7 @@ def test_truncated_frames() -> None:
 # -- socket path --------------------------------------------------------------------
 
 
+@pytest.mark.skipif(WINDOWS, reason="Unix socket paths; the pipe names: test_default_pipe_path")
 def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAMEBROKER_SOCKET", "/x/y.sock")
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/7")
@@ -281,22 +287,59 @@ def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert P.default_socket_path() == f"/tmp/framebroker-{os.getuid()}/broker.sock"
 
 
+@pytest.mark.skipif(not WINDOWS, reason="Windows pipe names")
+def test_default_pipe_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from framebroker import _win32
+
+    user = _win32.user_name()
+    assert user
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "C:\\run")  # not consulted on Windows
+    monkeypatch.delenv("FRAMEBROKER_SOCKET", raising=False)
+    assert P.default_socket_path() == f"\\\\.\\pipe\\framebroker-{user}"
+    monkeypatch.setenv("FRAMEBROKER_SOCKET", "")
+    assert P.default_socket_path() == f"\\\\.\\pipe\\framebroker-{user}"
+    monkeypatch.setenv("FRAMEBROKER_SOCKET", "fb-test")
+    assert P.default_socket_path() == "\\\\.\\pipe\\fb-test"
+    monkeypatch.setenv("FRAMEBROKER_SOCKET", "\\\\.\\PIPE\\Mine")
+    assert P.default_socket_path() == "\\\\.\\PIPE\\Mine"
+    # A path given to the client follows the same rule.
+    assert BrokerClient("fb-x", connect=False).socket_path == "\\\\.\\pipe\\fb-x"
+
+
 # -- BrokerClient against a scripted peer --------------------------------------------
+
+_pipes = itertools.count()
 
 
 @pytest.fixture
 def sock_dir() -> Iterator[str]:
+    """Where the scripted peers listen: a directory for Unix sockets; on Windows a
+    unique prefix of pipe names (see :func:`endpoint`)."""
+    if WINDOWS:
+        yield f"\\\\.\\pipe\\fbpytest-{os.getpid()}-{next(_pipes)}"
+        return
     with tempfile.TemporaryDirectory(prefix="fbpy-") as d:
         yield d
 
 
-def serve_once(path: str, script: Callable[[socket.socket], None]) -> threading.Thread:
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
+def endpoint(sock_dir: str, name: str) -> str:
+    """A socket path in ``sock_dir``; on Windows a pipe name (a pipe name holds no
+    further backslash)."""
+    return f"{sock_dir}-{name}" if WINDOWS else os.path.join(sock_dir, name)
+
+
+def serve_once(path: str, script: Callable[[Any], None]) -> threading.Thread:
+    if WINDOWS:
+        from .winpipe import PipeServer
+
+        srv: Any = PipeServer(path)
+    else:
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
 
     def run() -> None:
-        conn, _ = srv.accept()
+        conn = srv.accept() if WINDOWS else srv.accept()[0]
         try:
             script(conn)
         finally:
@@ -319,11 +362,16 @@ def send(conn: socket.socket, resp: Any) -> None:
 
 
 def test_not_running_names_the_socket_and_how_to_start(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "broker.sock")
+    path = endpoint(sock_dir, "broker.sock")
     with pytest.raises(BrokerNotRunning) as e:
         BrokerClient(path)
     msg = str(e.value)
     assert path in msg and "framebroker serve" in msg and "scripts/run.sh" in msg
+
+
+@pytest.mark.skipif(WINDOWS, reason="a named pipe leaves no file behind: nothing stale to refuse")
+def test_stale_socket_file_is_refused(sock_dir: str) -> None:
+    path = endpoint(sock_dir, "broker.sock")
     # A stale socket file (nobody listening): connection refused, same clear error.
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
@@ -333,7 +381,7 @@ def test_not_running_names_the_socket_and_how_to_start(sock_dir: str) -> None:
 
 
 def test_handshake_and_requests(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "b.sock")
+    path = endpoint(sock_dir, "b.sock")
     seen: List[Any] = []
 
     def script(conn: socket.socket) -> None:
@@ -356,7 +404,7 @@ def test_handshake_and_requests(sock_dir: str) -> None:
 
 
 def test_unsupported_version_is_a_clear_error(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "b.sock")
+    path = endpoint(sock_dir, "b.sock")
 
     def script(conn: socket.socket) -> None:
         recv_request(conn)
@@ -368,7 +416,7 @@ def test_unsupported_version_is_a_clear_error(sock_dir: str) -> None:
 
 
 def test_peer_sending_an_oversized_frame(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "b.sock")
+    path = endpoint(sock_dir, "b.sock")
 
     def script(conn: socket.socket) -> None:
         recv_request(conn)
@@ -380,7 +428,7 @@ def test_peer_sending_an_oversized_frame(sock_dir: str) -> None:
 
 
 def test_broker_closing_the_session_mid_request(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "b.sock")
+    path = endpoint(sock_dir, "b.sock")
 
     def script(conn: socket.socket) -> None:
         recv_request(conn)
@@ -395,7 +443,7 @@ def test_broker_closing_the_session_mid_request(sock_dir: str) -> None:
 
 
 def test_a_silent_peer_times_out(sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "b.sock")
+    path = endpoint(sock_dir, "b.sock")
     done = threading.Event()
 
     def script(conn: socket.socket) -> None:

@@ -18,12 +18,23 @@ from framebroker import _layout as L
 from framebroker import _ring
 from framebroker._errors import ChecksumMismatch, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
 from framebroker._layout import PixelFormat, StreamState
+from framebroker._platform import WINDOWS
 from framebroker._ring import Ring
 from framebroker._wait import futex_available
 
 from .ringwriter import RingWriter, frame_bytes
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm (Linux)")
+pytestmark = pytest.mark.skipif(
+    not (WINDOWS or os.path.isdir("/dev/shm")), reason="needs /dev/shm (Linux) or named mappings (Windows)"
+)
+#: Why the fenced read path is not run on Windows.
+_NO_LIBATOMIC = "the fence comes from libatomic.so.1, which Windows has not; x64 Windows keeps load order"
+#: For the tests of the fence itself.
+needs_libatomic = pytest.mark.skipif(WINDOWS, reason=_NO_LIBATOMIC)
+#: For the tests that make or inspect segments as /dev/shm files.
+linux_files = pytest.mark.skipif(
+    WINDOWS, reason="a segment as a /dev/shm file; the Windows equivalents are in test_win32.py"
+)
 
 _counter = itertools.count()
 
@@ -39,6 +50,8 @@ def fence_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     loads takes, forced with ``FRAMEBROKER_RING_FENCE=always``. (This runs the
     fenced code; no x86 host, emulated or not, can show a reordering: that the
     fences sit where the protocol needs them rests on proto/doc/decisions.md.)"""
+    if WINDOWS and request.param == "always":
+        pytest.skip(_NO_LIBATOMIC)
     monkeypatch.setenv(_ring.FENCE_ENV, request.param)
     return request.param  # type: ignore[no-any-return]
 
@@ -192,6 +205,7 @@ def test_a_copy_torn_by_the_writer_is_retried(
     r.close()
 
 
+@needs_libatomic
 @pytest.mark.parametrize("copy", ["memoryview", "numpy"])
 def test_fences_sit_between_the_seqlock_loads(
     writer: RingWriter, monkeypatch: pytest.MonkeyPatch, copy: str
@@ -253,6 +267,7 @@ def test_fences_sit_between_the_seqlock_loads(
     r.close()
 
 
+@needs_libatomic
 def test_a_machine_that_reorders_loads_needs_the_fence(writer: RingWriter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_ring.FENCE_ENV, "auto")
     monkeypatch.setattr(_ring, "_TSO", True)
@@ -359,6 +374,7 @@ def test_zero_copy_view_is_validated(writer: RingWriter) -> None:
     del view
 
 
+@linux_files
 def test_readers_never_write_and_never_unlink(writer: RingWriter) -> None:
     writer.publish(frame_bytes(1, 32))
     before = open(writer.path, "rb").read()
@@ -391,6 +407,7 @@ def _valid_header() -> bytearray:
     return data
 
 
+@linux_files
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -416,6 +433,7 @@ def test_corrupt_or_foreign_headers_are_refused(mutate, message) -> None:  # typ
         os.unlink("/dev/shm/" + name[1:])
 
 
+@linux_files
 def test_short_files_are_refused_before_mapping() -> None:
     name = _raw_segment(b"\0" * 100)
     try:
@@ -432,6 +450,7 @@ def test_short_files_are_refused_before_mapping() -> None:
         os.unlink("/dev/shm/" + name[1:])
 
 
+@linux_files
 def test_group_writable_segments_are_refused() -> None:
     name = _raw_segment(bytes(_valid_header()), mode=0o620)
     try:

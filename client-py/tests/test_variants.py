@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_slot_clock_constants_match_rust() -> None:
-    rust = json.loads((TESTDATA / "layout.json").read_text())
+    rust = json.loads((TESTDATA / "layout.json").read_text(encoding="utf-8"))
     assert L.PTS_UNKNOWN == rust["pts_unknown"]
     assert (L.SLOT_PTS_NS_OFF, L.SLOT_STREAM_NS_OFF) == (
         rust["offsets"]["SLOT_PTS_NS"],

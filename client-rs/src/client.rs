@@ -49,6 +49,7 @@ fn request_name(req: &Request) -> String {
         Request::Stats { id } => format!("stats {id}"),
         Request::Attach { id } => format!("attach {id}"),
         Request::Detach { id } => format!("detach {id}"),
+        Request::Reload => "reload".into(),
     }
 }
 
@@ -69,6 +70,11 @@ impl Client {
     /// Connects to the broker listening at `path` and does the version handshake.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
+        // Windows: a pipe name, `\\.\pipe\X` or just `X` (decision 14).
+        #[cfg(windows)]
+        let path = PathBuf::from(framebroker_proto::naming::windows_pipe_name(
+            &path.to_string_lossy(),
+        ));
         let connect_err = |source| Error::Connect {
             path: path.clone(),
             source,
@@ -151,6 +157,15 @@ impl Client {
         }
     }
 
+    /// Makes the broker re-read its config file and apply its streams (what SIGHUP
+    /// does on Unix, on every system); returns what changed.
+    pub fn reload(&self) -> Result<String, Error> {
+        match self.call(Request::Reload)? {
+            Response::Reloaded { summary } => Ok(summary),
+            other => Err(unexpected("reload", other)),
+        }
+    }
+
     pub fn list(&self) -> Result<Vec<StreamInfo>, Error> {
         match self.call(Request::List)? {
             Response::List { streams } => Ok(streams),
@@ -210,9 +225,15 @@ impl Client {
     }
 
     /// Uid owning the socket file: the broker's, trusted as owner of its segments.
+    /// (Windows: `None`; the pipe and the segments are owner-only by their DACL.)
     pub(crate) fn broker_uid(&self) -> Option<u32> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.socket_path()).ok().map(|m| m.uid())
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(self.socket_path()).ok().map(|m| m.uid())
+        }
+        #[cfg(not(unix))]
+        None
     }
 }
 

@@ -60,6 +60,9 @@ pub enum Request {
     Attach { id: String },
     /// Stop being a reader (also implied when the connection closes).
     Detach { id: String },
+    /// Re-read the broker's config file and apply its streams: what SIGHUP does on
+    /// Unix, on every system (Windows has no SIGHUP). Answered by `Reloaded`.
+    Reload,
 }
 
 /// Parameters of [`Request::Start`].
@@ -289,6 +292,11 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// The config file was reloaded; `summary` says what changed (streams started,
+    /// stopped, restarted; settings that need a restart).
+    Reloaded {
+        summary: String,
+    },
 }
 
 /// A stream as listed.
@@ -443,19 +451,36 @@ pub const SOCKET_ENV: &str = "FRAMEBROKER_SOCKET";
 /// Where the broker listens unless told otherwise: `$FRAMEBROKER_SOCKET`, else
 /// `$XDG_RUNTIME_DIR/framebroker/broker.sock`, else `/tmp/framebroker-<uid>/broker.sock`.
 pub fn default_socket_path() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
-        return p.into();
+    #[cfg(windows)]
+    {
+        // Decision 14: `\\.\pipe\framebroker-<user>`, or the variable's pipe.
+        let setting = std::env::var(SOCKET_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| {
+                format!(
+                    "framebroker-{}",
+                    crate::win32::user_name().unwrap_or_else(|| "user".into())
+                )
+            });
+        std::path::PathBuf::from(crate::naming::windows_pipe_name(&setting))
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return std::path::Path::new(&d)
-            .join("framebroker")
-            .join("broker.sock");
+    #[cfg(not(windows))]
+    {
+        if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+            return p.into();
+        }
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+            return std::path::Path::new(&d)
+                .join("framebroker")
+                .join("broker.sock");
+        }
+        #[cfg(unix)]
+        let uid = nix::unistd::getuid().as_raw();
+        #[cfg(not(unix))]
+        let uid = 0;
+        std::path::PathBuf::from(format!("/tmp/framebroker-{uid}/broker.sock"))
     }
-    #[cfg(unix)]
-    let uid = nix::unistd::getuid().as_raw();
-    #[cfg(not(unix))]
-    let uid = 0;
-    std::path::PathBuf::from(format!("/tmp/framebroker-{uid}/broker.sock"))
 }
 
 /// The client's first message.

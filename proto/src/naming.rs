@@ -88,6 +88,32 @@ pub fn parse_segment_name<'a>(prefix: &str, name: &'a str) -> Option<(&'a str, u
     Some((id, generation.parse().ok()?))
 }
 
+/// The Windows kernel-object name of segment `segment` (`/fb-cam.1` →
+/// `Local\fb-cam.1`): the name without its slash in the session namespace.
+/// Decision 12 in `proto/doc/decisions.md`.
+pub fn windows_object_name(segment: &str) -> String {
+    format!("Local\\{}", segment.strip_prefix('/').unwrap_or(segment))
+}
+
+/// The name of wake event `k` (0..4) of segment `segment`
+/// (`Local\fb-cam.1~wake0`). `~` is in no prefix or stream id, so no segment
+/// name equals an event name. Decision 13 in `proto/doc/decisions.md`.
+pub fn windows_wake_event_name(segment: &str, k: usize) -> String {
+    format!("{}~wake{k}", windows_object_name(segment))
+}
+
+/// The Windows pipe name for a control-socket setting: a value that starts with
+/// `\\.\pipe\` is used as it is, any other value `X` means `\\.\pipe\X`
+/// (decision 14).
+pub fn windows_pipe_name(setting: &str) -> String {
+    const PIPES: &str = r"\\.\pipe\";
+    if setting.len() >= PIPES.len() && setting[..PIPES.len()].eq_ignore_ascii_case(PIPES) {
+        setting.to_string()
+    } else {
+        format!("{PIPES}{setting}")
+    }
+}
+
 /// What kind of source a URL names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -405,6 +431,31 @@ mod tests {
         let n = segment_name("fb-", "camera.1", 2).unwrap();
         assert_eq!(n, "/fb-camera.1.2");
         assert_eq!(parse_segment_name("fb-", &n), Some(("camera.1", 2)));
+    }
+
+    #[test]
+    fn windows_names() {
+        let n = segment_name("fb-", "cam-1", 3).unwrap();
+        assert_eq!(windows_object_name(&n), r"Local\fb-cam-1.3");
+        assert_eq!(windows_wake_event_name(&n, 0), r"Local\fb-cam-1.3~wake0");
+        assert_eq!(windows_wake_event_name(&n, 3), r"Local\fb-cam-1.3~wake3");
+        assert_eq!(windows_pipe_name(r"\\.\pipe\fb-test"), r"\\.\pipe\fb-test");
+        assert_eq!(windows_pipe_name(r"\\.\PIPE\fb-test"), r"\\.\PIPE\fb-test");
+        assert_eq!(windows_pipe_name("fb-test"), r"\\.\pipe\fb-test");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_segment_name_is_an_event_name(
+            p1 in "[A-Za-z0-9_.-]{1,32}", id1 in "[A-Za-z0-9_-]{1,64}", g1 in 0u64..1000,
+            p2 in "[A-Za-z0-9_.-]{1,32}", id2 in "[A-Za-z0-9_-]{1,64}", g2 in 0u64..1000,
+            k in 0usize..4,
+        ) {
+            let (Ok(a), Ok(b)) = (segment_name(&p1, &id1, g1), segment_name(&p2, &id2, g2)) else {
+                return Ok(());
+            };
+            proptest::prop_assert_ne!(windows_object_name(&a), windows_wake_event_name(&b, k));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! in production ([`crate::shm`]), a heap buffer in tests ([`HeapRegion`]).
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::layout::{
@@ -26,6 +26,12 @@ pub unsafe trait Region {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Sleeps while the header's wake word `word` is `expected`, at most `timeout`
+    /// (spurious returns allowed). The futex (or the portable sleep) by default; a
+    /// region with wake events of its own (Windows) waits on those.
+    fn wait_wake(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        sync::wait(word, expected, timeout)
+    }
 }
 
 /// A [`Region`] the writer may write to.
@@ -34,6 +40,11 @@ pub unsafe trait Region {
 /// As [`Region`], and `as_mut_ptr()` (the same address) is valid for writes.
 pub unsafe trait RegionMut: Region {
     fn as_mut_ptr(&self) -> *mut u8;
+    /// Bumps the wake word `word` and wakes its waiters: once per frame and per
+    /// state change. The futex by default; Windows regions set their events.
+    fn bump_wake(&self, word: &AtomicU32) {
+        sync::bump_and_wake(word)
+    }
 }
 
 /// A ring in ordinary memory, shared between threads of one process: the
@@ -86,12 +97,18 @@ unsafe impl<R: Region + ?Sized> Region for &R {
     fn len(&self) -> usize {
         (**self).len()
     }
+    fn wait_wake(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        (**self).wait_wake(word, expected, timeout)
+    }
 }
 
 // SAFETY: forwards to `R`, whose guarantees hold for as long as the borrow.
 unsafe impl<R: RegionMut + ?Sized> RegionMut for &R {
     fn as_mut_ptr(&self) -> *mut u8 {
         (**self).as_mut_ptr()
+    }
+    fn bump_wake(&self, word: &AtomicU32) {
+        (**self).bump_wake(word)
     }
 }
 
@@ -103,12 +120,18 @@ unsafe impl<R: Region + ?Sized> Region for std::sync::Arc<R> {
     fn len(&self) -> usize {
         (**self).len()
     }
+    fn wait_wake(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        (**self).wait_wake(word, expected, timeout)
+    }
 }
 
 // SAFETY: forwards to `R`; the Arc keeps it alive and in place.
 unsafe impl<R: RegionMut + ?Sized> RegionMut for std::sync::Arc<R> {
     fn as_mut_ptr(&self) -> *mut u8 {
         (**self).as_mut_ptr()
+    }
+    fn bump_wake(&self, word: &AtomicU32) {
+        (**self).bump_wake(word)
     }
 }
 
@@ -207,13 +230,17 @@ fn slot_header<R: Region + ?Sized>(mem: &R, stride: u64, index: u64) -> &SlotHea
 
 /// CLOCK_MONOTONIC in ns: the clock every process on the host shares.
 pub fn monotonic_ns() -> u64 {
+    #[cfg(all(windows, not(miri)))]
+    {
+        crate::win32::monotonic_ns()
+    }
     #[cfg(all(unix, not(miri)))]
     {
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0)
     }
-    #[cfg(any(not(unix), miri))]
+    #[cfg(any(not(any(unix, windows)), miri))]
     {
         use std::sync::OnceLock;
         static START: OnceLock<Instant> = OnceLock::new();
@@ -370,7 +397,7 @@ impl<R: RegionMut> RingStatus<R> {
     pub fn set_state(&self, state: StreamState) {
         let h = self.header();
         if h.state.swap(state as u32, Ordering::Release) != state as u32 {
-            sync::bump_and_wake(&h.wake);
+            self.mem.bump_wake(&h.wake);
         }
     }
 
@@ -452,7 +479,7 @@ impl<R: RegionMut> FrameGuard<'_, R> {
         // SYNC: pairs with the Acquire load of `last_frame` by readers: seeing `number`
         // there means the slot's even sequence is visible too.
         h.last_frame.store(number, Ordering::Release);
-        sync::bump_and_wake(&h.wake);
+        w.mem.bump_wake(&h.wake);
         w.next_frame += 1;
         self.committed = true;
         number
@@ -841,7 +868,7 @@ impl<R: Region> RingReader<R> {
             }
             // Wake at least every heartbeat interval to notice a dead writer in time.
             let slice = (deadline - now).min(Duration::from_millis(layout::HEARTBEAT_INTERVAL_MS));
-            sync::wait(&self.header().wake, word, slice);
+            self.mem.wait_wake(&self.header().wake, word, slice);
         }
     }
 }

@@ -330,34 +330,15 @@ fn gone(pid: u32, me: u32, h: &crate::layout::Header, now_ns: u64) -> Option<&'s
 }
 
 #[cfg(test)]
+#[path = "shm_test_support.rs"]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
+    use super::test_support::{config, unique};
     use super::*;
-    use crate::layout::{Geometry, PixelFormat};
-    use crate::ring::{monotonic_ns, RingConfig, RingReader, RingWriter};
+    use crate::ring::{monotonic_ns, RingReader, RingWriter};
     use std::os::unix::fs::PermissionsExt;
-
-    fn unique(tag: &str) -> String {
-        format!(
-            "/fbtest-{tag}-{}-{}",
-            std::process::id(),
-            crate::ring::monotonic_ns() % 1_000_000_007
-        )
-    }
-
-    fn config() -> RingConfig {
-        RingConfig {
-            stream_id: "t".into(),
-            geometry: Geometry {
-                width: 16,
-                height: 8,
-                pixel_format: PixelFormat::Bgr24,
-            },
-            slot_count: 3,
-            generation: 1,
-            checksum: false,
-            writer_pid: std::process::id(),
-        }
-    }
 
     #[test]
     fn create_is_exclusive_owner_only_and_unlinked_on_drop() {

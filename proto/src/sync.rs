@@ -2,8 +2,10 @@
 //!
 //! Linux: a *shared* futex on the word in the segment (not `FUTEX_PRIVATE_FLAG`:
 //! waiter and waker are different processes). `FUTEX_WAIT` works on a read-only
-//! mapping, so readers never need write access. Elsewhere: a sleeping poll with a
-//! short, growing interval, behind the same API.
+//! mapping, so readers never need write access. Windows segments do not come
+//! here: they wait on their own events (`wake_events`, through the `Region`
+//! trait). Elsewhere (and for in-process heap rings off Linux): a sleeping poll
+//! with a short, growing interval, behind the same API.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -59,6 +59,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("stats", Request::Stats { id: "cam-1".into() }),
         ("attach", Request::Attach { id: "cam-1".into() }),
         ("detach", Request::Detach { id: "cam-1".into() }),
+        ("reload", Request::Reload),
     ]
 }
 
@@ -143,6 +144,12 @@ fn responses() -> Vec<(&'static str, Response)> {
             Response::Error {
                 code: ErrorCode::NotFound,
                 message: "no stream \"x\"".into(),
+            },
+        ),
+        (
+            "reloaded",
+            Response::Reloaded {
+                summary: "started 1, stopped 0, restarted 0".into(),
             },
         ),
     ]

@@ -120,6 +120,7 @@ impl Camera {
 
     /// SIGSTOP: the camera freezes with its sockets open (the hard case: ffmpeg
     /// sees no error, only silence).
+    #[cfg(unix)]
     pub fn freeze(&self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -128,6 +129,7 @@ impl Camera {
     }
 
     /// SIGCONT after [`freeze`](Self::freeze).
+    #[cfg(unix)]
     pub fn thaw(&self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -147,6 +149,7 @@ impl Camera {
 
 impl Drop for Camera {
     fn drop(&mut self) {
+        #[cfg(unix)]
         self.thaw();
         self.kill();
     }
@@ -282,6 +285,7 @@ impl Broker {
     }
 
     /// SIGTERM and wait; returns the exit status.
+    #[cfg(unix)]
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = nix::sys::signal::kill(
@@ -302,6 +306,7 @@ impl Broker {
     }
 
     /// Sends `sig` (SIGHUP to reload, say).
+    #[cfg(unix)]
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         if let Some(c) = &self.child {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
@@ -319,7 +324,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        #[cfg(unix)]
         self.terminate();
+        #[cfg(not(unix))]
+        self.kill();
         // Whatever a crashed broker left behind.
         for s in self.segments() {
             let _ = framebroker_proto::shm::unlink(&s);

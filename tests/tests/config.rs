@@ -274,6 +274,77 @@ fn a_bad_file_on_reload_is_refused_with_its_place_and_nothing_changes() {
     .is_some());
 }
 
+/// `framebroker reload`: the control request that does what SIGHUP does, on every
+/// system. It answers with what changed, refuses a broken file with its place
+/// (changing nothing), and says when there is no file to reload.
+#[test]
+fn the_reload_command_applies_the_file_and_reports_refusals() {
+    let dir = TempDir::new("cfg").unwrap();
+    let prefix = format!("{}-", unique("fbc"));
+    let cfg = dir.path().join("framebroker.toml");
+    let head = format!("[broker]\nshm_prefix = \"{prefix}\"\n");
+    // One URL per id: the broker refuses a camera configured twice.
+    let stream = |id: &str, rate: u32| {
+        format!("[[streams]]\nid = \"{id}\"\nurl = \"testsrc://?size=160x120&rate={rate}\"\n")
+    };
+    write(&cfg, &format!("{head}{}", stream("a", 10)));
+    let b = Broker::start_configured(&cfg, &prefix, &[], &[]).unwrap();
+    let c = b.client();
+    let reload = || {
+        Command::new(broker_bin())
+            .arg("--socket")
+            .arg(&b.socket)
+            .arg("reload")
+            .output()
+            .unwrap()
+    };
+
+    write(
+        &cfg,
+        &format!("{head}{}{}", stream("a", 10), stream("b", 12)),
+    );
+    let out = reload();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("added: b; removed: -; changed: -; unchanged: 1"),
+        "{said}"
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        (state_of(&c, "b") == Some(StreamState::Live)).then_some(())
+    })
+    .is_some());
+
+    write(
+        &cfg,
+        &format!("{head}{}pixel_format = \"bgra\"\n", stream("c", 14)),
+    );
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("running config unchanged") && err.contains("pixel_format"),
+        "{err}"
+    );
+    assert_eq!(c.list().unwrap().len(), 2, "nothing changed");
+
+    // A broker without a config file says so.
+    let plain = Broker::start(&[]).unwrap();
+    let out = Command::new(broker_bin())
+        .arg("--socket")
+        .arg(&plain.socket)
+        .arg("reload")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("without --config"), "{err}");
+}
+
 #[test]
 fn a_bad_file_at_start_names_file_line_and_key_and_exits() {
     let dir = TempDir::new("cfg").unwrap();

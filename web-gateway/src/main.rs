@@ -86,12 +86,27 @@ fn listen_addr(flag: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
+#[cfg(unix)]
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Windows: Ctrl-C, Ctrl-Break and a closing console.
+#[cfg(windows)]
+async fn shutdown_signal() {
+    use tokio::signal::windows::{ctrl_break, ctrl_close};
+    let mut brk = ctrl_break().expect("Ctrl-Break handler");
+    let mut close = ctrl_close().expect("console close handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = brk.recv() => {}
+        _ = close.recv() => {}
     }
     tracing::info!("shutting down");
 }

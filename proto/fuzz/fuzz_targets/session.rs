@@ -265,6 +265,8 @@ fn check_kind(req: &Request, resp: &Response, streams_before: usize) {
                 ErrorCode::LimitExceeded,
             ],
             Request::Detach { .. } => &[ErrorCode::NotAttached],
+            // A bare Session has no reload hook (only `framebroker serve` sets one).
+            Request::Reload => &[ErrorCode::BadRequest],
         };
         assert!(
             allowed.contains(code),

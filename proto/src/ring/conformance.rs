@@ -1,13 +1,15 @@
 //! The ring's conformance suite: every test body runs over every [`Region`]
 //! backend, as iceoryx2's conformance tests do for its shared-memory
 //! implementations. A body is a generic function over [`Backend`];
-//! [`instantiate!`] makes one `#[test]` per body and backend. A new backend (the
-//! Windows region) implements [`Backend`] and adds one `instantiate!` line.
+//! [`instantiate!`] makes one `#[test]` per body and backend. A new backend
+//! implements [`Backend`] and adds one `instantiate!` line.
 //!
 //! Backends: [`Heap`], the in-process [`HeapRegion`] (the one miri runs), and
-//! [`Shm`], real POSIX shared memory: the writer's [`OwnedSegment`] and, for
-//! every reader, its own read-only mapping ([`ReadOnlySegment`]), as in
-//! production.
+//! [`Shm`], the system's real shared memory: the writer's [`OwnedSegment`] and,
+//! for every reader, its own read-only mapping ([`ReadOnlySegment`]), as in
+//! production. `crate::shm` is POSIX shared memory on Unix and named file
+//! mappings with their wake events on Windows (`shm_windows.rs`), so the one
+//! backend runs the suite on both systems.
 
 use std::sync::Arc;
 
@@ -39,15 +41,15 @@ impl Backend for Heap {
     }
 }
 
-/// A POSIX shared-memory segment (unlinked when the last handle drops), read
-/// through separate read-only mappings.
-#[cfg(all(unix, not(miri)))]
+/// A shared-memory segment of the system (POSIX, or a Windows file mapping; gone
+/// when the last handle drops), read through separate read-only mappings.
+#[cfg(all(any(unix, windows), not(miri)))]
 struct Shm;
 
-#[cfg(all(unix, not(miri)))]
+#[cfg(all(any(unix, windows), not(miri)))]
 use crate::shm::{OwnedSegment, ReadOnlySegment};
 
-#[cfg(all(unix, not(miri)))]
+#[cfg(all(any(unix, windows), not(miri)))]
 impl Backend for Shm {
     type Mem = Arc<OwnedSegment>;
     type View = ReadOnlySegment;
@@ -109,7 +111,7 @@ macro_rules! instantiate {
 }
 
 instantiate!(heap: super::Heap);
-#[cfg(all(unix, not(miri)))]
+#[cfg(all(any(unix, windows), not(miri)))]
 instantiate!(shm: super::Shm);
 
 fn config(w: u32, h: u32, slots: u32) -> RingConfig {
