@@ -547,6 +547,11 @@ def section_memory(m: Dict[str, Any], out: List[str]) -> None:
         + "\n")
 
 
+#: Everything after this line of BENCHMARKS.md is kept as it is when the page
+#: is regenerated.
+KEPT = "<!-- Sections below are measured by other scripts and kept when this page is regenerated. -->"
+
+
 def write(res: Dict[str, Any], results_path: Path) -> None:
     m = res["machine"]
     cores = int(m.get("cores") or 2)
@@ -605,6 +610,12 @@ def write(res: Dict[str, Any], results_path: Path) -> None:
                "The parts can be run alone too: `target/release/fb-bench`, `target/release/gateway-bench`, "
                "`client-py/bench/bench_read.py` (each with `--help`).\n")
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / "BENCHMARKS.md").write_text("\n".join(out))
+    # Sections measured by other scripts (bench/handover.py) sit after KEPT and
+    # survive a regeneration of the page.
+    page = DOCS / "BENCHMARKS.md"
+    old = page.read_text() if page.exists() else ""
+    if KEPT in old:
+        out.append(KEPT + old.split(KEPT, 1)[1].rstrip("\n") + "\n")
+    page.write_text("\n".join(out))
     print(f"wrote {DOCS / 'BENCHMARKS.md'} and {PLOTS}/*.png")
 

@@ -183,11 +183,15 @@ def decode_floor(cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) ->
     finally:
         broker.cli("rm", sid, check=False)
     broker.wait_no_ffmpeg()
-    # One output (`... -f rawvideo -pix_fmt bgr24 pipe:1`): same graph, same
-    # pixel format, nothing written.
+    # One output: same graph, same pixel format, nothing written. The NUT
+    # hand-over's is `... -c:v rawvideo -f nut pipe:1` (the decoder's own format),
+    # the rawvideo one's `... -f rawvideo -pix_fmt bgr24 pipe:1`.
     if argv.count("pipe:1") != 1 or "rawvideo" not in argv:
         raise BenchError(f"cpu: unexpected ffmpeg command line {argv}")
-    argv = ["null" if a == "rawvideo" else "-" if a == "pipe:1" else a for a in argv]
+    if "nut" in argv:
+        argv = ["null" if a == "nut" else "-" if a == "pipe:1" else a for a in argv]
+    else:
+        argv = ["null" if a == "rawvideo" else "-" if a == "pipe:1" else a for a in argv]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -581,6 +585,9 @@ def main() -> int:
     ap.add_argument("--camera", choices=["like-camera", "cheap"], default="like-camera",
                     help="stream of the cpu and scale sections: like a real IP camera (H.264 High, motion, "
                          "noise; default) or the cheapest H.264 there is (static pattern, x264 ultrafast)")
+    ap.add_argument("--cpu-n", default="",
+                    help="comma-separated N of the cpu section (default 1,2,4,8,16; --quick 1,2), e.g. 1 for a "
+                         "before/after of one reader")
     a = ap.parse_args()
 
     if a.report_only is not None:
@@ -607,6 +614,13 @@ def main() -> int:
 
     p = plan(a.quick, a.memory_minutes)
     p["camera_args"] = ["--like-camera"] if a.camera == "like-camera" else []
+    if a.cpu_n:
+        try:
+            p["cpu"]["n"] = [int(x) for x in a.cpu_n.split(",")]
+        except ValueError:
+            ap.error("--cpu-n takes numbers, e.g. 1,2,4")
+        if any(n < 1 or n > 64 for n in p["cpu"]["n"]):
+            ap.error("--cpu-n: each N in 1..64")
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
     res: Dict[str, Any] = {

@@ -18,7 +18,9 @@ use framebroker_proto::naming::Source;
 use framebroker_proto::ring::wall_ns;
 use framebroker_proto::{Geometry, PixelFormat, StreamTime};
 
+use crate::convert::{Colour, Converter, SourceFormat};
 use crate::error::{classify_line, is_damage, Error, ErrorKind};
+use crate::nut::NutReader;
 use crate::sync::{wait_timeout, Lock};
 
 /// What to pull and how: everything the source needs, already validated.
@@ -95,6 +97,64 @@ pub trait RunningSource: Send {
     fn declared_fps(&self) -> Option<f64> {
         None
     }
+    /// Reads the main output's next frame into `dst` (exactly one ring frame);
+    /// returns its pts in ns when the frame carries one. An error ends the run
+    /// (`UnexpectedEof`: the output ended).
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        self.frames().read_exact(dst).map(|()| None)
+    }
+    /// The variants' frames, in the order of [`SourceSpec::variants`]; once.
+    fn take_variant_readers(&mut self) -> Vec<Box<dyn FrameRead>> {
+        self.take_variant_outputs()
+            .into_iter()
+            .map(|r| Box::new(RawFrames(r)) as Box<dyn FrameRead>)
+            .collect()
+    }
+}
+
+/// One output's frames, each as the ring wants it.
+pub trait FrameRead: Send {
+    /// Reads the next frame into `dst` (exactly one ring frame); returns its pts
+    /// in ns when the source knows it.
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>>;
+}
+
+/// Frames back to back, already in the ring's format (`-f rawvideo -pix_fmt`).
+pub struct RawFrames<R>(pub R);
+
+impl<R: Read + Send> FrameRead for RawFrames<R> {
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        self.0.read_exact(dst).map(|()| None)
+    }
+}
+
+/// How ffmpeg hands frames to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Handover {
+    /// The decoder's own format (yuv420p, yuvj420p, nv12) in NUT: each frame's
+    /// pts in the container, the broker converts into the ring's format
+    /// ([`crate::convert`]). Half the bytes of bgr24 on the pipe, and no log
+    /// line per frame.
+    #[default]
+    Nut,
+    /// The ring's format as rawvideo, converted by ffmpeg, each frame's pts from
+    /// `showinfo`'s log line (the original path; kept for comparison).
+    Rawvideo,
+}
+
+impl Handover {
+    pub fn name(self) -> &'static str {
+        match self {
+            Handover::Nut => "nut",
+            Handover::Rawvideo => "rawvideo",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Handover::Nut, Handover::Rawvideo]
+            .into_iter()
+            .find(|h| h.name() == name)
+    }
 }
 
 pub trait SourceFactory: Send + Sync {
@@ -104,6 +164,12 @@ pub trait SourceFactory: Send + Sync {
 /// The real source: the system ffmpeg.
 pub struct Ffmpeg {
     pub path: PathBuf,
+    /// How frames come over the pipe ([`Handover::Nut`] unless set otherwise).
+    pub handover: Handover,
+    /// Streams whose decoder output the broker cannot convert itself (odd size,
+    /// a format or colourspace [`crate::convert`] does not take): ffmpeg
+    /// converts for them, as with [`Handover::Rawvideo`], from their next run on.
+    ffmpeg_converts: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Ffmpeg {
@@ -111,9 +177,7 @@ impl Ffmpeg {
     pub fn locate(explicit: Option<&Path>) -> Result<Self, String> {
         if let Some(p) = explicit {
             if p.is_file() {
-                return Ok(Ffmpeg {
-                    path: p.to_path_buf(),
-                });
+                return Ok(Ffmpeg::at(p.to_path_buf()));
             }
             return Err(format!("ffmpeg not found at {}", p.display()));
         }
@@ -121,8 +185,32 @@ impl Ffmpeg {
         std::env::split_paths(&path)
             .map(|d| d.join("ffmpeg"))
             .find(|p| p.is_file())
-            .map(|path| Ffmpeg { path })
+            .map(Ffmpeg::at)
             .ok_or_else(|| "ffmpeg not found on PATH: install it (Debian/Ubuntu: apt-get install ffmpeg) or pass --ffmpeg PATH".into())
+    }
+
+    /// The ffmpeg at `path`, with the default hand-over.
+    pub fn at(path: PathBuf) -> Self {
+        Ffmpeg {
+            path,
+            handover: Handover::default(),
+            ffmpeg_converts: Default::default(),
+        }
+    }
+
+    /// The hand-over a run of stream `spec` uses.
+    pub fn handover_for(&self, spec: &SourceSpec) -> Handover {
+        let test_pattern = matches!(spec.source, Source::Test(_));
+        // lavfi patterns are mostly RGB: converting them to YUV and back would
+        // only lose colour, and they cost no camera anything.
+        if self.handover == Handover::Rawvideo
+            || test_pattern
+            || self.ffmpeg_converts.locked().contains(&spec.id)
+        {
+            Handover::Rawvideo
+        } else {
+            Handover::Nut
+        }
     }
 
     /// `ffmpeg -version`'s first line.
@@ -147,8 +235,16 @@ impl Ffmpeg {
 /// (each frame's pts on stderr, see [`FrameClock`]), splits into one branch per
 /// output, scales a branch only when it has a size, and each branch is its own
 /// rawvideo output: the main stream on stdout, variant `k` on fd
-/// [`VARIANT_FD0`]` + k`.
+/// [`VARIANT_FD0`]` + k`. This is [`Handover::Rawvideo`]; see [`ffmpeg_args_with`].
 pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
+    ffmpeg_args_with(spec, Handover::Rawvideo)
+}
+
+/// The arguments for a hand-over. [`Handover::Nut`]: the same graph without
+/// `showinfo`, and each output is the decoder's own pixel format (no
+/// `-pix_fmt`) as rawvideo in NUT, with the input's time base
+/// (`-enc_time_base -1`) so each frame's pts is the input's.
+pub fn ffmpeg_args_with(spec: &SourceSpec, handover: Handover) -> Vec<String> {
     let mut a: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -204,7 +300,8 @@ pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
         std::iter::once((spec.size, spec.pixel_format))
             .chain(spec.variants.iter().map(|v| (v.size, v.pixel_format)))
             .collect();
-    a.extend(s(&["-filter_complex", &filter_graph(&outputs)]));
+    let showinfo = handover == Handover::Rawvideo;
+    a.extend(s(&["-filter_complex", &filter_graph(&outputs, showinfo)]));
     for (k, (_, pixel_format)) in outputs.iter().enumerate() {
         let target = if k == 0 {
             "pipe:1".to_string()
@@ -213,34 +310,43 @@ pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
         };
         // passthrough: exactly one output frame per decoded frame (no duplicates or
         // drops to a constant rate), so frame k of every output is showinfo's n = k.
-        a.extend(s(&[
-            "-map",
-            &format!("[o{k}]"),
-            "-fps_mode",
-            "passthrough",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            pixel_format.name(),
-            &target,
-        ]));
+        a.extend(s(&["-map", &format!("[o{k}]"), "-fps_mode", "passthrough"]));
+        match handover {
+            Handover::Rawvideo => a.extend(s(&["-f", "rawvideo", "-pix_fmt", pixel_format.name()])),
+            Handover::Nut => a.extend(s(&[
+                "-enc_time_base",
+                "-1",
+                "-c:v",
+                "rawvideo",
+                "-f",
+                "nut",
+            ])),
+        }
+        a.push(target);
     }
     a
 }
 
-/// `[0:v:0]showinfo=checksum=0,split=N[..]...` with output labels `[o0]`…`[oN-1]`.
-fn filter_graph(outputs: &[(Option<(u32, u32)>, PixelFormat)]) -> String {
+/// `[0:v:0]showinfo=checksum=0,split=N[..]...` with output labels `[o0]`…`[oN-1]`
+/// (without `showinfo`: `[0:v:0]split=N...`, or `[0:v:0]null[o0]`).
+fn filter_graph(outputs: &[(Option<(u32, u32)>, PixelFormat)], showinfo: bool) -> String {
     let scale = |size: Option<(u32, u32)>| size.map(|(w, h)| format!("scale={w}:{h}"));
-    let mut g = String::from("[0:v:0]showinfo=checksum=0");
+    let mut g = String::from("[0:v:0]");
+    let mut filters: Vec<String> = Vec::new();
+    if showinfo {
+        filters.push("showinfo=checksum=0".into());
+    }
     if outputs.len() == 1 {
-        if let Some(sc) = scale(outputs[0].0) {
-            g += ",";
-            g += &sc;
+        filters.extend(scale(outputs[0].0));
+        if filters.is_empty() {
+            filters.push("null".into());
         }
+        g += &filters.join(",");
         g += "[o0]";
         return g;
     }
-    g += &format!(",split={}", outputs.len());
+    filters.push(format!("split={}", outputs.len()));
+    g += &filters.join(",");
     let mut branches = String::new();
     for (k, (size, _)) in outputs.iter().enumerate() {
         match scale(*size) {
@@ -260,7 +366,8 @@ impl SourceFactory for Ffmpeg {
         let mut cmd = FfmpegCommand::new_with_path(&self.path);
         // `new_with_path` already adds `-loglevel level+info`; ours repeats it
         // harmlessly, and keeps ffmpeg_args() complete on its own.
-        cmd.args(ffmpeg_args(spec));
+        let handover = self.handover_for(spec);
+        cmd.args(ffmpeg_args_with(spec, handover));
         // One pipe per variant: the broker keeps the read end; the write end goes to
         // the child as fd VARIANT_FD0 + k. Both ends are close-on-exec, so no other
         // child inherits them; the write ends are first moved above every target fd
@@ -350,16 +457,27 @@ impl SourceFactory for Ffmpeg {
             .spawn(move || drain_log(stderr, &id, &formats, hw, geo_tx, &st, &ck))
             .map_err(|e| internal(&format!("cannot start log thread: {e}")))?;
         let alive = Arc::new(Mutex::new(true));
+        tracing::debug!(
+            stream = spec.id,
+            handover = handover.name(),
+            "frames over the pipe"
+        );
         Ok(Box::new(FfmpegSource {
             child,
             pid,
-            stdout,
+            stdout: Some(stdout),
             variants: variant_reads,
             geos: vec![None; 1 + spec.variants.len()],
+            wires: vec![None; 1 + spec.variants.len()],
             geo_rx,
             shared,
             clock,
             alive,
+            handover,
+            id: spec.id.clone(),
+            ffmpeg_converts: self.ffmpeg_converts.clone(),
+            main: None,
+            empty: std::io::empty(),
         }))
     }
 }
@@ -463,7 +581,7 @@ fn drain_log(
     id: &str,
     formats: &[PixelFormat],
     hw: bool,
-    geo_tx: mpsc::Sender<(usize, Geometry)>,
+    geo_tx: mpsc::Sender<(usize, Geometry, Wire)>,
     st: &StderrState,
     clock: &FrameClock,
 ) {
@@ -499,6 +617,7 @@ fn drain_log(
                             height: v.height,
                             pixel_format: *pixel_format,
                         },
+                        wire_format(&s.raw_log_message),
                     ));
                 }
             }
@@ -528,6 +647,164 @@ fn drain_log(
             Err(_) => {}
             Ok(_) => {}
         }
+    }
+}
+
+/// What an output carries on the pipe, from its stream line: the raw format and
+/// how to read its colours, or why the broker cannot convert it itself.
+pub type Wire = Result<(SourceFormat, Colour), String>;
+
+/// The [`Wire`] of an output stream line such as `Stream #0:0: Video: rawvideo
+/// (I420 / 0x30323449), yuvj420p(pc, bt709, progressive), 640x480, ...`: the
+/// pixel format, then in parentheses the range (`tv`/`pc`, absent when
+/// unspecified), the colourspace (`csp` or `csp/primaries/trc`, absent when
+/// unspecified) and the field order.
+pub fn wire_format(line: &str) -> Wire {
+    let after = line
+        .split_once("Video:")
+        .map(|(_, r)| r)
+        .ok_or("no video stream line")?;
+    // The codec, `rawvideo (I420 / 0x30323449)`, ends at its first `), `.
+    let rest = after
+        .split_once("), ")
+        .map(|(_, r)| r)
+        .ok_or("no pixel format")?;
+    let end = rest.find([',', '(']).unwrap_or(rest.len());
+    let pix_fmt = rest[..end].trim();
+    let (format, implied) = SourceFormat::from_ffmpeg(pix_fmt)
+        .ok_or_else(|| format!("the decoder puts out {pix_fmt}"))?;
+    let (mut range, mut colorspace) = (None, None);
+    if rest[end..].starts_with('(') {
+        let inner = rest[end + 1..].split(')').next().unwrap_or("");
+        for token in inner.split(',').map(str::trim) {
+            match token {
+                "tv" | "pc" => range = Some(token),
+                "progressive" | "top first" | "bottom first" => {}
+                t if t.ends_with("(swapped)") => {}
+                t if colorspace.is_none() => colorspace = t.split('/').next(),
+                _ => {}
+            }
+        }
+    }
+    let mut colour = Colour::from_ffmpeg(range, colorspace).ok_or_else(|| {
+        format!(
+            "colourspace {} range {}",
+            colorspace.unwrap_or("-"),
+            range.unwrap_or("-")
+        )
+    })?;
+    if let Some(r) = implied {
+        colour.range = r;
+    }
+    Ok((format, colour))
+}
+
+/// An output in NUT ([`Handover::Nut`]): reads each frame's header and payload
+/// and converts the payload into the ring's format, straight into the slot
+/// when no conversion is needed.
+struct NutFrames<R: Read> {
+    /// Until the first frame: the pipe (reading the NUT headers blocks).
+    pipe: Option<R>,
+    nut: Option<NutReader<R>>,
+    conv: Converter,
+    format: SourceFormat,
+    scratch: Vec<u8>,
+    /// Where a protocol error is reported (the run's error).
+    shared: Arc<StderrState>,
+}
+
+impl<R: Read> NutFrames<R> {
+    fn new(pipe: R, conv: Converter, format: SourceFormat, shared: Arc<StderrState>) -> Self {
+        let scratch = if conv.is_copy() {
+            Vec::new()
+        } else {
+            vec![0; conv.source_bytes()]
+        };
+        NutFrames {
+            pipe: Some(pipe),
+            nut: None,
+            conv,
+            format,
+            scratch,
+            shared,
+        }
+    }
+
+    /// Ends the run: the reason becomes the run's error. Not the camera's
+    /// `InvalidData` (which counts towards giving up): a frame of another size
+    /// (the camera changed resolution) or damage on the pipe is survived by a
+    /// restart, which also re-reads the geometry.
+    fn fail(&self, what: String) -> std::io::Error {
+        let e = Error::new(ErrorKind::Exited, format!("ffmpeg's NUT output: {what}"));
+        *self.shared.last_error.locked() = Some(e);
+        std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+    }
+
+    fn next(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        if self.nut.is_none() {
+            let Some(pipe) = self.pipe.take() else {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            };
+            let nut = match NutReader::new(pipe, self.conv.source_bytes() as u64) {
+                Ok(n) => n,
+                // ffmpeg ended before its first frame: not a protocol error.
+                Err(crate::nut::NutError::NotNut) | Err(crate::nut::NutError::Truncated { .. }) => {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into())
+                }
+                Err(e) => return Err(self.fail(e.to_string())),
+            };
+            let (s, g) = (nut.stream(), self.conv.geometry());
+            let fourcc: &[u8] = match self.format {
+                SourceFormat::Yuv420p => b"I420",
+                SourceFormat::Nv12 => b"NV12",
+            };
+            if (s.width, s.height) != (g.width, g.height) || s.fourcc != fourcc {
+                let what = format!(
+                    "stream {}x{} {:?}, {}x{} {:?} expected",
+                    s.width,
+                    s.height,
+                    String::from_utf8_lossy(&s.fourcc),
+                    g.width,
+                    g.height,
+                    String::from_utf8_lossy(fourcc)
+                );
+                return Err(self.fail(what));
+            }
+            self.nut = Some(nut);
+        }
+        let nut = self.nut.as_mut().expect("set above");
+        let header = match nut.next_frame() {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(crate::nut::NutError::Truncated { .. }) => {
+                return Err(std::io::ErrorKind::UnexpectedEof.into())
+            }
+            Err(e) => return Err(self.fail(e.to_string())),
+        };
+        let pts_ns = nut.stream().pts_ns(header.pts);
+        let read = if self.conv.is_copy() {
+            nut.read_payload(dst)
+        } else {
+            nut.read_payload(&mut self.scratch)
+        };
+        match read {
+            Ok(()) => {}
+            Err(crate::nut::NutError::Truncated { .. }) => {
+                return Err(std::io::ErrorKind::UnexpectedEof.into())
+            }
+            Err(e) => return Err(self.fail(e.to_string())),
+        }
+        if !self.conv.is_copy() {
+            if let Err(e) = self.conv.convert(&self.scratch, dst) {
+                return Err(self.fail(e.to_string()));
+            }
+        }
+        Ok(Some(pts_ns))
+    }
+}
+
+impl<R: Read + Send> FrameRead for NutFrames<R> {
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        self.next(dst)
     }
 }
 
@@ -648,6 +925,26 @@ impl FrameClock {
         self.cv.notify_all();
     }
 
+    /// Frame `n`'s time from its pts, carried with the frame (NUT): the first
+    /// output to see frame `n` records it at `now_ns`, the others (variants of
+    /// the same decode) get the same time.
+    pub fn observe(&self, n: u64, pts_ns: i64, now_ns: u64) -> Option<StreamTime> {
+        {
+            let s = self.state.locked();
+            if let Some(Some((m, t))) = s.window.get((n % CLOCK_WINDOW as u64) as usize) {
+                if *m == n {
+                    return *t;
+                }
+            }
+        }
+        self.record(n, Some(pts_ns), now_ns);
+        let s = self.state.locked();
+        match s.window.get((n % CLOCK_WINDOW as u64) as usize) {
+            Some(Some((m, t))) if *m == n => *t,
+            _ => None,
+        }
+    }
+
     /// Frame `n`'s time. When the log is at most a few frames behind, waits up to
     /// `wait` for its line; a log that reports nothing costs no waiting.
     pub fn stream_time(&self, n: u64, wait: Duration) -> Option<StreamTime> {
@@ -672,16 +969,26 @@ impl FrameClock {
 struct FfmpegSource {
     child: ffmpeg_sidecar::child::FfmpegChild,
     pid: u32,
-    stdout: ChildStdout,
+    /// The main output's pipe (taken by the NUT reader of the main output).
+    stdout: Option<ChildStdout>,
     /// Read ends of the variants' pipes (taken once by the supervisor).
     variants: Vec<std::fs::File>,
     /// Geometry of output k, once ffmpeg reported it.
     geos: Vec<Option<Geometry>>,
-    geo_rx: mpsc::Receiver<(usize, Geometry)>,
+    /// What output k carries on its pipe, once ffmpeg reported it.
+    wires: Vec<Option<Wire>>,
+    geo_rx: mpsc::Receiver<(usize, Geometry, Wire)>,
     shared: Arc<StderrState>,
     clock: Arc<FrameClock>,
     /// True until the child is reaped: a kill after that could hit a reused pid.
     alive: Arc<Mutex<bool>>,
+    handover: Handover,
+    id: String,
+    ffmpeg_converts: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The main output's NUT reader, made at its first frame.
+    main: Option<Box<dyn FrameRead>>,
+    /// What [`RunningSource::frames`] reads once the NUT reader has the pipe.
+    empty: std::io::Empty,
 }
 
 impl FfmpegSource {
@@ -701,9 +1008,12 @@ impl FfmpegSource {
                 return Err(Error::new(ErrorKind::Stopped, "stopped"));
             }
             match self.geo_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok((i, g)) => {
+                Ok((i, g, wire)) => {
                     if let Some(slot) = self.geos.get_mut(i) {
                         *slot = Some(g);
+                    }
+                    if let Some(slot) = self.wires.get_mut(i) {
+                        *slot = Some(wire);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
@@ -723,7 +1033,91 @@ impl FfmpegSource {
     }
 }
 
+impl FfmpegSource {
+    /// The NUT reader of output `k` over `pipe`. When the broker cannot convert
+    /// what the decoder puts out, the stream is marked for ffmpeg's conversion
+    /// from its next run on, and this run ends with the reason.
+    fn nut_reader<R: Read + Send + 'static>(
+        &self,
+        k: usize,
+        pipe: R,
+    ) -> Result<Box<dyn FrameRead>, std::io::Error> {
+        let geometry = self.geos.get(k).copied().flatten();
+        let wire = self.wires.get(k).cloned().flatten();
+        let made = match (geometry, wire) {
+            (Some(g), Some(Ok((format, colour)))) => Converter::new(format, colour, g)
+                .map(|c| (c, format))
+                .map_err(|e| e.to_string()),
+            (_, Some(Err(why))) => Err(why),
+            _ => Err("no stream information for the output".into()),
+        };
+        match made {
+            Ok((conv, format)) => Ok(Box::new(NutFrames::new(
+                pipe,
+                conv,
+                format,
+                self.shared.clone(),
+            ))),
+            Err(why) => {
+                self.ffmpeg_converts.locked().insert(self.id.clone());
+                let e = Error::new(
+                    ErrorKind::Exited,
+                    format!("the broker does not convert this output itself ({why}); restarting with ffmpeg converting"),
+                );
+                tracing::info!(stream = self.id, "{e}");
+                *self.shared.last_error.locked() = Some(e);
+                // The whole run ends (a variant's too): the next one has every
+                // output converted by ffmpeg.
+                (self.kill_handle())();
+                Err(std::io::Error::new(std::io::ErrorKind::Unsupported, why))
+            }
+        }
+    }
+}
+
+/// Hands out an error once (the variant's pipe was already taken).
+struct Failed(Option<std::io::Error>);
+
+impl FrameRead for Failed {
+    fn read_frame(&mut self, _dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()))
+    }
+}
+
 impl RunningSource for FfmpegSource {
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        if self.handover == Handover::Rawvideo {
+            return match self.stdout.as_mut() {
+                Some(out) => out.read_exact(dst).map(|()| None),
+                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
+        if self.main.is_none() {
+            let Some(pipe) = self.stdout.take() else {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            };
+            self.main = Some(self.nut_reader(0, pipe)?);
+        }
+        self.main.as_mut().expect("set above").read_frame(dst)
+    }
+
+    fn take_variant_readers(&mut self) -> Vec<Box<dyn FrameRead>> {
+        let pipes = std::mem::take(&mut self.variants);
+        pipes
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| match self.handover {
+                Handover::Rawvideo => Box::new(RawFrames(f)) as Box<dyn FrameRead>,
+                Handover::Nut => self
+                    .nut_reader(k + 1, f)
+                    .unwrap_or_else(|e| Box::new(Failed(Some(e)))),
+            })
+            .collect()
+    }
+
     fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error> {
         self.output_geometry(0, Instant::now() + timeout, timeout, stop)
     }
@@ -759,7 +1153,10 @@ impl RunningSource for FfmpegSource {
     }
 
     fn frames(&mut self) -> &mut dyn Read {
-        &mut self.stdout
+        match self.stdout.as_mut() {
+            Some(out) => out,
+            None => &mut self.empty,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -1003,7 +1400,7 @@ mod tests {
             let (state, clock) = (StderrState::default(), FrameClock::default());
             drain_log(log, name, &[PixelFormat::Bgr24], hw, tx, &state, &clock);
             Replay {
-                geometries: rx.try_iter().collect(),
+                geometries: rx.try_iter().map(|(k, g, _)| (k, g)).collect(),
                 state,
                 clock,
             }
@@ -1124,5 +1521,113 @@ mod tests {
         assert!(r.kind().is_permanent());
         assert!(r.error().message().contains("Invalid data found"));
         assert!(r.geometries.is_empty());
+    }
+
+    #[test]
+    fn nut_arguments_carry_the_decoders_format_without_showinfo() {
+        let mut sp = spec("rtsp://127.0.0.1:8554/cam", None);
+        sp.variants = vec![OutputSpec {
+            id: "t.small".into(),
+            size: Some((320, 240)),
+            pixel_format: PixelFormat::Gray,
+        }];
+        let a = ffmpeg_args_with(&sp, Handover::Nut).join(" ");
+        assert!(
+            a.contains("-filter_complex [0:v:0]split=2[o0][s1];[s1]scale=320:240[o1]"),
+            "{a}"
+        );
+        assert!(
+            a.ends_with(
+                "-map [o0] -fps_mode passthrough -enc_time_base -1 -c:v rawvideo -f nut pipe:1 \
+             -map [o1] -fps_mode passthrough -enc_time_base -1 -c:v rawvideo -f nut pipe:3"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("showinfo") && !a.contains("-pix_fmt"), "{a}");
+        let one = ffmpeg_args_with(&spec("rtsp://127.0.0.1:8554/cam", None), Handover::Nut);
+        assert!(one
+            .windows(2)
+            .any(|w| w == ["-filter_complex", "[0:v:0]null[o0]"]));
+        // Test patterns keep ffmpeg's conversion; so does the switch.
+        let f = Ffmpeg::at("ffmpeg".into());
+        assert_eq!(
+            f.handover_for(&spec("testsrc://?size=320x240&rate=15", None)),
+            Handover::Rawvideo
+        );
+        assert_eq!(f.handover_for(&sp), Handover::Nut);
+        let old = Ffmpeg {
+            handover: Handover::Rawvideo,
+            ..Ffmpeg::at("ffmpeg".into())
+        };
+        assert_eq!(old.handover_for(&sp), Handover::Rawvideo);
+    }
+
+    #[test]
+    fn the_wire_format_comes_from_the_output_stream_line() {
+        use crate::convert::{Matrix, Range};
+        let line = |fmt: &str| {
+            format!("  Stream #0:0: Video: rawvideo (I420 / 0x30323449), {fmt}, 640x480, q=2-31, 110592 kb/s, 30 fps, 90k tbn")
+        };
+        let c = |matrix, range| Colour { matrix, range };
+        let cases = [
+            (
+                "yuv420p(progressive)",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt601, Range::Limited))),
+            ),
+            (
+                "yuv420p",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt601, Range::Limited))),
+            ),
+            (
+                "yuv420p(tv, bt709, progressive)",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt709, Range::Limited))),
+            ),
+            (
+                "yuv420p(tv, smpte170m/smpte170m/bt709, progressive)",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt601, Range::Limited))),
+            ),
+            (
+                "yuvj420p(pc, bt709, progressive)",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt709, Range::Full))),
+            ),
+            (
+                "yuvj420p(progressive)",
+                Ok((SourceFormat::Yuv420p, c(Matrix::Bt601, Range::Full))),
+            ),
+            (
+                "nv12(tv, bt709, top first)",
+                Ok((SourceFormat::Nv12, c(Matrix::Bt709, Range::Limited))),
+            ),
+            (
+                "nv12",
+                Ok((SourceFormat::Nv12, c(Matrix::Bt601, Range::Limited))),
+            ),
+        ];
+        for (fmt, want) in cases {
+            assert_eq!(wire_format(&line(fmt)), want, "{fmt}");
+        }
+        for fmt in [
+            "yuv422p(progressive)",
+            "yuv420p(tv, smpte240m, progressive)",
+            "yuv444p10le",
+            "rgb24",
+        ] {
+            assert!(wire_format(&line(fmt)).is_err(), "{fmt}");
+        }
+    }
+
+    #[test]
+    fn pts_carried_with_frames_give_every_output_the_same_time() {
+        let c = FrameClock::default();
+        let ms = 1_000_000i64;
+        let w = |x: i64| (x * ms) as u64;
+        let t0 = c.observe(0, 1_000 * ms, w(5_000)).unwrap();
+        assert_eq!((t0.pts_ns, t0.wall_ns), (1_000 * ms, w(5_000)));
+        // A variant sees frame 0 later: the same time.
+        assert_eq!(c.observe(0, 1_000 * ms, w(5_007)), Some(t0));
+        // Frame 1 arrives late: its time follows its pts, not its arrival.
+        let t1 = c.observe(1, 1_033 * ms, w(5_090)).unwrap();
+        assert_eq!(t1.wall_ns, w(5_033));
+        assert_eq!(c.stream_time(1, Duration::ZERO), Some(t1));
     }
 }

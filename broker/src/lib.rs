@@ -2,6 +2,8 @@
 //! together, and tests can drive them directly.
 //!
 //! - [`ffmpeg`]: the source seam and the real ffmpeg behind it;
+//! - [`nut`]: frames and their pts from ffmpeg's NUT output;
+//! - [`convert`]: the decoder's own format into the ring's, straight into the slot;
 //! - [`error`]: why a source ended, as a kind the supervisor decides on;
 //! - [`clock`]: the broker's time, real or simulated in tests;
 //! - [`sync`]: the locks' poison policy and lock order;
@@ -14,9 +16,11 @@
 
 pub mod clock;
 pub mod control_server;
+pub mod convert;
 pub mod declared;
 pub mod error;
 pub mod ffmpeg;
+pub mod nut;
 pub mod platform;
 pub mod registry;
 pub mod supervisor;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use framebroker::control_server::ControlSocket;
-use framebroker::ffmpeg::Ffmpeg;
+use framebroker::ffmpeg::{Ffmpeg, Handover};
 use framebroker::registry::{Broker, BrokerConfig};
 use framebroker::supervisor::SupervisorConfig;
 use framebroker_client::{Client, PixelFormat, StartRequest, Transport};
@@ -58,6 +58,12 @@ struct ServeArgs {
     /// ffmpeg binary [default: `ffmpeg` on PATH; never downloaded].
     #[arg(long)]
     ffmpeg: Option<PathBuf>,
+    /// How ffmpeg hands frames to the broker: `nut` (the decoder's own format,
+    /// converted by the broker, each frame's pts in the container) or
+    /// `rawvideo` (ffmpeg converts, pts from its log; the original path, kept
+    /// for comparison) [default: nut].
+    #[arg(long, env = "FRAMEBROKER_HANDOVER", value_parser = ["nut", "rawvideo"])]
+    handover: Option<String>,
     /// Prefix of shared-memory segment names [default: fb-].
     #[arg(long)]
     shm_prefix: Option<String>,
@@ -385,9 +391,12 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
     // taken by the main thread; on Windows console events arrive through a handler.
     let signals = framebroker::platform::Signals::install()?;
 
-    let ffmpeg = Ffmpeg::locate(settings.ffmpeg.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut ffmpeg = Ffmpeg::locate(settings.ffmpeg.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(h) = a.handover.as_deref() {
+        ffmpeg.handover = Handover::from_name(h).context("--handover")?;
+    }
     let version = ffmpeg.version().map_err(anyhow::Error::msg)?;
-    tracing::info!(ffmpeg = %ffmpeg.path.display(), "{version}");
+    tracing::info!(ffmpeg = %ffmpeg.path.display(), handover = ffmpeg.handover.name(), "{version}");
 
     for v in framebroker_proto::shm::remove_stale(&settings.shm_prefix) {
         match v {

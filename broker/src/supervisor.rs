@@ -772,9 +772,10 @@ fn ensure_ring(
 const CLOCK_WAIT: Duration = Duration::from_millis(50);
 
 /// Where a pump reads frames: the source itself (main output, with its decode
-/// error count) or a variant's pipe.
+/// error count) or a variant's output.
 trait FrameInput {
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()>;
+    /// The next frame into `buf`; its pts in ns when it carries one.
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<Option<i64>>;
     /// Decode errors reported so far.
     fn decode_errors(&self) -> u64 {
         0
@@ -782,17 +783,17 @@ trait FrameInput {
 }
 
 impl FrameInput for Box<dyn crate::ffmpeg::RunningSource> {
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        self.frames().read_exact(buf)
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<Option<i64>> {
+        crate::ffmpeg::RunningSource::read_frame(&mut **self, buf)
     }
     fn decode_errors(&self) -> u64 {
         crate::ffmpeg::RunningSource::decode_errors(&**self)
     }
 }
 
-impl FrameInput for Box<dyn std::io::Read + Send> {
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        self.read_exact(buf)
+impl FrameInput for Box<dyn crate::ffmpeg::FrameRead> {
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<Option<i64>> {
+        crate::ffmpeg::FrameRead::read_frame(&mut **self, buf)
     }
 }
 
@@ -809,9 +810,13 @@ fn pump(
     loop {
         let mut slot = w.begin_frame();
         match input.read_frame(slot.payload_mut()) {
-            Ok(()) => {
+            Ok(pts_ns) => {
                 let (wall, mono) = (wall_ns(), monotonic_ns());
-                let stream = clock.and_then(|c| c.stream_time(frames, CLOCK_WAIT));
+                let stream = clock.and_then(|c| match pts_ns {
+                    // The pts came with the frame (NUT): no log line to wait for.
+                    Some(pts) => c.observe(frames, pts, wall),
+                    None => c.stream_time(frames, CLOCK_WAIT),
+                });
                 slot.commit_with(wall, mono, stream);
                 frames += 1;
                 on_frame(frames, w, input.decode_errors());
@@ -893,7 +898,7 @@ fn run_once(ctx: &mut RunCtx<'_>) -> RunOutcome {
                 Ok(g) => g,
                 Err(e) => return ended(e),
             };
-            outputs = source.take_variant_outputs();
+            outputs = source.take_variant_readers();
             if geos.len() != variants.len() || outputs.len() != variants.len() {
                 return RunOutcome::Fatal(Error::new(
                     ErrorKind::Internal,

@@ -1,0 +1,416 @@
+//! From the decoder's own format to the ring's, straight into the slot.
+//!
+//! ffmpeg's decoders put out planar `yuv420p` (`yuvj420p` for full-range
+//! streams) or, from hardware decoders, `nv12`. Sending that over the pipe costs
+//! half the bytes of `bgr24`; the conversion then happens here, once per frame,
+//! into the slot's payload. It has to give what ffmpeg's own `-pix_fmt` would
+//! have given, so a reader cannot tell the two paths apart:
+//!
+//! - **matrix and range** follow the stream's signalling the way ffmpeg 5.1's
+//!   scale filter does ([`Colour::from_ffmpeg`]): untagged, `smpte170m`,
+//!   `bt470bg` are BT.601; `bt709` is BT.709; `pc` is full range;
+//! - **bgr24 / rgb24** through the `yuv` crate's SIMD converters (chroma
+//!   replicated, as swscale's unscaled path does). They differ from ffmpeg's x86
+//!   output by at most 3 levels where `16 <= Y <= 235`: ffmpeg truncates where
+//!   the crate rounds. Below Y = 16 swscale's SIMD clamps `Y - 16` at 0 before
+//!   it adds chroma, so dark saturated pixels can differ by more; the crate and
+//!   OpenCV agree with each other there. The tests hold both bounds;
+//! - **gray, yuv420p, nv12** are exact: plane copies, an interleave, and where
+//!   the range changes the same integer range conversion as swscale
+//!   ([`luma_to_full`], [`luma_to_limited`], [`chroma_to_limited`]), so gray
+//!   from a limited-range stream is full-range luma, and a `yuv420p` or `nv12`
+//!   ring of a full-range stream is limited range, as ffmpeg writes them.
+//!
+//! Sizes are never scaled here: the source and the ring have the same width and
+//! height, or [`Converter::new`] refuses. Scaled variants, odd sizes and
+//! colourspaces without a matching matrix stay with ffmpeg.
+
+use framebroker_proto::{Geometry, PixelFormat};
+use yuv::{YuvBiPlanarImage, YuvConversionMode, YuvPlanarImage, YuvRange, YuvStandardMatrix};
+
+/// The layout of a raw frame as the decoder hands it over (tightly packed planes,
+/// as ffmpeg's `rawvideo` writes them: chroma planes `ceil(w/2) × ceil(h/2)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceFormat {
+    /// Y, then U, then V (also `yuvj420p`, whose range is in [`Colour`]).
+    Yuv420p,
+    /// Y, then interleaved U V (hardware decoders).
+    Nv12,
+}
+
+impl SourceFormat {
+    /// The format and its range from ffmpeg's pixel format name: `yuvj420p` is
+    /// `yuv420p` in full range. `None` for anything we do not convert ourselves.
+    pub fn from_ffmpeg(pix_fmt: &str) -> Option<(SourceFormat, Option<Range>)> {
+        match pix_fmt {
+            "yuv420p" => Some((SourceFormat::Yuv420p, None)),
+            "yuvj420p" => Some((SourceFormat::Yuv420p, Some(Range::Full))),
+            "nv12" => Some((SourceFormat::Nv12, None)),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one `width`×`height` frame, `None` on overflow.
+    pub fn frame_bytes(self, width: u32, height: u32) -> Option<usize> {
+        let luma = (width as usize).checked_mul(height as usize)?;
+        let chroma = (width.div_ceil(2) as usize).checked_mul(height.div_ceil(2) as usize)?;
+        luma.checked_add(chroma.checked_mul(2)?)
+    }
+}
+
+/// Luma and chroma range: `tv` (limited, Y 16..235) or `pc` (full, 0..255).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Range {
+    Limited,
+    Full,
+}
+
+/// The YUV→RGB matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Matrix {
+    Bt601,
+    Bt709,
+    Fcc,
+    Bt2020,
+}
+
+/// How a stream's samples are to be read: matrix and range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Colour {
+    pub matrix: Matrix,
+    pub range: Range,
+}
+
+impl Colour {
+    /// Untagged video, as ffmpeg reads it: BT.601, limited range.
+    pub const DEFAULT: Colour = Colour {
+        matrix: Matrix::Bt601,
+        range: Range::Limited,
+    };
+
+    /// The colour ffmpeg 5.1's scale filter would use for a stream line's
+    /// `pix_fmt(range, colorspace/primaries/trc, ...)` fields: `range` is `tv`,
+    /// `pc` or absent, `colorspace` the first `/`-separated token or absent.
+    /// Like `sws_getCoefficients`, unspecified and reserved colourspaces are
+    /// BT.601 and an absent range is limited. `None` for a colourspace we have
+    /// no matrix for (YCgCo, GBR, ...): leave those to ffmpeg. SMPTE 240M is
+    /// one of them: ffmpeg 5.1 reads it 30-50 levels away from the crate's
+    /// `Smpte240` coefficients.
+    pub fn from_ffmpeg(range: Option<&str>, colorspace: Option<&str>) -> Option<Colour> {
+        let range = match range {
+            Some("pc") => Range::Full,
+            Some("tv") | Some("unknown") | None => Range::Limited,
+            Some(_) => return None,
+        };
+        let matrix = match colorspace {
+            None | Some("unknown") | Some("reserved") | Some("bt470bg") | Some("smpte170m") => {
+                Matrix::Bt601
+            }
+            Some("bt709") => Matrix::Bt709,
+            Some("fcc") => Matrix::Fcc,
+            Some("bt2020nc") | Some("bt2020c") => Matrix::Bt2020,
+            Some(_) => return None,
+        };
+        Some(Colour { matrix, range })
+    }
+
+    fn yuv_range(self) -> YuvRange {
+        match self.range {
+            Range::Limited => YuvRange::Limited,
+            Range::Full => YuvRange::Full,
+        }
+    }
+
+    fn yuv_matrix(self) -> YuvStandardMatrix {
+        match self.matrix {
+            Matrix::Bt601 => YuvStandardMatrix::Bt601,
+            Matrix::Bt709 => YuvStandardMatrix::Bt709,
+            Matrix::Fcc => YuvStandardMatrix::Fcc,
+            Matrix::Bt2020 => YuvStandardMatrix::Bt2020,
+        }
+    }
+}
+
+/// What went wrong; a converter never writes a partial frame on bad sizes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConvertError {
+    #[error("cannot convert {src:?} {src_width}x{src_height} into {dst}: {reason}")]
+    Unsupported {
+        src: SourceFormat,
+        src_width: u32,
+        src_height: u32,
+        dst: String,
+        reason: &'static str,
+    },
+    #[error("source frame has {got} bytes, {expected} expected for {width}x{height} {format:?}")]
+    SourceSize {
+        format: SourceFormat,
+        width: u32,
+        height: u32,
+        expected: usize,
+        got: usize,
+    },
+    #[error("destination has {got} bytes, {expected} expected for {geometry}")]
+    DestinationSize {
+        geometry: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("conversion to {dst} failed: {reason}")]
+    Converter { dst: PixelFormat, reason: String },
+}
+
+/// swscale's luma range conversion, limited → full (`lumRangeToJpeg` on the
+/// 15-bit intermediate, then the 8-bit output's `(x + 64) >> 7`).
+pub fn luma_to_full(y: u8) -> u8 {
+    let x = i32::from(y) << 7;
+    let x = (x.min(30189) * 19077 - 39057361) >> 14;
+    out8(x)
+}
+
+/// swscale's luma range conversion, full → limited (`lumRangeFromJpeg`).
+pub fn luma_to_limited(y: u8) -> u8 {
+    let x = i32::from(y) << 7;
+    out8((x * 14071 + 33561947) >> 14)
+}
+
+/// swscale's chroma range conversion, full → limited (`chrRangeFromJpeg`).
+pub fn chroma_to_limited(c: u8) -> u8 {
+    let x = i32::from(c) << 7;
+    out8((x * 1799 + 4081085) >> 11)
+}
+
+/// The 15-bit intermediate back to 8 bits, rounded and clipped.
+fn out8(x: i32) -> u8 {
+    ((x + 64) >> 7).clamp(0, 255) as u8
+}
+
+fn lut(f: fn(u8) -> u8) -> Box<[u8; 256]> {
+    let mut t = Box::new([0u8; 256]);
+    for (i, v) in t.iter_mut().enumerate() {
+        *v = f(i as u8);
+    }
+    t
+}
+
+/// One stream's conversion, set up once (tables, sizes) and run per frame.
+#[derive(Clone, Debug)]
+pub struct Converter {
+    src: SourceFormat,
+    colour: Colour,
+    dst: Geometry,
+    src_bytes: usize,
+    dst_bytes: usize,
+    /// Applied to Y when the ring's range differs from the source's.
+    luma: Option<Box<[u8; 256]>>,
+    /// Applied to U and V when the ring's range differs from the source's.
+    chroma: Option<Box<[u8; 256]>>,
+}
+
+impl Converter {
+    /// A converter from `src` frames of the ring's width and height, read as
+    /// `colour`, into frames of the ring's geometry `dst`.
+    pub fn new(src: SourceFormat, colour: Colour, dst: Geometry) -> Result<Self, ConvertError> {
+        let unsupported = |reason| ConvertError::Unsupported {
+            src,
+            src_width: dst.width,
+            src_height: dst.height,
+            dst: dst.pixel_format.to_string(),
+            reason,
+        };
+        // At odd sizes ffmpeg 5.1's own bgr24 is far (up to 248 levels) from
+        // every exact conversion of the same samples, so there is nothing to
+        // match: such streams keep ffmpeg's conversion.
+        if dst.width % 2 != 0 || dst.height % 2 != 0 {
+            return Err(unsupported("odd width or height"));
+        }
+        let dst_bytes = dst
+            .validate()
+            .map_err(|_| unsupported("not a valid ring geometry"))?;
+        let dst_bytes = usize::try_from(dst_bytes).map_err(|_| unsupported("too large"))?;
+        let src_bytes = src
+            .frame_bytes(dst.width, dst.height)
+            .ok_or_else(|| unsupported("too large"))?;
+        let full = colour.range == Range::Full;
+        let (luma, chroma) = match dst.pixel_format {
+            // ffmpeg's gray is full-range luma.
+            PixelFormat::Gray if !full => (Some(lut(luma_to_full)), None),
+            // ffmpeg's yuv420p and nv12 are limited range.
+            PixelFormat::Yuv420p | PixelFormat::Nv12 if full => {
+                (Some(lut(luma_to_limited)), Some(lut(chroma_to_limited)))
+            }
+            _ => (None, None),
+        };
+        Ok(Converter {
+            src,
+            colour,
+            dst,
+            src_bytes,
+            dst_bytes,
+            luma,
+            chroma,
+        })
+    }
+
+    /// Bytes of one source frame.
+    pub fn source_bytes(&self) -> usize {
+        self.src_bytes
+    }
+
+    /// Bytes of one ring frame.
+    pub fn frame_bytes(&self) -> usize {
+        self.dst_bytes
+    }
+
+    /// The ring's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.dst
+    }
+
+    /// True when a frame is copied unchanged (no per-pixel work).
+    pub fn is_copy(&self) -> bool {
+        self.luma.is_none()
+            && matches!(
+                (self.src, self.dst.pixel_format),
+                (SourceFormat::Yuv420p, PixelFormat::Yuv420p)
+                    | (SourceFormat::Nv12, PixelFormat::Nv12)
+            )
+    }
+
+    /// Converts one source frame into `dst` (the slot's payload). Both sizes are
+    /// checked first; on an error `dst` is untouched.
+    pub fn convert(&self, src: &[u8], dst: &mut [u8]) -> Result<(), ConvertError> {
+        let (w, h) = (self.dst.width, self.dst.height);
+        if src.len() != self.src_bytes {
+            return Err(ConvertError::SourceSize {
+                format: self.src,
+                width: w,
+                height: h,
+                expected: self.src_bytes,
+                got: src.len(),
+            });
+        }
+        if dst.len() != self.dst_bytes {
+            return Err(ConvertError::DestinationSize {
+                geometry: format!("{w}x{h} {}", self.dst.pixel_format),
+                expected: self.dst_bytes,
+                got: dst.len(),
+            });
+        }
+        let ys = w as usize * h as usize;
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let cs = cw as usize * ch as usize;
+        let (y, chroma) = src.split_at(ys);
+        let failed = |e: yuv::YuvError| ConvertError::Converter {
+            dst: self.dst.pixel_format,
+            reason: e.to_string(),
+        };
+        match self.dst.pixel_format {
+            PixelFormat::Bgr24 | PixelFormat::Rgb24 => {
+                let bgr = self.dst.pixel_format == PixelFormat::Bgr24;
+                let (range, matrix) = (self.colour.yuv_range(), self.colour.yuv_matrix());
+                match self.src {
+                    SourceFormat::Yuv420p => {
+                        let img = YuvPlanarImage {
+                            y_plane: y,
+                            y_stride: w,
+                            u_plane: &chroma[..cs],
+                            u_stride: cw,
+                            v_plane: &chroma[cs..],
+                            v_stride: cw,
+                            width: w,
+                            height: h,
+                        };
+                        if bgr {
+                            yuv::yuv420_to_bgr(&img, dst, w * 3, range, matrix)
+                        } else {
+                            yuv::yuv420_to_rgb(&img, dst, w * 3, range, matrix)
+                        }
+                    }
+                    SourceFormat::Nv12 => {
+                        let img = YuvBiPlanarImage {
+                            y_plane: y,
+                            y_stride: w,
+                            uv_plane: chroma,
+                            uv_stride: cw * 2,
+                            width: w,
+                            height: h,
+                        };
+                        let mode = YuvConversionMode::Balanced;
+                        if bgr {
+                            yuv::yuv_nv12_to_bgr(&img, dst, w * 3, range, matrix, mode)
+                        } else {
+                            yuv::yuv_nv12_to_rgb(&img, dst, w * 3, range, matrix, mode)
+                        }
+                    }
+                }
+                .map_err(failed)
+            }
+            PixelFormat::Gray => {
+                self.luma_plane(y, dst);
+                Ok(())
+            }
+            PixelFormat::Yuv420p => {
+                // Even sizes only (the ring's geometry says so): cs == ys / 4.
+                let (dy, dc) = dst.split_at_mut(ys);
+                self.luma_plane(y, dy);
+                let (du, dv) = dc.split_at_mut(cs);
+                match self.src {
+                    SourceFormat::Yuv420p => {
+                        self.chroma_plane(&chroma[..cs], du);
+                        self.chroma_plane(&chroma[cs..], dv);
+                    }
+                    SourceFormat::Nv12 => {
+                        for ((uv, u), v) in chroma.chunks_exact(2).zip(du).zip(dv) {
+                            *u = self.chroma_sample(uv[0]);
+                            *v = self.chroma_sample(uv[1]);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            PixelFormat::Nv12 => {
+                let (dy, duv) = dst.split_at_mut(ys);
+                self.luma_plane(y, dy);
+                match self.src {
+                    SourceFormat::Yuv420p => {
+                        let (u, v) = chroma.split_at(cs);
+                        for ((d, u), v) in duv.chunks_exact_mut(2).zip(u).zip(v) {
+                            d[0] = self.chroma_sample(*u);
+                            d[1] = self.chroma_sample(*v);
+                        }
+                    }
+                    SourceFormat::Nv12 => self.chroma_plane(chroma, duv),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn luma_plane(&self, src: &[u8], dst: &mut [u8]) {
+        match &self.luma {
+            Some(t) => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, s)| *d = t[*s as usize]),
+            None => dst.copy_from_slice(src),
+        }
+    }
+
+    fn chroma_plane(&self, src: &[u8], dst: &mut [u8]) {
+        match &self.chroma {
+            Some(t) => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, s)| *d = t[*s as usize]),
+            None => dst.copy_from_slice(src),
+        }
+    }
+
+    fn chroma_sample(&self, c: u8) -> u8 {
+        match &self.chroma {
+            Some(t) => t[c as usize],
+            None => c,
+        }
+    }
+}
