@@ -4,7 +4,9 @@ another host than the broker. Standard library only (``urllib``).
 The gateway keeps the original Go server's API:
 
 - ``POST {server}/api/streams`` with JSON ``{"stream_id", "rtsp_url", "width",
-  "height"}`` starts a stream (an existing one is fine: 409 is accepted);
+  "height"}`` (or ``"native_size": true`` when no size was asked for: the
+  camera's own, as ``cv2.VideoCapture`` gives) starts a stream (an existing one
+  is fine: 409 is accepted);
 - requests carry ``Authorization: Bearer $FRAMEBROKER_TOKEN`` when it is set;
 - ``GET {server}/api/streams/{id}/frame?after=N&wait=MS`` answers the newest
   frame if its number is above N, else waits (up to MS, at most 5 s) for the
@@ -110,6 +112,10 @@ class RemoteStream:
             body["width"] = self.width
         if self.height is not None:
             body["height"] = self.height
+        if self.width is None and self.height is None:
+            # Like cv2.VideoCapture: the camera's own size (the gateway's default
+            # is the original server's 640x480).
+            body["native_size"] = True
         req = urllib.request.Request(
             f"{self.server}/api/streams",
             data=json.dumps(body).encode(),

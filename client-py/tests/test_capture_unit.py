@@ -212,6 +212,14 @@ def test_remote_mode_reads_through_the_gateway(gateway: str, monkeypatch: pytest
     cap.release()
 
 
+def test_remote_mode_without_a_size_asks_for_the_camera_size(gateway: str) -> None:
+    url = "rtsp://10.0.0.9/live"
+    with VideoCapture(url, server_url=gateway) as cap:
+        assert cap.isOpened(), cap.last_error
+    # No width/height: the gateway would give its 640x480 default.
+    assert FakeGateway.posted == [{"stream_id": fb.stream_id_for_url(url), "rtsp_url": url, "native_size": True}]
+
+
 def test_remote_mode_unreachable_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FRAMEBROKER_SERVER", raising=False)
     server = f"http://127.0.0.1:{closed_port()}"

@@ -540,6 +540,25 @@ def test_remote_mode_through_the_real_gateway(broker: Broker, camera: Camera, ga
     cap.release()
 
 
+def test_remote_mode_gets_the_camera_size_not_the_gateways_default(broker: Broker, gateway_factory: Any) -> None:
+    # The gateway's start route gives 640x480 when no size is named (the original
+    # server's default); remote mode, like cv2.VideoCapture, asks for the
+    # camera's own. A 320x240 source tells the two apart.
+    gw = gateway_factory()
+    with VideoCapture("testsrc://?size=320x240&rate=30", server_url=gw.url) as cap:
+        assert cap.isOpened(), cap.last_error
+        assert cap.getBackendName() == "FRAMEBROKER_HTTP"
+        ok, frame = cap.read()
+        assert ok and frame.shape == (240, 320, 3)
+        assert (cap.get(CAP_PROP_FRAME_WIDTH), cap.get(CAP_PROP_FRAME_HEIGHT)) == (320.0, 240.0)
+    # A size asked for is still the size given.
+    with VideoCapture("testsrc://?size=320x240&rate=25", CAP_ANY,
+                      [CAP_PROP_FRAME_WIDTH, 160, CAP_PROP_FRAME_HEIGHT, 96], server_url=gw.url) as cap:
+        assert cap.isOpened(), cap.last_error
+        ok, frame = cap.read()
+        assert ok and frame.shape == (96, 160, 3)
+
+
 def test_remote_mode_with_a_token(broker: Broker, camera: Camera, gateway_factory: Any,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     gw = gateway_factory("--token", "s3cret")

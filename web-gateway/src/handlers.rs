@@ -87,12 +87,39 @@ fn no_store(res: &mut Response) {
 /// The one id `/api/streams/{id}` cannot name (its path is a route).
 pub const RESERVED_ID: &str = "start-with-url";
 
+/// The output size the original server's start routes give when a request
+/// names none (its documented default, also the size its clients send).
+pub const DEFAULT_SIZE: (u32, u32) = (640, 480);
+
+/// The size a start route asks the broker for (`None`: the camera's own). As
+/// the original: `width` or `height` absent or 0 takes 640 or 480, each on its
+/// own. `native_size: true` asks for the camera's own size, and then a size
+/// beside it is a contradiction, refused rather than guessed at.
+fn start_size(
+    width: Option<u32>,
+    height: Option<u32>,
+    native_size: Option<bool>,
+) -> Result<Option<(u32, u32)>, ApiError> {
+    let (w, h) = (width.unwrap_or(0), height.unwrap_or(0));
+    if native_size == Some(true) {
+        if w != 0 || h != 0 {
+            return Err(ApiError::bad_request(format!(
+                "native_size asks for the camera's own size, width/height for {w}x{h}: \
+                 send one or the other"
+            )));
+        }
+        return Ok(None);
+    }
+    let or = |v: u32, d: u32| if v == 0 { d } else { v };
+    Ok(Some((or(w, DEFAULT_SIZE.0), or(h, DEFAULT_SIZE.1))))
+}
+
 /// What a start route asks the broker for.
 struct Start {
     id: String,
     url: String,
-    width: Option<u32>,
-    height: Option<u32>,
+    /// `None`: the camera's own size.
+    size: Option<(u32, u32)>,
     pixel_format: Option<String>,
     on_demand: Option<bool>,
 }
@@ -109,8 +136,7 @@ async fn start(s: Start, state: &State) -> Result<Response, Rejection> {
         .into());
     }
     let mut req = StartRequest::new(s.id.clone(), s.url.clone());
-    let (w, h) = (s.width.unwrap_or(0), s.height.unwrap_or(0));
-    if w != 0 || h != 0 {
+    if let Some((w, h)) = s.size {
         req.width = Some(w);
         req.height = Some(h);
     }
@@ -125,9 +151,10 @@ async fn start(s: Start, state: &State) -> Result<Response, Rejection> {
     let (info, created) = state.link.call(move |c| c.start(req.clone())).await?;
     tracing::info!(stream = %info.id, url = %framebroker_proto::naming::redact_url(&info.url), created, "start");
     let mut stream = StreamView::from(&info);
-    // While the stream starts its size is not known yet: echo the one asked for.
+    // While the stream starts its size is not known yet: echo the one asked for
+    // (0x0 for the camera's own, until its first frame tells).
     if stream.width == 0 && stream.height == 0 {
-        (stream.width, stream.height) = (w, h);
+        (stream.width, stream.height) = s.size.unwrap_or((0, 0));
     }
     let answer = Started {
         stream,
@@ -146,14 +173,14 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// `POST /api/streams`.
+/// `POST /api/streams`; absent (or 0) size: 640x480, as the original
+/// documented; `native_size: true`: the camera's own.
 pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejection> {
     let b: StartBody = parse_body(&body)?;
     let s = Start {
+        size: start_size(b.width, b.height, b.native_size)?,
         id: b.stream_id,
         url: b.rtsp_url,
-        width: b.width,
-        height: b.height,
         pixel_format: b.pixel_format,
         on_demand: b.on_demand,
     };
@@ -161,13 +188,12 @@ pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejecti
 }
 
 /// `POST /api/streams/start-with-url`: the id is the original server's hash of
-/// the URL; absent (or 0) size: 640x480, as the original documented.
+/// the URL; the size as on `POST /api/streams`.
 pub async fn start_with_url(body: Bytes, state: State) -> Result<Response, Rejection> {
     let b: StartUrlBody = parse_body(&body)?;
     let s = Start {
         id: url_stream_id(&b.rtsp_url),
-        width: Some(b.width.filter(|w| *w != 0).unwrap_or(640)),
-        height: Some(b.height.filter(|h| *h != 0).unwrap_or(480)),
+        size: start_size(b.width, b.height, b.native_size)?,
         url: b.rtsp_url,
         pixel_format: b.pixel_format,
         on_demand: b.on_demand,
@@ -747,5 +773,29 @@ mod tests {
         let long = "é".repeat(100);
         let r = super::close_reason(&long);
         assert!(r.len() <= 123 && r.ends_with("..."), "{}", r.len());
+    }
+
+    #[test]
+    fn start_sizes_follow_the_original_unless_native_is_asked() {
+        use super::start_size;
+        // The original's rule: each of width and height absent or 0 takes 640 or 480.
+        for (w, h, want) in [
+            (None, None, (640, 480)),
+            (Some(0), Some(0), (640, 480)),
+            (Some(320), None, (320, 480)),
+            (None, Some(240), (640, 240)),
+            (Some(320), Some(240), (320, 240)),
+        ] {
+            for native in [None, Some(false)] {
+                assert_eq!(start_size(w, h, native).unwrap(), Some(want), "{w:?} {h:?}");
+            }
+        }
+        assert_eq!(start_size(None, None, Some(true)).unwrap(), None);
+        assert_eq!(start_size(Some(0), Some(0), Some(true)).unwrap(), None);
+        for (w, h) in [(Some(320), None), (None, Some(240)), (Some(320), Some(240))] {
+            let e = start_size(w, h, Some(true)).unwrap_err();
+            assert_eq!(e.status, warp::http::StatusCode::BAD_REQUEST);
+            assert!(e.message.contains("native_size"), "{}", e.message);
+        }
     }
 }

@@ -15,10 +15,14 @@ pub const MAX_BODY: u64 = 16 * 1024;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StartUrlBody {
     pub rtsp_url: String,
+    /// Output size, as on [`StartBody`].
     #[serde(default)]
     pub width: Option<u32>,
     #[serde(default)]
     pub height: Option<u32>,
+    /// The camera's own size instead of the 640x480 default, as on [`StartBody`].
+    #[serde(default)]
+    pub native_size: Option<bool>,
     #[serde(default)]
     pub pixel_format: Option<String>,
     #[serde(default)]
@@ -42,11 +46,16 @@ pub fn url_stream_id(url: &str) -> String {
 pub struct StartBody {
     pub stream_id: String,
     pub rtsp_url: String,
-    /// Output size; absent (or 0) with `height`: the camera's own size.
+    /// Output size; absent (or 0): 640 wide, 480 high, the original server's
+    /// default (each on its own, as there).
     #[serde(default)]
     pub width: Option<u32>,
     #[serde(default)]
     pub height: Option<u32>,
+    /// `true`: the camera's own size (then `width` and `height` must be absent
+    /// or 0). The original server had no way to ask for it.
+    #[serde(default)]
+    pub native_size: Option<bool>,
     /// `bgr24` (default), `rgb24`, `gray`, `yuv420p`, `nv12`.
     #[serde(default)]
     pub pixel_format: Option<String>,

@@ -246,6 +246,15 @@ async fn errors_are_json() {
             "{\"stream_id\": \"a\", \"rtsp_url\": \"rtsp://h\", \"pixel_format\": \"rgba\"}",
             "pixel_format",
         ),
+        // The camera's own size and a size at once: a contradiction, not a guess.
+        (
+            "{\"stream_id\": \"a\", \"rtsp_url\": \"rtsp://h\", \"native_size\": true, \"width\": 320}",
+            "native_size",
+        ),
+        (
+            "{\"stream_id\": \"a\", \"rtsp_url\": \"rtsp://h\", \"native_size\": 1}",
+            "invalid type",
+        ),
         ("[]", "invalid"),
     ] {
         let res = warp::test::request()
@@ -715,6 +724,10 @@ async fn original_routes_and_any_origin() {
         (
             "{\"rtsp_url\": \"rtsp://h/x\", \"pixel_format\": \"rgba\"}",
             "pixel_format",
+        ),
+        (
+            "{\"rtsp_url\": \"rtsp://h/x\", \"native_size\": true, \"height\": 240}",
+            "native_size",
         ),
         ("nope", "invalid JSON"),
     ] {

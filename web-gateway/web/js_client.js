@@ -24,7 +24,9 @@
 // getStats, resetStats, getConnectionStatus, handleFrame, renderToCanvas,
 // startHeartbeat, stopHeartbeat, scheduleReconnect. onFrame's callback gets
 // (frameData, width, height, stats) as before, and the frame object as a fifth
-// argument. Ours besides: options (token, format, quality, scale), pollFrame()
+// argument. The start methods also take width 'native' (the camera's own size;
+// the original's default stays 640x480). Ours besides: options (token, format,
+// quality, scale), pollFrame()
 // (HTTP, paced with ?after=), onStatus, drawTo, parseJpegMessage.
 //
 // Frames arrive over `WS /ws/{id}`: by default the raw BGR24 pixels, as the
@@ -47,6 +49,17 @@
       startTime: Date.now(),
       reconnectCount: 0,
     };
+  }
+
+  // A start request's size fields: width 'native' asks for the camera's own
+  // size (native_size); otherwise width and height as given, 0 or absent
+  // leaving the gateway's default (640x480, the original's).
+  function sized(body, width, height) {
+    if (width === 'native') return { ...body, native_size: true };
+    const out = { ...body };
+    if (width) out.width = width;
+    if (height) out.height = height;
+    return out;
   }
 
   class RTSPStreamClient {
@@ -157,7 +170,7 @@
     }
 
     rememberSize(width, height) {
-      if (!(width && height)) return;
+      if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) return;
       this.width = width;
       this.height = height;
       if (this.canvas && (this.canvas.width !== width || this.canvas.height !== height)) {
@@ -191,21 +204,27 @@
     /**
      * Starts a stream under the id the gateway derives from the URL (the
      * original's "stream_" + MD5 scheme); this client then uses that id.
+     * Size as for startStream.
+     * @param {string} rtspUrl
+     * @param {number|'native'} [width=640]
+     * @param {number} [height=480]
      * @returns {Promise<{success, streamId, message, rtspUrl, width, height}|{success: false, error}>}
      */
     async startStreamWithURL(rtspUrl, width = 640, height = 480) {
-      return this.start('/api/streams/start-with-url', { rtsp_url: rtspUrl, width, height }, width, height);
+      return this.start('/api/streams/start-with-url', sized({ rtsp_url: rtspUrl }, width, height), width, height);
     }
 
     /**
      * Starts the stream under this client's id (an already running one is fine).
-     * width = height = 0: the camera's own size.
+     * As the original: width or height 0 is the gateway's default (640 or 480);
+     * width 'native' (height left out): the camera's own size.
+     * @param {string} rtspUrl
+     * @param {number|'native'} [width=640]
+     * @param {number} [height=480]
      * @returns {Promise<{success, message, streamId}|{success: false, error}>}
      */
     async startStream(rtspUrl, width = 640, height = 480) {
-      const body = { stream_id: this.streamId, rtsp_url: rtspUrl };
-      if (width) body.width = width;
-      if (height) body.height = height;
+      const body = sized({ stream_id: this.streamId, rtsp_url: rtspUrl }, width, height);
       return this.start('/api/streams', body, width, height);
     }
 

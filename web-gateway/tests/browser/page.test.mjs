@@ -160,6 +160,17 @@ try {
     assert.deepEqual([p.w, p.h], [176, 144]);
   });
 
+  await step('a stream added without a size plays at the camera\'s own size', async () => {
+    await page.fill('#add input[name=stream_id]', 'added_native');
+    await page.fill('#add input[name=rtsp_url]', 'testsrc://?size=352x288&rate=24');
+    await page.click('#add button[type=submit]');
+    await page.waitForFunction(() => /started: added_native/.test(document.querySelector('#message').textContent), null, { timeout: 10000 });
+    const sel = 'section[data-stream-id="added_native"] canvas';
+    await page.waitForFunction((s) => Number(document.querySelector(s)?.dataset.frames || 0) > 3, sel, { timeout: 20000 });
+    const p = await changes(page, sel, 'added_native');
+    assert.deepEqual([p.w, p.h], [352, 288]);
+  });
+
   await step('a bad URL in the form shows the broker\'s reason', async () => {
     await page.fill('#add input[name=stream_id]', 'bad');
     await page.fill('#add input[name=rtsp_url]', 'file:///etc/passwd');
@@ -302,6 +313,20 @@ try {
       out.forceGone = await client.forceStopStream();
       client.disconnect();
       out.bad = await new RTSPStreamClient(server).startStreamWithURL('file:///etc/passwd');
+      // Sizes: none named is the gateway's default, the original's 640x480;
+      // width 'native' is the camera's own (these sources are 320x240).
+      out.sizes = [];
+      for (const [c, start] of [
+        [new RTSPStreamClient(server, 'js_default'), (c) => c.startStream('testsrc://?size=320x240&rate=24')],
+        [new RTSPStreamClient(server, 'js_native'), (c) => c.startStream('testsrc://?size=320x240&rate=23', 'native')],
+        [new RTSPStreamClient(server), (c) => c.startStreamWithURL('testsrc://?size=320x240&rate=22', 'native')],
+      ]) {
+        const s = await start(c);
+        await until(`${c.streamId} running`, async () => (await c.getStreamStats())?.is_running);
+        const f = await c.pollFrame();
+        out.sizes.push([s.success, f.width, f.height, f.data.length]);
+        await c.forceStopStream();
+      }
       return out;
     }, open.base.replace(/^http/, 'ws'));
     assert.equal(r.start.success, true, JSON.stringify(r.start));
@@ -333,6 +358,11 @@ try {
     assert.equal(r.forceGone.success, true);
     assert.equal(r.bad.success, false);
     assert.match(r.bad.error, /HTTP 400/);
+    assert.deepEqual(r.sizes, [
+      [true, 640, 480, 640 * 480 * 3],
+      [true, 320, 240, 320 * 240 * 3],
+      [true, 320, 240, 320 * 240 * 3],
+    ]);
     await op.close();
   });
 

@@ -9,7 +9,9 @@ real gateway, broker and RTSP camera (no token, as that client sends none).
 - stop semantics: ``DELETE`` answers 409 with ``client_count`` while a
   WebSocket watches, ``/force`` stops it and the WebSocket gets a close frame;
 - the original's stats and list fields, ``/health``;
-- two ids for one camera URL: one ffmpeg.
+- two ids for one camera URL: one ffmpeg;
+- the start routes' sizes: 640x480 when none is given (the original's
+  default), the camera's own with ``native_size``.
 
 Needs: cargo build --workspace --bins; pip install numpy requests websockets;
 the system python3 with GStreamer's RTSP server (tests/camera/rtsp_camera.py).
@@ -290,6 +292,64 @@ class OriginalClients(unittest.TestCase):
                          + self._running_urls(exclude=url))
         for sid in ("cam_two", "cam_one"):
             self.assertEqual(requests.delete(self.url(f"/api/streams/{sid}/force"), timeout=5).status_code, 200)
+
+    # The original's start routes gave 640x480 when asked for no size (its
+    # documented default, each of width and height on its own); native_size asks
+    # for the camera's own. The sources are 320x240, so each size shows.
+    def test_start_routes_default_to_640x480_and_native_size_is_the_camera_size(self) -> None:
+        def src(rate: int) -> str:
+            return f"testsrc://?size=320x240&rate={rate}"
+
+        made: list[str] = []
+
+        def forget(sid: str) -> None:
+            requests.delete(self.url(f"/api/streams/{sid}/force"), timeout=5)
+
+        def start(path: str, body: dict, size: tuple[int, int]) -> str:
+            r = requests.post(self.url(path), json=body, timeout=10)
+            self.assertEqual(r.status_code, 200, r.text)
+            sid = r.json()["stream_id"]
+            made.append(sid)
+            self.addCleanup(forget, sid)
+            if size != (0, 0):  # the size asked for is echoed while the stream starts
+                self.assertEqual((r.json()["width"], r.json()["height"]), size, r.text)
+            return sid
+
+        cases = [
+            ("/api/streams", {"stream_id": "size_default", "rtsp_url": src(21)}, (640, 480)),
+            ("/api/streams", {"stream_id": "size_zero", "rtsp_url": src(22), "width": 0, "height": 0}, (640, 480)),
+            ("/api/streams", {"stream_id": "size_w_only", "rtsp_url": src(23), "width": 320}, (320, 480)),
+            ("/api/streams", {"stream_id": "size_native", "rtsp_url": src(24), "native_size": True}, (0, 0)),
+            ("/api/streams/start-with-url", {"rtsp_url": src(25)}, (640, 480)),
+            ("/api/streams/start-with-url", {"rtsp_url": src(26), "native_size": True, "width": 0}, (0, 0)),
+        ]
+        want = {}
+        for path, body, size in cases:
+            want[start(path, body, size)] = size if size != (0, 0) else (320, 240)
+        for sid, (w, h) in want.items():
+            wait(lambda sid=sid: self.stats(sid)["is_running"], f"{sid} to run")
+            r = requests.get(self.url(f"/api/streams/{sid}/frame?after=0"), timeout=(2, 10))
+            self.assertEqual(r.status_code, 200, f"{sid}: {r.status_code} {r.text[:200]}")
+            self.assertEqual((int(r.headers["X-Frame-Width"]), int(r.headers["X-Frame-Height"])), (w, h), sid)
+            self.assertEqual(len(r.content), w * h * 3, sid)
+            st = self.stats(sid)
+            self.assertEqual((st["width"], st["height"]), (w, h), sid)
+        # The camera's own size and a size together contradict each other: 400,
+        # and nothing starts.
+        before = {x["stream_id"] for x in requests.get(self.url("/api/streams"), timeout=5).json()["streams"]}
+        for path, body, needle in [
+            ("/api/streams", {"stream_id": "size_both", "rtsp_url": src(27), "native_size": True, "width": 320,
+                              "height": 240}, "native_size"),
+            ("/api/streams/start-with-url", {"rtsp_url": src(27), "native_size": True, "height": 240}, "native_size"),
+            ("/api/streams", {"stream_id": "size_bad", "rtsp_url": src(27), "native_size": "yes"}, "invalid type"),
+        ]:
+            r = requests.post(self.url(path), json=body, timeout=10)
+            self.assertEqual(r.status_code, 400, r.text)
+            self.assertIn(needle, r.json()["error"])
+        after = {x["stream_id"] for x in requests.get(self.url("/api/streams"), timeout=5).json()["streams"]}
+        self.assertEqual(after, before)
+        for sid in made:
+            self.assertEqual(requests.delete(self.url(f"/api/streams/{sid}/force"), timeout=5).status_code, 200, sid)
 
     def _running_urls(self, exclude: str | None = None) -> int:
         """Distinct source URLs of the broker's streams (each decoded by one ffmpeg)."""
