@@ -69,11 +69,8 @@ impl StreamHub {
             return Ok(slot.clone());
         }
         let idle = self.cfg.idle;
-        ctl.encoders.retain(|_, s| {
-            s.active.load(Ordering::SeqCst) > 0
-                || s.running.load(Ordering::SeqCst)
-                || lock(&s.last_used).elapsed() < idle
-        });
+        ctl.encoders
+            .retain(|_, s| s.running.load(Ordering::SeqCst) || !self.slot_idle(s));
         let default = self.cfg.default_jpeg;
         let in_use = ctl.encoders.keys().filter(|k| **k != default).count();
         if setting != default && in_use >= self.cfg.max_jpeg_settings {
@@ -188,16 +185,34 @@ impl StreamHub {
 
     /// Retires an encoder that nobody uses, or whose raw feed ended.
     fn retire_encoder(&self, slot: &EncoderSlot, failure: Option<End>) -> bool {
-        let idle = slot.active.load(Ordering::SeqCst) == 0
-            && lock(&slot.last_used).elapsed() >= self.cfg.idle;
-        if !idle && failure.is_none() && self.raw.borrow().end.is_none() {
+        if failure.is_none() && !self.encoder_may_retire(slot) {
             return false;
         }
-        let _ctl = lock(&self.ctl);
-        // Re-checked under the lock: a subscriber may have come, or the reader
-        // may have been restarted (clearing the end) meanwhile.
-        let idle = slot.active.load(Ordering::SeqCst) == 0
-            && lock(&slot.last_used).elapsed() >= self.cfg.idle;
+        let ctl = lock(&self.ctl);
+        self.retire_encoder_locked(&ctl, slot, failure)
+    }
+
+    /// Nobody streams the slot's setting, and nobody used it for `idle`.
+    fn slot_idle(&self, slot: &EncoderSlot) -> bool {
+        slot.active.load(Ordering::SeqCst) == 0 && lock(&slot.last_used).elapsed() >= self.cfg.idle
+    }
+
+    /// The first look, without `ctl`: the slot is idle or the raw feed ended.
+    /// Either may change right after it: [`Self::retire_encoder_locked`] decides.
+    pub(super) fn encoder_may_retire(&self, slot: &EncoderSlot) -> bool {
+        self.slot_idle(slot) || self.raw.borrow().end.is_some()
+    }
+
+    /// The decision, with `ctl` held. Re-checked here: a subscriber may have
+    /// come (it counts itself in the slot before it takes `ctl`), or the reader
+    /// may have been restarted (clearing the end, also under `ctl`) meanwhile.
+    pub(super) fn retire_encoder_locked(
+        &self,
+        _ctl: &Ctl,
+        slot: &EncoderSlot,
+        failure: Option<End>,
+    ) -> bool {
+        let idle = self.slot_idle(slot);
         let end = failure.or_else(|| self.raw.borrow().end.as_deref().cloned());
         if !idle && end.is_none() {
             return false;
@@ -211,7 +226,32 @@ impl StreamHub {
         true
     }
 
-    pub(super) fn run_encoder(self: Arc<Self>, slot: Arc<EncoderSlot>) {
+    /// Starts the encoder thread of `slot` unless it runs.
+    pub(super) fn ensure_encoder(self: &Arc<Self>, slot: &Arc<EncoderSlot>) {
+        let _ctl = lock(&self.ctl);
+        if slot.running.load(Ordering::SeqCst) {
+            return;
+        }
+        slot.running.store(true, Ordering::SeqCst);
+        // A new encoder run: nothing stale from an earlier one.
+        slot.tx.send_replace(Feed::default());
+        let (hub, s) = (self.clone(), slot.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("jpeg-{}", self.id))
+            .spawn(move || hub.run_encoder(s));
+        if let Err(e) = spawned {
+            slot.running.store(false, Ordering::SeqCst);
+            slot.tx.send_replace(Feed {
+                frame: None,
+                end: Some(Arc::new(End::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot start an encoder thread: {e}"),
+                ))),
+            });
+        }
+    }
+
+    fn run_encoder(self: Arc<Self>, slot: Arc<EncoderSlot>) {
         let mut rx = self.raw.subscribe();
         let mut enc = match jpeg::Encoder::new() {
             Ok(e) => e,

@@ -11,7 +11,7 @@ use framebroker_proto::control::ErrorCode;
 use warp::http::StatusCode;
 
 use super::feed::{End, Feed, RawFrame};
-use super::{lock, StreamHub, POLL};
+use super::{lock, Ctl, StreamHub, POLL};
 use crate::errors::ApiError;
 
 /// How long one attach waits for a stream that is still starting.
@@ -98,11 +98,24 @@ impl StreamHub {
     }
 
     /// Retires the reader if nobody used it for `idle`.
-    fn retire_if_idle(&self) -> bool {
-        if self.active.load(Ordering::SeqCst) > 0 || self.idle_for() < self.cfg.idle {
+    pub(super) fn retire_if_idle(&self) -> bool {
+        if !self.looks_idle() {
             return false;
         }
         let mut ctl = lock(&self.ctl);
+        self.retire_idle_locked(&mut ctl)
+    }
+
+    /// The first look, without `ctl`: no subscriber, and unused for `idle`. A
+    /// subscriber may come right after it: [`Self::retire_idle_locked`] decides.
+    pub(super) fn looks_idle(&self) -> bool {
+        self.active.load(Ordering::SeqCst) == 0 && self.idle_for() >= self.cfg.idle
+    }
+
+    /// The decision, with `ctl` held. A subscriber counts itself in `active`
+    /// before it takes `ctl` (see `subscribe`), so one that came after
+    /// [`Self::looks_idle`] is seen here and the reader stays.
+    pub(super) fn retire_idle_locked(&self, ctl: &mut Ctl) -> bool {
         if self.active.load(Ordering::SeqCst) > 0 {
             return false;
         }

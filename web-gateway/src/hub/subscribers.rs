@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use warp::http::StatusCode;
 
 use super::encoder::EncoderSlot;
-use super::feed::{wait_feed, End, Feed, JpegFrame, RawFrame};
+use super::feed::{wait_feed, Feed, JpegFrame, RawFrame};
 use super::{lock, StreamHub};
 use crate::errors::ApiError;
 use crate::jpeg::JpegSetting;
@@ -204,28 +203,7 @@ impl StreamHub {
         };
         // ...then the raw feed (the encoder reads it), then the encoder.
         let raw = self.subscribe(kind);
-        {
-            let _ctl = lock(&self.ctl);
-            if !slot.running.load(Ordering::SeqCst) {
-                slot.running.store(true, Ordering::SeqCst);
-                // A new encoder run: nothing stale from an earlier one.
-                slot.tx.send_replace(Feed::default());
-                let (hub, s) = (self.clone(), slot.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("jpeg-{}", self.id))
-                    .spawn(move || hub.run_encoder(s));
-                if let Err(e) = spawned {
-                    slot.running.store(false, Ordering::SeqCst);
-                    slot.tx.send_replace(Feed {
-                        frame: None,
-                        end: Some(Arc::new(End::error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("cannot start an encoder thread: {e}"),
-                        ))),
-                    });
-                }
-            }
-        }
+        self.ensure_encoder(&slot);
         let rx = slot.tx.subscribe();
         Ok(JpegSubscription { slot, rx, raw })
     }
