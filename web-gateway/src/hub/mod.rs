@@ -26,6 +26,9 @@
 //! Locking: `StreamHub::ctl` guards starting and retiring the reader and the
 //! encoders; the subscriber counts are incremented *before* taking it and
 //! re-checked under it, so a thread never retires under a new subscriber.
+//! Lock order: `ctl` before a slot's or the stream's `last_used`; those,
+//! `pollers` and `spare_encoders` are leaves (nothing is locked under them);
+//! `Hub::streams` is never held while a stream's lock is taken.
 //!
 //! The parts, one file each: [`feed`] (what a channel carries and how one waits
 //! on it), [`reader`] (the reader thread and its retirement), [`encoder`] (the
@@ -45,6 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use framebroker_proto::lock::lock;
 use tokio::sync::watch;
 
 use crate::jpeg::{self, JpegSetting};
@@ -98,10 +102,6 @@ pub struct StreamHub {
     pub slot_count: AtomicU32,
     /// HTTP clients that asked for frames, by connection, and when.
     pollers: Mutex<HashMap<SocketAddr, Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StreamHub {
@@ -208,11 +208,14 @@ impl Hub {
     /// Forgets fan-outs that nobody uses, whose reader stopped and whose id the
     /// broker no longer lists (`known`).
     pub fn prune(&self, known: &[String]) {
+        // No stream's `ctl` is taken under the table's lock. It need not be: an
+        // entry has clones beyond the table's own while a subscription exists
+        // (it holds one) and while its reader runs (`ensure_reader`'s caller
+        // holds one until the thread owns its own, kept until the thread has
+        // cleared `reader_running` and returned). No new clone can be taken
+        // from the table while we hold its lock, so the count is final here.
         lock(&self.streams).retain(|id, s| {
-            known.contains(id)
-                || s.active.load(Ordering::SeqCst) > 0
-                || lock(&s.ctl).reader_running
-                || Arc::strong_count(s) > 1
+            known.contains(id) || s.active.load(Ordering::SeqCst) > 0 || Arc::strong_count(s) > 1
         });
     }
 }
