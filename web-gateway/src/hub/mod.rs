@@ -40,6 +40,8 @@ mod encoder;
 mod feed;
 mod reader;
 mod subscribers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -105,7 +105,7 @@ impl Drop for Subscription {
 /// A subscription to one JPEG setting of a stream (it keeps the raw reader and
 /// the setting's encoder running). Dropping it unsubscribes.
 pub struct JpegSubscription {
-    slot: Arc<EncoderSlot>,
+    pub(super) slot: Arc<EncoderSlot>,
     pub rx: watch::Receiver<Feed<JpegFrame>>,
     // Dropped after `Drop::drop` below: the raw subscription outlives the JPEG one.
     raw: Subscription,
