@@ -30,9 +30,9 @@
 //! `pollers` and `spare_encoders` are leaves (nothing is locked under them);
 //! `Hub::streams` is never held while a stream's lock is taken.
 //!
-//! The parts, one file each: [`feed`] (what a channel carries and how one waits
-//! on it), [`reader`] (the reader thread and its retirement), [`encoder`] (the
-//! JPEG settings, their encoder threads and one-off encodes) and [`subscribers`]
+//! The parts, one file each: `feed.rs` (what a channel carries and how one waits
+//! on it), `reader.rs` (the reader thread and its retirement), `encoder.rs` (the
+//! JPEG settings, their encoder threads and one-off encodes) and `subscribers.rs`
 //! (subscriptions, counters and HTTP pollers). This file holds the state they
 //! share and the table of streams.
 
