@@ -158,6 +158,23 @@ impl StreamHub {
         }
     }
 
+    /// What a refused attach means for the reader: the stream is gone, still
+    /// starting, or the broker is.
+    fn attach_failed(&self, e: &framebroker_client::Error) -> Outcome {
+        match e.code() {
+            Some(ErrorCode::NotFound) => Outcome::End(End::stopped(&self.id)),
+            Some(ErrorCode::NotReady) => Outcome::Retry(e.to_string()),
+            _ if e.is_connection_lost() => Outcome::End(End::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("broker unavailable: {e}"),
+            )),
+            _ => {
+                let api = ApiError::from_client(e);
+                Outcome::End(End::error(api.status, api.message))
+            }
+        }
+    }
+
     /// One session and attachment: reads until it ends.
     fn read_attachment(&self, pool: &mut Pool) -> Outcome {
         let id = self.id.as_str();
@@ -175,20 +192,7 @@ impl StreamHub {
         };
         let mut reader = match client.attach_wait(id, ATTACH_WAIT) {
             Ok(r) => r,
-            Err(e) => {
-                return match e.code() {
-                    Some(ErrorCode::NotFound) => Outcome::End(End::stopped(id)),
-                    Some(ErrorCode::NotReady) => Outcome::Retry(e.to_string()),
-                    _ if e.is_connection_lost() => Outcome::End(End::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("broker unavailable: {e}"),
-                    )),
-                    _ => {
-                        let api = ApiError::from_client(&e);
-                        Outcome::End(End::error(api.status, api.message))
-                    }
-                }
-            }
+            Err(e) => return self.attach_failed(&e),
         };
         self.metrics.attaches.fetch_add(1, Ordering::Relaxed);
         let (width, height, format) = (reader.width(), reader.height(), reader.pixel_format());
