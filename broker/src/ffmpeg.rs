@@ -170,6 +170,48 @@ pub struct Ffmpeg {
     /// a format or colourspace [`crate::convert`] does not take): ffmpeg
     /// converts for them, as with [`Handover::Rawvideo`], from their next run on.
     ffmpeg_converts: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// How this ffmpeg spells "keep the input's time base" for the NUT outputs.
+    pub input_time_base: InputTimeBase,
+}
+
+/// The value of `-enc_time_base` that keeps the input's time base, so each
+/// frame's pts in NUT is the input's: `-1` up to FFmpeg 6 (Debian 12's 5.1),
+/// `demux` from FFmpeg 7 on, which refuses `-1` ("Invalid time base: -1"; seen
+/// with the Windows build 9.0.2). `demux` exists since 6.1, so 6.x takes either.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InputTimeBase {
+    #[default]
+    Negative,
+    Demux,
+}
+
+impl InputTimeBase {
+    /// From `ffmpeg -version`'s first line (`ffmpeg version 5.1.6-0+deb12u1 ...`,
+    /// `ffmpeg version n7.1 ...`, `ffmpeg version 9.0.2-essentials_build-...`).
+    /// A build from git (`N-...`) is newer than any release: `demux`.
+    pub fn for_version(line: &str) -> Self {
+        let v = line
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("");
+        let v = v.strip_prefix('n').unwrap_or(v);
+        if v.starts_with("N-") {
+            return InputTimeBase::Demux;
+        }
+        let major: String = v.chars().take_while(char::is_ascii_digit).collect();
+        match major.parse::<u32>() {
+            Ok(m) if m >= 7 => InputTimeBase::Demux,
+            _ => InputTimeBase::Negative,
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            InputTimeBase::Negative => "-1",
+            InputTimeBase::Demux => "demux",
+        }
+    }
 }
 
 impl Ffmpeg {
@@ -195,6 +237,7 @@ impl Ffmpeg {
             path,
             handover: Handover::default(),
             ffmpeg_converts: Default::default(),
+            input_time_base: InputTimeBase::default(),
         }
     }
 
@@ -245,6 +288,11 @@ pub fn ffmpeg_args(spec: &SourceSpec) -> Vec<String> {
 /// `-pix_fmt`) as rawvideo in NUT, with the input's time base
 /// (`-enc_time_base -1`) so each frame's pts is the input's.
 pub fn ffmpeg_args_with(spec: &SourceSpec, handover: Handover) -> Vec<String> {
+    ffmpeg_args_for(spec, handover, InputTimeBase::Negative)
+}
+
+/// [`ffmpeg_args_with`] for an ffmpeg that spells the input time base `tb`.
+pub fn ffmpeg_args_for(spec: &SourceSpec, handover: Handover, tb: InputTimeBase) -> Vec<String> {
     let mut a: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -315,7 +363,7 @@ pub fn ffmpeg_args_with(spec: &SourceSpec, handover: Handover) -> Vec<String> {
             Handover::Rawvideo => a.extend(s(&["-f", "rawvideo", "-pix_fmt", pixel_format.name()])),
             Handover::Nut => a.extend(s(&[
                 "-enc_time_base",
-                "-1",
+                tb.arg(),
                 "-c:v",
                 "rawvideo",
                 "-f",
@@ -367,7 +415,7 @@ impl SourceFactory for Ffmpeg {
         // `new_with_path` already adds `-loglevel level+info`; ours repeats it
         // harmlessly, and keeps ffmpeg_args() complete on its own.
         let handover = self.handover_for(spec);
-        cmd.args(ffmpeg_args_with(spec, handover));
+        cmd.args(ffmpeg_args_for(spec, handover, self.input_time_base));
         // One pipe per variant: the broker keeps the read end; the write end goes to
         // the child as fd VARIANT_FD0 + k. Both ends are close-on-exec, so no other
         // child inherits them; the write ends are first moved above every target fd
@@ -1521,6 +1569,41 @@ mod tests {
         assert!(r.kind().is_permanent());
         assert!(r.error().message().contains("Invalid data found"));
         assert!(r.geometries.is_empty());
+    }
+
+    #[test]
+    fn the_input_time_base_is_spelled_for_the_ffmpeg_at_hand() {
+        let tb = InputTimeBase::for_version;
+        for (line, want) in [
+            (
+                "ffmpeg version 5.1.6-0+deb12u1 Copyright (c) 2000-2024",
+                InputTimeBase::Negative,
+            ),
+            (
+                "ffmpeg version 6.1.1-3ubuntu5 Copyright",
+                InputTimeBase::Negative,
+            ),
+            ("ffmpeg version n7.1 Copyright", InputTimeBase::Demux),
+            (
+                "ffmpeg version 9.0.2-essentials_build-www.gyan.dev Copyright",
+                InputTimeBase::Demux,
+            ),
+            (
+                "ffmpeg version N-118000-gabcdef Copyright",
+                InputTimeBase::Demux,
+            ),
+            ("something else entirely", InputTimeBase::Negative),
+        ] {
+            assert_eq!(tb(line), want, "{line}");
+        }
+        let sp = spec("rtsp://127.0.0.1:8554/cam", None);
+        let a = ffmpeg_args_for(&sp, Handover::Nut, InputTimeBase::Demux).join(" ");
+        assert!(
+            a.contains("-enc_time_base demux -c:v rawvideo -f nut"),
+            "{a}"
+        );
+        let a = ffmpeg_args_for(&sp, Handover::Rawvideo, InputTimeBase::Demux).join(" ");
+        assert!(!a.contains("-enc_time_base"), "{a}");
     }
 
     #[test]

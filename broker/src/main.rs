@@ -396,6 +396,7 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
         ffmpeg.handover = Handover::from_name(h).context("--handover")?;
     }
     let version = ffmpeg.version().map_err(anyhow::Error::msg)?;
+    ffmpeg.input_time_base = framebroker::ffmpeg::InputTimeBase::for_version(&version);
     tracing::info!(ffmpeg = %ffmpeg.path.display(), handover = ffmpeg.handover.name(), "{version}");
 
     for v in framebroker_proto::shm::remove_stale(&settings.shm_prefix) {
