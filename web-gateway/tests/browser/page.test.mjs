@@ -176,6 +176,11 @@ try {
     await page.fill('#add input[name=rtsp_url]', 'file:///etc/passwd');
     await page.click('#add button[type=submit]');
     await page.waitForFunction(() => document.querySelector('#message').className === 'error' && /not allowed/.test(document.querySelector('#message').textContent), null, { timeout: 5000 });
+    // The reason names the broker ("start the broker with --allow-files"): the
+    // page's list refresh (every 2 s) must not take it for its own error and clear it.
+    await page.waitForTimeout(2500);
+    assert.match(await page.textContent('#message'), /local files are not allowed/);
+    assert.equal(await page.getAttribute('#message', 'class'), 'error');
   });
 
   await page.screenshot({ path: path.join(artifacts, 'page-websocket.png'), fullPage: true });
