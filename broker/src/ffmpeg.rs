@@ -559,16 +559,16 @@ fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
 
 /// What ffmpeg's log said, for the supervisor.
 #[derive(Default)]
-struct StderrState {
+pub(crate) struct StderrState {
     /// The error that best explains an end: the latest line naming a cause, else
     /// the latest error line.
-    last_error: Mutex<Option<Error>>,
+    pub(crate) last_error: Mutex<Option<Error>>,
     /// Damaged frames the decoder reported.
-    decode_errors: std::sync::atomic::AtomicU64,
+    pub(crate) decode_errors: std::sync::atomic::AtomicU64,
     /// The first line saying the hardware decoder could not be set up.
-    hwaccel_error: Mutex<Option<Error>>,
+    pub(crate) hwaccel_error: Mutex<Option<Error>>,
     /// The input's declared frame rate (see [`declared_rate`]).
-    declared_fps: Mutex<Option<f64>>,
+    pub(crate) declared_fps: Mutex<Option<f64>>,
 }
 
 /// The frame rate a stream line of ffmpeg's log declares: `30 fps` (the container's
@@ -623,8 +623,9 @@ impl StderrState {
 
 /// Reads ffmpeg's log (its stderr, or a captured one in the tests) to its end:
 /// the outputs' geometry to `geo_tx`, each frame's pts to `clock`, errors and
-/// damage to `st`.
-fn drain_log(
+/// damage to `st`. Also reads the log of our own decoder
+/// ([`crate::libav`]), which prints libav's lines in ffmpeg's form.
+pub(crate) fn drain_log(
     log: impl Read,
     id: &str,
     formats: &[PixelFormat],

@@ -2,6 +2,7 @@
 //! together, and tests can drive them directly.
 //!
 //! - [`ffmpeg`]: the source seam and the real ffmpeg behind it;
+//! - `libav` (Linux): our own decoder process, frames through shared memory;
 //! - [`nut`]: frames and their pts from ffmpeg's NUT output;
 //! - [`convert`]: the decoder's own format into the ring's, straight into the slot;
 //! - [`error`]: why a source ended, as a kind the supervisor decides on;
@@ -20,6 +21,8 @@ pub mod convert;
 pub mod declared;
 pub mod error;
 pub mod ffmpeg;
+#[cfg(target_os = "linux")]
+pub mod libav;
 pub mod nut;
 pub mod platform;
 pub mod registry;

@@ -64,6 +64,16 @@ struct ServeArgs {
     /// for comparison) [default: nut].
     #[arg(long, env = "FRAMEBROKER_HANDOVER", value_parser = ["nut", "rawvideo"])]
     handover: Option<String>,
+    /// Who decodes network cameras: `ffmpeg` (the system ffmpeg, frames over a
+    /// pipe) or `libav` (Linux: our own decoder process, `framebroker-decoder`
+    /// built with `--features libav`, frames through shared memory; test
+    /// patterns, files, hardware decoders and variants stay with ffmpeg)
+    /// [default: ffmpeg].
+    #[arg(long, env = "FRAMEBROKER_DECODER", value_parser = ["ffmpeg", "libav"])]
+    decoder: Option<String>,
+    /// The `framebroker-decoder` binary [default: next to this one, else on PATH].
+    #[arg(long, env = "FRAMEBROKER_DECODER_PATH")]
+    decoder_path: Option<PathBuf>,
     /// Prefix of shared-memory segment names [default: fb-].
     #[arg(long)]
     shm_prefix: Option<String>,
@@ -413,7 +423,22 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let broker = Broker::new(settings.broker_config(), Arc::new(ffmpeg));
+    let factory: Arc<dyn framebroker::ffmpeg::SourceFactory> = match a.decoder.as_deref() {
+        None | Some("ffmpeg") => Arc::new(ffmpeg),
+        #[cfg(target_os = "linux")]
+        Some(_) => {
+            let (libav, version) =
+                framebroker::libav::Libav::locate(a.decoder_path.as_deref(), ffmpeg)
+                    .map_err(anyhow::Error::msg)
+                    .context("--decoder libav")?;
+            tracing::info!(decoder = %libav.path.display(), "{version}");
+            Arc::new(libav)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Some(d) => anyhow::bail!("--decoder {d} is only available on Linux"),
+    };
+
+    let broker = Broker::new(settings.broker_config(), factory);
     let control = Arc::new(ControlSocket::bind(
         &settings.socket,
         if settings.group_access { 0o660 } else { 0o600 },

@@ -1,0 +1,260 @@
+//! What `framebroker-decoder` and the broker say to each other.
+//!
+//! The decoder process decodes with libavcodec and puts each frame, in the
+//! decoder's own layout (planar `yuv420p` or `nv12`, planes packed back to
+//! back), into one of a few **staging buffers** in a memory file the broker
+//! created and handed it as file descriptor [`STAGING_FD`]. The broker converts
+//! from there straight into the readers' ring. Compared with a pipe, a frame
+//! crosses no kernel copy at all; compared with the decoder writing the ring
+//! itself, a crashed or misbehaving decoder can damage nothing a reader sees.
+//!
+//! The channels:
+//! - **decoder → broker, its stdout:** fixed-size [`Message`]s of
+//!   [`MESSAGE_BYTES`] bytes: one [`Message::Geometry`] once the first frame is
+//!   decoded, then one [`Message::Frame`] per frame;
+//! - **broker → decoder, its stdin:** single bytes. After the geometry,
+//!   [`READY`] says the memory file has its size (the broker sizes and seals it,
+//!   so the decoder cannot shrink it under the broker's mapping); after that each
+//!   byte is the index of a staging buffer the broker has finished with;
+//! - **its stderr:** libav's log in ffmpeg's own `[level] message` form, so the
+//!   broker reads and classifies it exactly as ffmpeg's (errors, damaged
+//!   frames, the reason it ended).
+//!
+//! Ordering: the decoder fills a buffer, then writes the frame's message; the
+//! broker reads the message, then the buffer. The pipe's write and read are the
+//! synchronisation (the kernel orders them), so no atomics are involved. The
+//! decoder writes a buffer again only after the broker returned its index.
+
+/// The staging memory file, in the decoder process.
+pub const STAGING_FD: i32 = 3;
+
+/// The environment variable that carries the source URL: it may hold
+/// credentials, and a command line is visible to every user of the machine.
+pub const URL_ENV: &str = "FRAMEBROKER_DECODE_URL";
+
+/// The broker's answer to the geometry: the memory file is ready.
+pub const READY: u8 = 0xff;
+
+/// Size of every message on the decoder's stdout.
+pub const MESSAGE_BYTES: usize = 48;
+
+/// The most staging buffers a decoder may ask for.
+pub const MAX_BUFFERS: u32 = 8;
+
+const GEOMETRY: u32 = 0x4f45_4701; // "\x01GEO"
+const FRAME: u32 = 0x4d52_4602; // "\x02FRM"
+
+/// Layout of a staged frame: planes packed back to back, chroma planes
+/// `ceil(w/2) x ceil(h/2)` (interleaved for NV12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Yuv420p,
+    Nv12,
+}
+
+impl Layout {
+    fn code(self) -> u32 {
+        match self {
+            Layout::Yuv420p => 0,
+            Layout::Nv12 => 1,
+        }
+    }
+
+    fn from_code(c: u32) -> Option<Self> {
+        match c {
+            0 => Some(Layout::Yuv420p),
+            1 => Some(Layout::Nv12),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one `width`x`height` frame; `None` on overflow.
+    pub fn frame_bytes(self, width: u32, height: u32) -> Option<u64> {
+        let luma = u64::from(width).checked_mul(u64::from(height))?;
+        let chroma = u64::from(width.div_ceil(2)).checked_mul(u64::from(height.div_ceil(2)))?;
+        luma.checked_add(chroma.checked_mul(2)?)
+    }
+}
+
+/// One message from the decoder.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Message {
+    /// What the frames will be; sent once, before the first frame.
+    Geometry {
+        width: u32,
+        height: u32,
+        layout: Layout,
+        /// libavutil's `AVColorSpace` of the decoded frames (2: unspecified).
+        colorspace: u32,
+        /// libavutil's `AVColorRange` (0 unspecified, 1 tv, 2 pc).
+        range: u32,
+        /// How many staging buffers the decoder uses (1..=[`MAX_BUFFERS`]).
+        buffers: u32,
+        /// The rate the input declares, in frames per 1000 s (0: none).
+        fps_milli: u64,
+    },
+    /// Buffer `buffer` holds the next frame.
+    Frame {
+        buffer: u32,
+        /// Presentation time in ns on the input's clock, if the frame has one.
+        pts_ns: Option<i64>,
+    },
+}
+
+impl Message {
+    pub fn encode(&self) -> [u8; MESSAGE_BYTES] {
+        let mut b = [0u8; MESSAGE_BYTES];
+        let mut put32 = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        match *self {
+            Message::Geometry {
+                width,
+                height,
+                layout,
+                colorspace,
+                range,
+                buffers,
+                fps_milli,
+            } => {
+                put32(0, GEOMETRY);
+                put32(4, width);
+                put32(8, height);
+                put32(12, layout.code());
+                put32(16, colorspace);
+                put32(20, range);
+                put32(24, buffers);
+                b[32..40].copy_from_slice(&fps_milli.to_le_bytes());
+            }
+            Message::Frame { buffer, pts_ns } => {
+                put32(0, FRAME);
+                put32(4, buffer);
+                put32(8, u32::from(pts_ns.is_some()));
+                b[16..24].copy_from_slice(&pts_ns.unwrap_or(0).to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// Reads one message; the error says what was wrong with it.
+    pub fn decode(b: &[u8; MESSAGE_BYTES]) -> Result<Message, String> {
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        match u32_at(0) {
+            GEOMETRY => {
+                let layout = Layout::from_code(u32_at(12))
+                    .ok_or_else(|| format!("unknown frame layout {}", u32_at(12)))?;
+                let (width, height, buffers) = (u32_at(4), u32_at(8), u32_at(24));
+                if width == 0 || height == 0 || layout.frame_bytes(width, height).is_none() {
+                    return Err(format!("bad frame size {width}x{height}"));
+                }
+                if !(1..=MAX_BUFFERS).contains(&buffers) {
+                    return Err(format!("bad staging buffer count {buffers}"));
+                }
+                Ok(Message::Geometry {
+                    width,
+                    height,
+                    layout,
+                    colorspace: u32_at(16),
+                    range: u32_at(20),
+                    buffers,
+                    fps_milli: u64_at(32),
+                })
+            }
+            FRAME => Ok(Message::Frame {
+                buffer: u32_at(4),
+                pts_ns: (u32_at(8) != 0).then(|| u64_at(16) as i64),
+            }),
+            tag => Err(format!("unknown message tag {tag:#x}")),
+        }
+    }
+}
+
+/// ffmpeg's names for libavutil's colourspace codes, as its log prints them
+/// (`None`: unspecified).
+pub fn colorspace_name(code: u32) -> Option<&'static str> {
+    Some(match code {
+        0 => "gbr",
+        1 => "bt709",
+        2 => return None,
+        3 => "reserved",
+        4 => "fcc",
+        5 => "bt470bg",
+        6 => "smpte170m",
+        7 => "smpte240m",
+        8 => "ycgco",
+        9 => "bt2020nc",
+        10 => "bt2020c",
+        11 => "smpte2085",
+        12 => "chroma-derived-nc",
+        13 => "chroma-derived-c",
+        14 => "ictcp",
+        _ => "unknown",
+    })
+}
+
+/// ffmpeg's names for libavutil's range codes (`None`: unspecified).
+pub fn range_name(code: u32) -> Option<&'static str> {
+    match code {
+        1 => Some("tv"),
+        2 => Some("pc"),
+        0 => None,
+        _ => Some("unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Message::Geometry {
+                width: 1920,
+                height: 1080,
+                layout: Layout::Yuv420p,
+                colorspace: 1,
+                range: 1,
+                buffers: 3,
+                fps_milli: 29_970,
+            },
+            Message::Frame {
+                buffer: 2,
+                pts_ns: Some(-5),
+            },
+            Message::Frame {
+                buffer: 0,
+                pts_ns: None,
+            },
+        ] {
+            assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        let mut b = Message::Geometry {
+            width: 2,
+            height: 2,
+            layout: Layout::Nv12,
+            colorspace: 2,
+            range: 0,
+            buffers: 2,
+            fps_milli: 0,
+        }
+        .encode();
+        b[24] = 0; // no buffers
+        assert!(Message::decode(&b).unwrap_err().contains("buffer count"));
+        b[24] = 2;
+        b[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(Message::decode(&b).unwrap_err().contains("frame size"));
+        b[0] = 0;
+        assert!(Message::decode(&b).unwrap_err().contains("tag"));
+    }
+
+    #[test]
+    fn frame_bytes_match_the_packed_layout() {
+        assert_eq!(Layout::Yuv420p.frame_bytes(1920, 1080), Some(3_110_400));
+        assert_eq!(Layout::Nv12.frame_bytes(3, 3), Some(9 + 2 * 4));
+        assert_eq!(Layout::Yuv420p.frame_bytes(u32::MAX, u32::MAX), None);
+    }
+}

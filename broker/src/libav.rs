@@ -1,0 +1,518 @@
+//! Our own decoder process, `framebroker-decoder` (crate `broker/decoder`), as a
+//! [`SourceFactory`]: libavcodec decodes in a child process of its own, and each
+//! frame reaches the broker through a staging buffer in shared memory instead of
+//! a pipe. The broker converts from there straight into the ring's slot, as it
+//! does for ffmpeg's NUT output ([`crate::convert`]).
+//!
+//! What the pipe cost and this does not: ffmpeg's write of every frame into the
+//! pipe and the broker's read out of it (two copies through the kernel and their
+//! system calls, about 4 % of a core at 1080p30 even for yuv420p). What stays as
+//! with ffmpeg: the decoder is a separate process (a crash in libavcodec takes
+//! only it down; it cannot touch the readers' ring, only its own staging
+//! memory), the supervisor kills it on a stall and restarts it with backoff, it
+//! dies with the broker (`PR_SET_PDEATHSIG`), its log is read and classified as
+//! ffmpeg's, and the URL's credentials are redacted from everything logged (it
+//! gets the URL through its environment, not its command line).
+//!
+//! Streams this decoder does not take (test patterns, files, hardware decoders,
+//! variants, and any stream whose frames it or the broker could not hand over,
+//! from its next run on) are given to ffmpeg ([`Ffmpeg`]) unchanged.
+//!
+//! Staging memory: a `memfd` the broker creates and passes as fd 3. After the
+//! decoder's geometry message the broker sizes it, seals it against shrinking
+//! and growing (so the decoder cannot take pages away from under the broker's
+//! mapping, which would be a SIGBUS here), maps it read-only and says ready.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use framebroker_decoder::{Layout, Message, MESSAGE_BYTES, READY, STAGING_FD, URL_ENV};
+use framebroker_proto::control::{HwAccel, Transport};
+use framebroker_proto::naming::Source;
+use framebroker_proto::Geometry;
+
+use crate::convert::{Colour, Converter, SourceFormat};
+use crate::error::{Error, ErrorKind};
+use crate::ffmpeg::{
+    drain_log, Ffmpeg, FrameClock, KillHandle, RunningSource, SourceFactory, SourceSpec,
+    StderrState,
+};
+use crate::sync::Lock;
+
+/// Which program decodes network sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Decoder {
+    /// The system ffmpeg, frames over a pipe (the default).
+    #[default]
+    Ffmpeg,
+    /// `framebroker-decoder` (libavcodec), frames through shared memory.
+    Libav,
+}
+
+impl Decoder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decoder::Ffmpeg => "ffmpeg",
+            Decoder::Libav => "libav",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Decoder::Ffmpeg, Decoder::Libav]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+}
+
+/// How many staging buffers the decoder gets: one being filled, one being
+/// converted, one spare for a burst.
+const BUFFERS: u32 = 3;
+
+/// The decoder, with ffmpeg for what it does not take.
+pub struct Libav {
+    pub path: PathBuf,
+    pub ffmpeg: Ffmpeg,
+    /// Streams whose frames this path could not hand over: ffmpeg from their next
+    /// run on.
+    to_ffmpeg: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Libav {
+    /// Finds `framebroker-decoder`: `explicit`, else next to the running
+    /// executable, else on `PATH`; and checks that it was built with libav.
+    pub fn locate(explicit: Option<&Path>, ffmpeg: Ffmpeg) -> Result<(Self, String), String> {
+        const NAME: &str = "framebroker-decoder";
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join(NAME)))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from(NAME)),
+        };
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Err(format!(
+                "{} cannot decode: {}",
+                path.display(),
+                why.trim().trim_start_matches("[fatal] ")
+            ));
+        }
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok((
+            Libav {
+                path,
+                ffmpeg,
+                to_ffmpeg: Default::default(),
+            },
+            version,
+        ))
+    }
+
+    /// Why stream `spec` goes to ffmpeg instead, or `None` if the decoder takes it.
+    pub fn declines(&self, spec: &SourceSpec) -> Option<&'static str> {
+        if !matches!(spec.source, Source::Network) {
+            Some("test patterns and files are ffmpeg's")
+        } else if spec.hwaccel != HwAccel::None {
+            Some("hardware decoders are ffmpeg's")
+        } else if !spec.variants.is_empty() {
+            Some("a decode with variants is ffmpeg's")
+        } else if self.to_ffmpeg.locked().contains(&spec.id) {
+            Some("its frames could not be handed over by this decoder")
+        } else {
+            None
+        }
+    }
+}
+
+impl SourceFactory for Libav {
+    fn spawn(&self, spec: &SourceSpec) -> Result<Box<dyn RunningSource>, Error> {
+        if let Some(why) = self.declines(spec) {
+            tracing::debug!(stream = spec.id, "decoded by ffmpeg: {why}");
+            return self.ffmpeg.spawn(spec);
+        }
+        spawn(&self.path, spec, self.to_ffmpeg.clone())
+    }
+}
+
+fn internal(what: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Internal, what.to_string())
+}
+
+/// The staging memory file, at fd 64 or above and close-on-exec (the child gets
+/// its copy at [`STAGING_FD`] between fork and exec).
+fn staging_memfd() -> Result<OwnedFd, Error> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        "framebroker-staging",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| internal(format!("cannot create the staging memory: {e}")))?;
+    let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64))
+        .map_err(|e| internal(format!("cannot move the staging descriptor: {e}")))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing
+    // else owns; the OwnedFd takes sole ownership and closes it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+fn spawn(
+    path: &Path,
+    spec: &SourceSpec,
+    to_ffmpeg: Arc<Mutex<HashSet<String>>>,
+) -> Result<Box<dyn RunningSource>, Error> {
+    let memfd = staging_memfd()?;
+    let mut cmd = Command::new(path);
+    cmd.env(URL_ENV, &spec.url)
+        .arg("--timeout-us")
+        .arg(spec.io_timeout.as_micros().to_string())
+        .arg("--buffers")
+        .arg(BUFFERS.to_string())
+        .arg("--transport")
+        .arg(match spec.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((w, h)) = spec.size {
+        cmd.arg("--size").arg(format!("{w}x{h}"));
+    }
+    let raw = memfd.as_raw_fd();
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl, sigemptyset, pthread_sigmask
+        // and dup2 are. The child must die with the broker and must not inherit
+        // the broker's blocked signals (as ffmpeg, see ffmpeg.rs). `raw` is ≥ 64
+        // (staging_memfd), so dup2 onto STAGING_FD (3) cannot overwrite it, and
+        // dup2 clears close-on-exec on the copy only.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if libc::dup2(raw, STAGING_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| internal(format!("cannot start the decoder {}: {e}", path.display())))?;
+    let pid = child.id();
+    let (Some(stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(internal("the decoder has no stdio pipes"));
+    };
+    let shared = Arc::new(StderrState::default());
+    let clock = Arc::new(FrameClock::default());
+    let (st, ck) = (shared.clone(), clock.clone());
+    let id = spec.id.clone();
+    let formats = [spec.pixel_format];
+    let (geo_tx, _geo_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("decoder-log-{id}"))
+        .spawn(move || drain_log(stderr, &id, &formats, false, geo_tx, &st, &ck))
+        .map_err(|e| internal(format!("cannot start log thread: {e}")))?;
+    let (msg_tx, msgs) = mpsc::sync_channel(BUFFERS as usize + 1);
+    std::thread::Builder::new()
+        .name(format!("decoder-out-{}", spec.id))
+        .spawn(move || {
+            let mut b = [0u8; MESSAGE_BYTES];
+            while stdout.read_exact(&mut b).is_ok() {
+                let m = Message::decode(&b);
+                let bad = m.is_err();
+                if msg_tx.send(m).is_err() || bad {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| internal(format!("cannot start the decoder's reader: {e}")))?;
+    Ok(Box::new(LibavSource {
+        child,
+        pid,
+        alive: Arc::new(Mutex::new(true)),
+        acks: stdin,
+        msgs,
+        memfd,
+        staged: None,
+        shared,
+        clock,
+        declared_fps: None,
+        ring_format: spec.pixel_format,
+        id: spec.id.clone(),
+        to_ffmpeg,
+        empty: std::io::empty(),
+    }))
+}
+
+/// The staging buffers as the broker sees them, once the geometry is known.
+struct Staged {
+    map: memmap2::Mmap,
+    frame_bytes: usize,
+    buffers: u32,
+    conv: Converter,
+}
+
+struct LibavSource {
+    child: Child,
+    pid: u32,
+    /// False once reaped: the kill handle must not signal a reused pid.
+    alive: Arc<Mutex<bool>>,
+    acks: ChildStdin,
+    msgs: mpsc::Receiver<Result<Message, String>>,
+    memfd: OwnedFd,
+    staged: Option<Staged>,
+    shared: Arc<StderrState>,
+    clock: Arc<FrameClock>,
+    declared_fps: Option<f64>,
+    ring_format: framebroker_proto::PixelFormat,
+    id: String,
+    to_ffmpeg: Arc<Mutex<HashSet<String>>>,
+    empty: std::io::Empty,
+}
+
+impl LibavSource {
+    /// A protocol error: the run ends with it.
+    fn broken(&self, why: impl std::fmt::Display) -> Error {
+        let e = Error::new(
+            ErrorKind::Internal,
+            format!("the decoder broke its protocol: {why}"),
+        );
+        *self.shared.last_error.locked() = Some(e.clone());
+        (self.kill_handle())();
+        e
+    }
+
+    /// The frames cannot be handed over this way: ffmpeg takes the stream from
+    /// its next run on, and this run ends with the reason.
+    fn hand_to_ffmpeg(&self, why: impl std::fmt::Display) -> Error {
+        self.to_ffmpeg.locked().insert(self.id.clone());
+        let e = Error::new(
+            ErrorKind::Exited,
+            format!("the decoder does not hand over this stream ({why}); restarting with ffmpeg"),
+        );
+        tracing::info!(stream = self.id, "{e}");
+        *self.shared.last_error.locked() = Some(e.clone());
+        (self.kill_handle())();
+        e
+    }
+
+    /// Sets up the staging memory for `m` (a geometry message) and says ready.
+    fn stage(&mut self, m: Message) -> Result<Geometry, Error> {
+        let Message::Geometry {
+            width,
+            height,
+            layout,
+            colorspace,
+            range,
+            buffers,
+            fps_milli,
+        } = m
+        else {
+            return Err(self.broken("a frame before the geometry"));
+        };
+        if fps_milli > 0 {
+            self.declared_fps = Some(fps_milli as f64 / 1000.0);
+            *self.shared.declared_fps.locked() = self.declared_fps;
+        }
+        let geometry = Geometry {
+            width,
+            height,
+            pixel_format: self.ring_format,
+        };
+        let format = match layout {
+            Layout::Yuv420p => SourceFormat::Yuv420p,
+            Layout::Nv12 => SourceFormat::Nv12,
+        };
+        let cs = framebroker_decoder::colorspace_name(colorspace);
+        let rg = framebroker_decoder::range_name(range);
+        let Some(colour) = Colour::from_ffmpeg(rg, cs) else {
+            return Err(self.hand_to_ffmpeg(format_args!(
+                "colourspace {} range {}",
+                cs.unwrap_or("-"),
+                rg.unwrap_or("-")
+            )));
+        };
+        let conv = match Converter::new(format, colour, geometry) {
+            Ok(c) => c,
+            Err(e) => return Err(self.hand_to_ffmpeg(e)),
+        };
+        let frame_bytes = conv.source_bytes();
+        let len = frame_bytes
+            .checked_mul(buffers as usize)
+            .ok_or_else(|| self.broken("staging size overflows"))?;
+        let io = |what: &str, e: &dyn std::fmt::Display| internal(format!("{what}: {e}"));
+        nix::unistd::ftruncate(&self.memfd, len as i64)
+            .map_err(|e| io("cannot size the staging memory", &e))?;
+        {
+            use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+            fcntl(
+                &self.memfd,
+                FcntlArg::F_ADD_SEALS(
+                    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+                ),
+            )
+            .map_err(|e| io("cannot seal the staging memory", &e))?;
+        }
+        let file = std::fs::File::from(
+            self.memfd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| io("cannot map the staging memory", &e))?,
+        );
+        // SAFETY: the memory file is `len` bytes and sealed against shrinking, so
+        // every page of the mapping stays backed (no SIGBUS). The decoder may write
+        // into it at any time; we only read a buffer between the decoder's message
+        // naming it and our return of it, when the protocol gives it to us. A
+        // decoder that broke that rule could only change pixel values of that
+        // frame: every byte pattern is a valid u8.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+            .map_err(|e| io("cannot map the staging memory", &e))?;
+        self.staged = Some(Staged {
+            map,
+            frame_bytes,
+            buffers,
+            conv,
+        });
+        self.acks
+            .write_all(&[READY])
+            .map_err(|_| self.exited_early())?;
+        Ok(geometry)
+    }
+
+    fn exited_early(&self) -> Error {
+        self.last_error().unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Exited,
+                "the decoder exited before its first frame",
+            )
+        })
+    }
+}
+
+impl RunningSource for LibavSource {
+    fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if stop() {
+                return Err(Error::new(ErrorKind::Stopped, "stopped"));
+            }
+            match self.msgs.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(m)) => return self.stage(m),
+                Ok(Err(why)) => return Err(self.broken(why)),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(Error::new(
+                        ErrorKind::NoStreamInfo,
+                        format!("no stream information from the decoder within {timeout:?}"),
+                    ))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The log thread may still be reading the reason.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Err(self.exited_early());
+                }
+            }
+        }
+    }
+
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let m = match self.msgs.recv() {
+            Ok(Ok(m)) => m,
+            Ok(Err(why)) => {
+                let e = self.broken(why);
+                return Err(std::io::Error::other(e.to_string()));
+            }
+            Err(_) => return Err(eof()),
+        };
+        let Message::Frame { buffer, pts_ns } = m else {
+            let e = self.broken("a second geometry");
+            return Err(std::io::Error::other(e.to_string()));
+        };
+        let Some(s) = self.staged.as_ref() else {
+            return Err(eof());
+        };
+        if buffer >= s.buffers {
+            let e = self.broken(format_args!("buffer {buffer} of {}", s.buffers));
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        let at = buffer as usize * s.frame_bytes;
+        let src = &s.map[at..at + s.frame_bytes];
+        s.conv
+            .convert(src, dst)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Buffer `buffer` is the decoder's again. A closed pipe means it is gone:
+        // the next message read says so.
+        let _ = self.acks.write_all(&[buffer as u8]);
+        Ok(pts_ns)
+    }
+
+    fn frames(&mut self) -> &mut dyn Read {
+        // Frames come through `read_frame`; there is no byte stream.
+        &mut self.empty
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn kill_handle(&self) -> KillHandle {
+        let alive = self.alive.clone();
+        let pid = self.pid;
+        Arc::new(move || {
+            let alive = alive.locked();
+            if *alive {
+                crate::platform::kill_pid(pid);
+            }
+        })
+    }
+
+    fn finish(&mut self) -> String {
+        let mut alive = self.alive.locked();
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        *alive = false;
+        match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        }
+    }
+
+    fn last_error(&self) -> Option<Error> {
+        self.shared.last_error.locked().clone()
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.shared
+            .decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn clock(&self) -> Option<Arc<FrameClock>> {
+        Some(self.clock.clone())
+    }
+
+    fn declared_fps(&self) -> Option<f64> {
+        self.declared_fps
+    }
+}
