@@ -13,6 +13,8 @@
 #       the browser tests' npm packages
 #     - apt: gcc-mingw-w64-x86-64 and wine64, and the Rust target
 #       x86_64-pc-windows-gnu (the Windows stage, tests/windows/run.sh)
+#     - apt: the FFmpeg development headers, pkg-config and libclang (our own
+#       decoder, framebroker-decoder, built with --features libav)
 #     - nightly miri (best effort)
 # Nothing is fetched that the chosen use does not need. Runs apt-get as root, or
 # through sudo otherwise. Fast (< 3 s) when all is present.
@@ -65,6 +67,10 @@ if [ "$TEST" = 1 ]; then
     # Wine runs it and a Windows CPython (tests/windows/python_env.sh); its
     # binary is /usr/lib/wine/wine64, not on PATH.
     APT_PKGS+=(gcc-mingw-w64-x86-64 wine64)
+    # Our own decoder (framebroker-decoder, `serve --decoder libav`) links the
+    # system's FFmpeg libraries through ffmpeg-next, whose bindings are generated
+    # by bindgen (libclang) from these headers.
+    APT_PKGS+=(pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libclang-dev)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"

@@ -355,7 +355,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Processes whose command line contains `needle` (from /proc).
+/// Processes of `program` whose command line contains `needle` (from /proc;
+/// an empty `needle`: every process of `program`).
 pub fn processes_with_arg(program: &str, needle: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -371,11 +372,29 @@ pub fn processes_with_arg(program: &str, needle: &str) -> Vec<u32> {
                 .first()
                 .is_some_and(|a| a.ends_with(program.as_bytes()));
             prog_ok
-                && args
-                    .iter()
-                    .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                && (needle.is_empty()
+                    || args
+                        .iter()
+                        .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes())))
         })
         .collect()
+}
+
+/// The processes decoding `url`: ffmpeg with it on its command line, or our own
+/// decoder (`--decoder libav`), which gets it in its environment so that no
+/// other user sees credentials in `ps`.
+pub fn decoders_of(url: &str) -> Vec<u32> {
+    let mut pids = processes_with_arg("ffmpeg", url);
+    let want = format!("FRAMEBROKER_DECODE_URL={url}");
+    pids.extend(
+        processes_with_arg("framebroker-decoder", "")
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            }),
+    );
+    pids
 }
 
 /// Reads `rounds` frames in order from each of two readers in turn and keeps

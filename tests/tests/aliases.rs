@@ -5,14 +5,12 @@
 use std::time::{Duration, Instant};
 
 use framebroker_client::{Client, PixelFormat, StartRequest, StreamState};
-use framebroker_tests::{
-    expect_state, processes_with_arg, read_side_by_side, wait_for, Broker, Camera,
-};
+use framebroker_tests::{decoders_of, expect_state, read_side_by_side, wait_for, Broker, Camera};
 
 const READ: Duration = Duration::from_secs(10);
 
 fn ffmpegs(url: &str) -> usize {
-    processes_with_arg("ffmpeg", url).len()
+    decoders_of(url).len()
 }
 
 /// Waits until exactly `n` ffmpeg processes read `url` (a restart or a stop

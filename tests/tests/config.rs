@@ -434,7 +434,7 @@ variants = [
     let decoder = c.stats("gate").unwrap().decoder;
     assert!(decoder.contains("vaapi"), "decoder: {decoder:?}");
     assert_eq!(c.stats("gate_small").unwrap().decoder, decoder);
-    let ffmpegs = framebroker_tests::processes_with_arg("ffmpeg", &cam.url);
+    let ffmpegs = framebroker_tests::decoders_of(&cam.url);
     assert_eq!(ffmpegs.len(), 1, "one decode: {ffmpegs:?}");
 
     // The command line shows the family and the decoder.

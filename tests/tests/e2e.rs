@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use framebroker_client::{StartRequest, StreamState};
 use framebroker_proto::control::{self, ErrorCode, Request, Response};
-use framebroker_tests::{processes_with_arg, wait_for, Broker, Camera, ReadRecord, SMPTE_BARS_BGR};
+use framebroker_tests::{
+    decoders_of, processes_with_arg, wait_for, Broker, Camera, ReadRecord, SMPTE_BARS_BGR,
+};
 
 const READER: &str = env!("CARGO_BIN_EXE_fb-reader");
 
@@ -85,11 +87,11 @@ fn four_reader_processes_get_the_same_frames_from_one_ffmpeg() {
         writeln!(r.stdin.as_mut().unwrap()).unwrap();
     }
 
-    let ffmpegs = processes_with_arg("ffmpeg", &cam.url);
+    let ffmpegs = decoders_of(&cam.url);
     assert_eq!(
         ffmpegs.len(),
         1,
-        "exactly one ffmpeg pulls the camera: {ffmpegs:?}"
+        "exactly one decoder pulls the camera: {ffmpegs:?}"
     );
 
     let outputs: Vec<Vec<ReadRecord>> = readers

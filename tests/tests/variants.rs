@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use framebroker_client::{Client, PixelFormat, Reader, StartRequest, StreamState, VariantRequest};
 use framebroker_proto::control::ErrorCode;
 use framebroker_tests::{
-    expect_state, processes_with_arg, read_side_by_side, sample_bars, wait_for, Broker, Camera,
+    decoders_of, expect_state, read_side_by_side, sample_bars, wait_for, Broker, Camera,
     SMPTE_BARS_BGR,
 };
 
@@ -53,7 +53,7 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
         live(&client, id);
     }
     assert_eq!(
-        processes_with_arg("ffmpeg", &cam.url).len(),
+        decoders_of(&cam.url).len(),
         1,
         "one ffmpeg decodes for every variant"
     );
@@ -149,7 +149,7 @@ fn variants_come_from_one_ffmpeg_and_are_streams_of_their_own() {
         "same ring across the restart"
     );
     rgb.latest(READ).unwrap();
-    assert_eq!(processes_with_arg("ffmpeg", &cam.url).len(), 1);
+    assert_eq!(decoders_of(&cam.url).len(), 1);
 
     // Stopping the main stream stops the variants of its own request; their
     // readers see `stopped`.
@@ -273,7 +273,7 @@ fn bad_variants_are_refused_before_anything_starts() {
         assert_eq!(ids, ["other"], "{variants:?} changed nothing");
     }
     assert!(
-        processes_with_arg("ffmpeg", &cam.url).is_empty(),
+        decoders_of(&cam.url).is_empty(),
         "no ffmpeg started for a refused request"
     );
 
@@ -372,5 +372,5 @@ fn variants_reconnect_into_their_rings_when_the_camera_returns() {
     assert_eq!(stats.info.generation, generation, "same segment");
     live(&client, "cam-small");
     assert!(client.stats("cam").unwrap().reconnects >= 1);
-    assert_eq!(processes_with_arg("ffmpeg", &cam.url).len(), 1);
+    assert_eq!(decoders_of(&cam.url).len(), 1);
 }
