@@ -4,7 +4,7 @@ results file of ``bench/run.py``. Every number in the text comes from that file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -27,6 +27,23 @@ def fmt(s: Optional[Dict[str, Any]], prec: int = 1) -> str:
 
 def med(s: Optional[Dict[str, Any]]) -> float:
     return float("nan") if not s or s.get("median") is None else float(s["median"])
+
+
+def variants(row: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(key suffix, decoder) of each decoder a cpu row measured (``bench/run.py
+    --decoders``): ("", "ffmpeg") and ("_libav", "libav") for ``py``/``py_libav``.
+    Rows from before ``--decoders`` have no ``decoder_of``: ffmpeg, plain keys."""
+    return [(k[2:], d) for k, d in row.get("decoder_of", {"py": "ffmpeg"}).items() if k.startswith("py")]
+
+
+def via(vs: List[Tuple[str, str]], decoder: str) -> str:
+    """How a label names the decoder: not at all when ffmpeg, as always, is the only one."""
+    return "" if [d for _, d in vs] == ["ffmpeg"] else f" via {decoder}"
+
+
+def decoder_label(decoder: str) -> str:
+    """The process a decoder's CPU is read from."""
+    return "ffmpeg" if decoder == "ffmpeg" else f"framebroker-decoder ({decoder})"
 
 
 def err(ss: List[Dict[str, Any]]):
@@ -59,11 +76,16 @@ def plot_cpu(cpu: Dict[str, Any], cores: int) -> str:
     for ax, size in zip(axes[0], sizes):
         rows = [r for r in cpu["rows"] if r["size"] == size]
         ns = [r["n"] for r in rows]
-        for kind, label in (("cv2", "N × cv2.VideoCapture"), ("py", "ours: N × Python VideoCapture"),
-                            ("rust", "ours: N × Rust reader")):
-            ss = [r[kind]["total_pct"] for r in rows]
-            ax.errorbar(ns, [med(s) for s in ss], yerr=err(ss), marker="o", ms=4, capsize=3,
-                        color=COLORS[kind], label=label)
+        vs = variants(rows[0])
+        series = [("cv2", "N × cv2.VideoCapture", "o", "-")]
+        for i, (sfx, dec) in enumerate(vs):
+            marker, ls = ("o", "-") if i == 0 else ("s", "--")
+            series += [("py" + sfx, f"ours{via(vs, dec)}: N × Python VideoCapture", marker, ls),
+                       ("rust" + sfx, f"ours{via(vs, dec)}: N × Rust reader", marker, ls)]
+        for key, label, marker, ls in series:
+            ss = [r[key]["total_pct"] for r in rows]
+            ax.errorbar(ns, [med(s) for s in ss], yerr=err(ss), marker=marker, ms=4, capsize=3, ls=ls,
+                        color=COLORS[key.split("_")[0]], label=label)
         ax.axhline(100 * cores, color="grey", ls=":", lw=1)
         ax.text(ns[0], 100 * cores, f" all {cores} cores", va="bottom", fontsize=8, color="grey")
         ax.set_xscale("log", base=2)
@@ -73,7 +95,7 @@ def plot_cpu(cpu: Dict[str, Any], cores: int) -> str:
         ax.set_ylabel("host CPU, % of one core")
         ax.set_title(f"{size} RTSP camera", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="center left")
+    axes[0][0].legend(fontsize=8 if len(variants(cpu["rows"][0])) == 1 else 7, loc="center left")
     return save(fig, "cpu.png")
 
 
@@ -188,18 +210,19 @@ def plot_memory(m: Dict[str, Any]) -> str:
 # The document
 # ---------------------------------------------------------------------------
 
-def decode_ratio(r: Dict[str, Any]) -> float:
+def decode_ratio(r: Dict[str, Any], sfx: str = "") -> float:
     """Decode work saved, per delivered frame: N cv2 processes (each decodes, so
-    their whole CPU is decode work) against framebroker's one ffmpeg."""
+    their whole CPU is decode work) against framebroker's one decoder process
+    (ffmpeg, or framebroker-decoder for the ``_libav`` keys)."""
     cv2 = med(r["cv2"]["total_pct"]) / max(med(r["cv2"]["fps_mean"]), 1e-9)
-    ours = med(r["py"]["ffmpeg_pct"]) / max(med(r["py"]["fps_mean"]), 1e-9)
+    ours = med(r["py" + sfx]["ffmpeg_pct"]) / max(med(r["py" + sfx]["fps_mean"]), 1e-9)
     return cv2 / ours if ours > 0 else float("nan")
 
 
 def goal_sentence(rows: List[Dict[str, Any]], met: List[int], missed: List[int],
-                  floor: Optional[Dict[str, Any]]) -> str:
+                  floor: Optional[Dict[str, Any]], sfx: str = "") -> str:
     """The decode-work goal (saving ≥ 0.8·N) in words: where it is met, and by how much it is not."""
-    k = [decode_ratio(r) / r["n"] for r in rows]
+    k = [decode_ratio(r, sfx) / r["n"] for r in rows]
     txt = (f"Decode work saved: {min(k):.2f}–{max(k):.2f}·N against the goal of 0.8·N — "
            + ("met for every N." if not missed else
               f"met for N = {', '.join(map(str, met))}, missed for N = {', '.join(map(str, missed))}."
@@ -224,6 +247,7 @@ def read_cost_pct(copy: Optional[Dict[str, Any]], size: str, fps: float) -> Opti
 
 def section_cpu(cpu: Dict[str, Any], cores: int, out: List[str], camera: str = "cheap",
                 copy: Optional[Dict[str, Any]] = None) -> None:
+    vs = variants(cpu["rows"][0])
     out.append("## 1. Host CPU: N programs watching one camera\n")
     out.append(
         "Each program reads the same RTSP camera as fast as frames come. **cv2** = N processes each with a "
@@ -234,32 +258,22 @@ def section_cpu(cpu: Dict[str, Any], cores: int, out: List[str], camera: str = "
         f"shown apart. {cpu['reps']} consecutive {cpu['window_s']:g} s windows after {cpu['warmup_s']:g} s of "
         "warm-up per configuration; CPU is user + system time of every process (psutil), in % of one core "
         f"({cores} cores = {100 * cores} %). fps = frames per second delivered to the slowest consumer.\n")
-    out.append("| camera | N | cv2 × N: CPU % | fps | ours, Python: CPU % | fps | ours, Rust: CPU % | fps "
-               "| total cv2 / ours (Python) | per delivered frame | decode work cv2 / ours (goal ≥ 0.8·N) "
-               "| camera CPU % |")
-    out.append("|---|---:|---|---:|---|---:|---|---:|---|---|---|---|")
-    for r in cpu["rows"]:
-        d = decode_ratio(r)
-        ok = "met" if d >= r["goal_ratio"] else "**missed**"
+    if via(vs, vs[0][1]):
         out.append(
-            f"| {r['size']} | {r['n']} | {fmt(r['cv2']['total_pct'])} | {med(r['cv2']['fps_min']):.1f} "
-            f"| {fmt(r['py']['total_pct'])} | {med(r['py']['fps_min']):.1f} | {fmt(r['rust']['total_pct'])} "
-            f"| {med(r['rust']['fps_min']):.1f} | {fmt(r['ratio_cv2_over_py'], 2)} "
-            f"| {fmt(r['ratio_per_frame_cv2_over_py'], 2)} | {d:.1f} (≥ {r['goal_ratio']:.1f}: {ok}) "
-            f"| {fmt(r['cv2']['camera_pct'])} |")
+            "Ours is measured through each decoder of `framebroker serve --decoder` ("
+            + ", ".join(f"`{d}`" for _, d in vs) + "; cv2 once per camera and N, shared by all): **ffmpeg** = the "
+            "system ffmpeg, frames over a pipe; **libav** = framebroker's own decoder process "
+            "(`framebroker-decoder`, libavcodec), frames through shared memory. Where ffmpeg is named below, "
+            "read the decoder process of that configuration.\n")
+    cpu_table(cpu, vs, out)
     out.append(
         "\n*Decode work* compares what the decoders cost per delivered frame: the N cv2 processes (decoding is "
-        "all they do) against framebroker's one ffmpeg (decode, conversion, and the write to the broker). The "
+        "all they do) against framebroker's one "
+        + ("ffmpeg (" if not via(vs, vs[0][1]) else "decoder process (ffmpeg or `framebroker-decoder`: ")
+        + "decode, conversion, and the write to the broker). The "
         "issue's goal is that this saving reaches 0.8·N, and that everything else framebroker adds grows only by "
         "the per-reader copy (see *What this means*).\n")
-    out.append("\nWhere framebroker's total goes (median % of one core):\n")
-    out.append("| camera | N | Python readers | broker | ffmpeg | Rust readers | broker | ffmpeg |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in cpu["rows"]:
-        py, ru = r["py"], r["rust"]
-        out.append(f"| {r['size']} | {r['n']} | {med(py['readers_pct']):.1f} | {med(py['broker_pct']):.2f} "
-                   f"| {med(py['ffmpeg_pct']):.1f} | {med(ru['readers_pct']):.1f} | {med(ru['broker_pct']):.2f} "
-                   f"| {med(ru['ffmpeg_pct']):.1f} |")
+    cpu_split(cpu, vs, out)
     if camera == "cheap":
         out.append(
             "\nThe test camera (`--camera cheap`) encodes with x264 `ultrafast` (no CABAC, no B-frames) a mostly "
@@ -274,6 +288,59 @@ def section_cpu(cpu: Dict[str, Any], cores: int, out: List[str], camera: str = "
             "costs next to nothing (last column, in no total) while every decoder pays what a real camera's stream "
             "costs.\n")
     floors = {f["size"]: f for f in cpu.get("decode_floor", [])}
+    if vs[0][1] == "ffmpeg":
+        cpu_handover(cpu, floors, [d for _, d in vs], out)
+    out.append("\n![CPU of N consumers](bench/cpu.png)\n")
+    out.append("**What this means.**\n\n" + "\n".join(cpu_meaning(cpu, vs, floors, copy)) + "\n")
+
+
+def cpu_table(cpu: Dict[str, Any], vs: List[Tuple[str, str]], out: List[str]) -> None:
+    """The main table: cv2, then each decoder's columns side by side."""
+    head, align = ["camera", "N", "cv2 × N: CPU %", "fps"], ["---", "---:", "---", "---:"]
+    for _, dec in vs:
+        v = via(vs, dec)
+        head += [f"ours, Python{v}: CPU %", "fps", f"ours, Rust{v}: CPU %", "fps",
+                 f"total cv2 / ours (Python{v})", "per delivered frame",
+                 f"decode work cv2 / ours{v} (goal ≥ 0.8·N)"]
+        align += ["---", "---:", "---", "---:", "---", "---", "---"]
+    head.append("camera CPU %")
+    align.append("---")
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join(align) + "|")
+    for r in cpu["rows"]:
+        cells = [r["size"], str(r["n"]), fmt(r["cv2"]["total_pct"]), f"{med(r['cv2']['fps_min']):.1f}"]
+        for sfx, _ in vs:
+            d = decode_ratio(r, sfx)
+            ok = "met" if d >= r["goal_ratio"] else "**missed**"
+            cells += [fmt(r["py" + sfx]["total_pct"]), f"{med(r['py' + sfx]['fps_min']):.1f}",
+                      fmt(r["rust" + sfx]["total_pct"]), f"{med(r['rust' + sfx]['fps_min']):.1f}",
+                      fmt(r["ratio_cv2_over_py" + sfx], 2), fmt(r["ratio_per_frame_cv2_over_py" + sfx], 2),
+                      f"{d:.1f} (≥ {r['goal_ratio']:.1f}: {ok})"]
+        cells.append(fmt(r["cv2"]["camera_pct"]))
+        out.append("| " + " | ".join(cells) + " |")
+
+
+def cpu_split(cpu: Dict[str, Any], vs: List[Tuple[str, str]], out: List[str]) -> None:
+    """Where framebroker's total goes: readers, broker, decoder, for each decoder."""
+    out.append("\nWhere framebroker's total goes (median % of one core):\n")
+    head = ["camera", "N"]
+    for _, dec in vs:
+        v = via(vs, dec)
+        head += [f"Python readers{v}", "broker", decoder_label(dec), f"Rust readers{v}", "broker", decoder_label(dec)]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|---|" + "---:|" * (len(head) - 1))
+    for r in cpu["rows"]:
+        cells = [r["size"], str(r["n"])]
+        for sfx, _ in vs:
+            for kind in ("py", "rust"):
+                x = r[kind + sfx]
+                cells += [f"{med(x['readers_pct']):.1f}", f"{med(x['broker_pct']):.2f}", f"{med(x['ffmpeg_pct']):.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+
+
+def cpu_handover(cpu: Dict[str, Any], floors: Dict[str, Dict[str, Any]], decoders: List[str],
+                 out: List[str]) -> None:
+    """Why one reader through ffmpeg costs more than one cv2 process, from the decode floor."""
     why = []
     for size, f in floors.items():
         one = next((r for r in cpu["rows"] if r["size"] == size and r["n"] == 1), None)
@@ -291,10 +358,18 @@ def section_cpu(cpu: Dict[str, Any], cores: int, out: List[str], camera: str = "
         "copies a cv2 process, decoding in its own memory, does not make. "
         + ("Measured in this run: " + "; ".join(why) + ". " if why else "")
         + "That hand-over is paid once per camera, however many programs read it; each further reader adds "
-        "only its own copy of the frame. Removing it means decoding inside the broker (linking libavcodec) "
-        "instead of running the system ffmpeg — a larger change, not made here.\n")
-    out.append("\n![CPU of N consumers](bench/cpu.png)\n")
-    # What it means, from the numbers.
+        "only its own copy of the frame. "
+        + ("`--decoder libav` removes the pipe: framebroker's own decoder process (libavcodec) writes the frames "
+           "into shared memory; its columns above are measured in the same run."
+           if "libav" in decoders else
+           "Removing it means decoding inside the broker (linking libavcodec) instead of running the system "
+           "ffmpeg — a larger change, not made here.")
+        + "\n")
+
+
+def cpu_meaning(cpu: Dict[str, Any], vs: List[Tuple[str, str]], floors: Dict[str, Dict[str, Any]],
+                copy: Optional[Dict[str, Any]]) -> List[str]:
+    """One bullet per camera size from the first decoder's figures, a sub-bullet per other decoder."""
     lines = []
     for size in dict.fromkeys(r["size"] for r in cpu["rows"]):
         rows = [r for r in cpu["rows"] if r["size"] == size]
@@ -307,22 +382,40 @@ def section_cpu(cpu: Dict[str, Any], cores: int, out: List[str], camera: str = "
         per_reader_rs = ((med(last["rust"]["total_pct"]) - med(first["rust"]["total_pct"]))
                          / max(1, last["n"] - first["n"]))
         dec = med(first["py"]["ffmpeg_pct"])
-        txt = (f"- **{size}**: with {last['n']} programs, cv2 costs {med(last['cv2']['total_pct']):.0f} % and "
+        txt = (f"- **{size}**{via(vs, vs[0][1])}: with {last['n']} programs, cv2 costs "
+               f"{med(last['cv2']['total_pct']):.0f} % and "
                f"framebroker {med(last['py']['total_pct']):.0f} % (Python) / {med(last['rust']['total_pct']):.0f} % "
                f"(Rust): a ratio of {med(last['ratio_cv2_over_py']):.1f}× for Python. The one decode costs "
                f"{dec:.0f} % of a core; each extra Python reader adds about {per_reader:.1f} %"
                + (f", of which its `read()` is {rc:.1f} % (section 4: the copy) and the rest waking up and the "
                   "interpreter's loop" if (rc := read_cost_pct(copy, size.split('@')[0], med(last['py']['fps_mean'])))
                   is not None else "")
-               + f"; each Rust reader about {per_reader_rs:.2f} %. " + goal_sentence(rows, met, missed,
-                                                                               floors.get(size)))
+               + f"; each Rust reader about {per_reader_rs:.2f} %. "
+               + goal_sentence(rows, met, missed, floors.get(size) if vs[0][1] == "ffmpeg" else None))
         if sat:
             txt += (f" With N ≥ {sat[0]} plain cv2 no longer keeps up: the slowest of them gets "
                     f"{med(rows[[r['n'] for r in rows].index(sat[0])]['cv2']['fps_min']):.1f} fps instead of "
                     f"{med(rows[0]['cv2']['fps_min']):.1f} — the machine is saturated by decoding, so its CPU ratio "
                     "understates the saving; the per-delivered-frame ratio shows it.")
         lines.append(txt)
-    out.append("**What this means.**\n\n" + "\n".join(lines) + "\n")
+        lines += [other_decoder_line(rows, sfx, d, vs[0][1]) for sfx, d in vs[1:]]
+    return lines
+
+
+def other_decoder_line(rows: List[Dict[str, Any]], sfx: str, decoder: str, base: str) -> str:
+    """A decoder beside the first one: totals, its decoder process, the goal."""
+    first, last = rows[0], rows[-1]
+    met = [r["n"] for r in rows if decode_ratio(r, sfx) >= r["goal_ratio"]]
+    missed = [r["n"] for r in rows if not decode_ratio(r, sfx) >= r["goal_ratio"]]
+    py, rs = last["py" + sfx], last["rust" + sfx]
+    return (f"  - via {decoder}: with {last['n']} programs framebroker costs {med(py['total_pct']):.0f} % (Python) / "
+            f"{med(rs['total_pct']):.0f} % (Rust) against {med(last['py']['total_pct']):.0f} % / "
+            f"{med(last['rust']['total_pct']):.0f} % via {base}: a ratio of "
+            f"{med(last['ratio_cv2_over_py' + sfx]):.1f}× for Python. With {first['n']} program"
+            f"{'s' if first['n'] > 1 else ''} its decoder process costs {med(first['py' + sfx]['ffmpeg_pct']):.1f} % "
+            f"and the broker {med(first['py' + sfx]['broker_pct']):.1f} %, against "
+            f"{med(first['py']['ffmpeg_pct']):.1f} % and {med(first['py']['broker_pct']):.1f} % via {base}. "
+            + goal_sentence(rows, met, missed, None, sfx))
 
 
 def section_age(a: Dict[str, Any], out: List[str]) -> None:

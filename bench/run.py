@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--only cpu,age,latency,copy,gateway,scale,memory]
                                   [--memory-minutes 10] [--no-build] [--no-report]
+                                  [--decoders ffmpeg,libav]
     .venv/bin/python bench/run.py --report-only bench/results/<file>.json
 
 It builds the release binaries, runs each section against real processes (the
@@ -12,7 +13,8 @@ processes), prints a table, writes ``bench/results/<date>.json`` and regenerates
 
 Sections:
   cpu      host CPU of N consumers of one camera: N x cv2.VideoCapture, N x our
-           Python VideoCapture (+ broker + ffmpeg), N x Rust readers (+ broker + ffmpeg)
+           Python VideoCapture (+ broker + ffmpeg), N x Rust readers (+ broker + ffmpeg);
+           ours once per --decoders entry (`framebroker serve --decoder ffmpeg|libav`)
   age      frame age at read time for a consumer slower than the camera (cv2 vs ours)
   latency  publish->read latency with 1, 8, 64 reader processes (fb-bench)
   copy     read cost per frame: Rust copy / zero-copy (fb-bench), Python read() (bench_read.py)
@@ -37,7 +39,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,6 +47,10 @@ import procs  # noqa: E402
 from procs import RELEASE, REPO, BenchError, Broker, Camera, Fleet  # noqa: E402
 
 SECTIONS = ["cpu", "age", "latency", "copy", "gateway", "scale", "memory"]
+#: ``framebroker serve --decoder`` values the cpu section compares, in this order.
+DECODERS = ["ffmpeg", "libav"]
+#: The executable each decoder runs under the broker for an RTSP camera.
+DECODER_EXE = {"ffmpeg": "ffmpeg", "libav": "framebroker-decoder"}
 PY = sys.executable
 CONSUMER = str(Path(__file__).resolve().parent / "consumer.py")
 
@@ -65,6 +71,10 @@ def fmt(s: Optional[Dict[str, Optional[float]]], prec: int = 1) -> str:
     if not s or s.get("median") is None:
         return "n/a"
     return f"{s['median']:.{prec}f} [{s['min']:.{prec}f}–{s['max']:.{prec}f}]"
+
+
+def med(s: Optional[Dict[str, Optional[float]]]) -> float:
+    return float("nan") if not s or s.get("median") is None else float(s["median"])
 
 
 def pctl(xs: Sequence[float], q: float) -> float:
@@ -128,41 +138,93 @@ def cpu_windows(fleet: Fleet, groups: Dict[str, Callable[[], List[int]]], reps: 
     return out
 
 
-def bench_cpu(p: Dict[str, Any]) -> Dict[str, Any]:
-    cfg, reps = p["cpu"], p["reps"]
-    results, floors = [], []
-    for (w, h, fps) in cfg["sizes"]:
-        cam = Camera(w, h, fps, *p["camera_args"])
-        broker = None
+def decoder_suffix(decoders: Sequence[str], decoder: str) -> str:
+    """Suffix of a decoder's keys in a cpu row: none for the first decoder (``py``,
+    ``rust``, ``ratio_cv2_over_py``, ... as in results files from before
+    ``--decoders``), ``_<name>`` for the others (``py_libav``, ...)."""
+    return "" if decoder == decoders[0] else f"_{decoder}"
+
+
+def variants(row: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(key suffix, decoder) of each decoder a cpu row measured; rows from before
+    ``--decoders`` have no ``decoder_of``: ffmpeg, plain keys."""
+    return [(k[2:], d) for k, d in row.get("decoder_of", {"py": "ffmpeg"}).items() if k.startswith("py")]
+
+
+def wait_idle(brokers: Dict[str, Broker]) -> None:
+    """No decoder left under any broker: the next configuration is measured alone."""
+    for b in brokers.values():
+        b.wait_no_ffmpeg()
+
+
+def decoder_names(broker: Broker) -> List[str]:
+    """Executable names of the processes under the broker (its decoders)."""
+    names = set()
+    for pid in broker.ffmpeg_pids():
         try:
-            broker = Broker("--idle-grace-ms", "3000")
+            names.add(Path(procs.psutil.Process(pid).cmdline()[0]).name)
+        except (procs.psutil.Error, IndexError):
+            pass
+    return sorted(names)
+
+
+def add_ratios(row: Dict[str, Any], ours: str) -> None:
+    """cv2 total / ours total, from the same repetition index, as is and per delivered frame."""
+    a, b = row["cv2"]["windows"], row[ours]["windows"]
+    # A window with no measurable CPU (psutil counts 10 ms ticks; tiny
+    # --quick sizes) has no ratio: it is left out, not divided by zero.
+    row[f"ratio_cv2_over_{ours}"] = mmm([x["total_pct"] / y["total_pct"]
+                                         for x, y in zip(a, b) if y["total_pct"] > 0])
+    # Per delivered frame: a saturated machine delivers fewer cv2 frames.
+    row[f"ratio_per_frame_cv2_over_{ours}"] = mmm([
+        (x["total_pct"] / max(x["fps_mean"], 1e-9)) / (y["total_pct"] / max(y["fps_mean"], 1e-9))
+        for x, y in zip(a, b) if y["total_pct"] > 0])
+
+
+def cpu_row(size: str, n: int, cam: Camera, brokers: Dict[str, Broker], cfg: Dict[str, Any],
+            reps: int) -> Dict[str, Any]:
+    """cv2 once, then our Python and Rust readers through each decoder's broker."""
+    row: Dict[str, Any] = {"size": size, "n": n, "decoder_of": {}}
+    log(f"cpu {size}: {n} x cv2")
+    wait_idle(brokers)
+    row["cv2"] = cpu_config("cv2", n, cam, None, cfg, reps)
+    decoders = list(brokers)
+    for d, broker in brokers.items():
+        sfx = decoder_suffix(decoders, d)
+        for kind in ("py", "rust"):
+            log(f"cpu {size}: {n} x {kind}, decoder {d}")
+            wait_idle(brokers)
+            row[kind + sfx] = cpu_config(kind, n, cam, broker, cfg, reps, d)
+            row["decoder_of"][kind + sfx] = d
+            add_ratios(row, kind + sfx)
+    row["goal_ratio"] = 0.8 * n
+    log(f"   cv2 {fmt(row['cv2']['total_pct'])} %  " + "  ".join(
+        f"{d}: py {fmt(row['py' + sfx]['total_pct'])} %  rust {fmt(row['rust' + sfx]['total_pct'])} %  "
+        f"ratio cv2/py {fmt(row['ratio_cv2_over_py' + sfx], 2)}" for sfx, d in variants(row)))
+    return row
+
+
+def bench_cpu(p: Dict[str, Any]) -> Dict[str, Any]:
+    cfg, reps, decoders = p["cpu"], p["reps"], p["decoders"]
+    results, floors = [], []
+    if "ffmpeg" not in decoders:
+        log("cpu: no decode floor: it reruns the broker's ffmpeg command line, and --decoders has no ffmpeg")
+    for (w, h, fps) in cfg["sizes"]:
+        size = f"{w}x{h}@{fps}"
+        cam = Camera(w, h, fps, *p["camera_args"])
+        brokers: Dict[str, Broker] = {}
+        try:
+            for d in decoders:
+                brokers[d] = Broker("--idle-grace-ms", "3000", "--decoder", d)
             for n in cfg["n"]:
-                row: Dict[str, Any] = {"size": f"{w}x{h}@{fps}", "n": n}
-                for kind in ("cv2", "py", "rust"):
-                    log(f"cpu {w}x{h}@{fps}: {n} x {kind}")
-                    broker.wait_no_ffmpeg()
-                    row[kind] = cpu_config(kind, n, cam, broker, cfg, reps)
-                # Ratios from the same repetition index: cv2 total / ours total.
-                for ours in ("py", "rust"):
-                    a, b = row["cv2"]["windows"], row[ours]["windows"]
-                    # A window with no measurable CPU (psutil counts 10 ms ticks; tiny
-                    # --quick sizes) has no ratio: it is left out, not divided by zero.
-                    row[f"ratio_cv2_over_{ours}"] = mmm([x["total_pct"] / y["total_pct"]
-                                                         for x, y in zip(a, b) if y["total_pct"] > 0])
-                    # Per delivered frame: a saturated machine delivers fewer cv2 frames.
-                    row[f"ratio_per_frame_cv2_over_{ours}"] = mmm([
-                        (x["total_pct"] / max(x["fps_mean"], 1e-9)) / (y["total_pct"] / max(y["fps_mean"], 1e-9))
-                        for x, y in zip(a, b) if y["total_pct"] > 0])
-                row["goal_ratio"] = 0.8 * n
-                results.append(row)
-                log(f"   cv2 {fmt(row['cv2']['total_pct'])} %  py {fmt(row['py']['total_pct'])} %  "
-                    f"rust {fmt(row['rust']['total_pct'])} %  ratio cv2/py {fmt(row['ratio_cv2_over_py'], 2)}")
-            log(f"cpu {w}x{h}@{fps}: the broker's ffmpeg alone, frames thrown away")
-            broker.wait_no_ffmpeg()
-            floors.append({"size": f"{w}x{h}@{fps}", **decode_floor(cam, broker, cfg, reps)})
+                results.append(cpu_row(size, n, cam, brokers, cfg, reps))
+            if "ffmpeg" in brokers:
+                log(f"cpu {size}: the broker's ffmpeg alone, frames thrown away")
+                wait_idle(brokers)
+                floors.append({"size": size, **decode_floor(cam, brokers["ffmpeg"], cfg, reps)})
         finally:
-            if broker is not None:
-                broker.close()
+            for b in brokers.values():
+                b.close()
             cam.close()
     return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "reps": reps, "rows": results,
             "decode_floor": floors}
@@ -209,7 +271,9 @@ def decode_floor(cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) ->
     return {"ffmpeg_null_pct": mmm(wins), "argv": argv}
 
 
-def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) -> Dict[str, Any]:
+def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Dict[str, Any], reps: int,
+               decoder: Optional[str] = None) -> Dict[str, Any]:
+    """``kind`` = cv2 (no broker), py or rust (through ``broker``, whose ``--decoder`` is ``decoder``)."""
     sid = None
     if kind == "cv2":
         cmds = [[PY, CONSUMER, "--api", "cv2", "--url", cam.url]] * n
@@ -218,6 +282,7 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, An
         cmds = [[PY, CONSUMER, "--api", "fb", "--url", cam.url, "--socket", broker.socket]] * n
         fleet = Fleet(cmds, "ready", sync_start=True)
     else:
+        assert broker is not None
         sid = f"cpu{int(time.time() * 1000) % 1000000}"
         broker.add(sid, cam.url)
         broker.wait_live([sid])
@@ -230,13 +295,15 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, An
             "readers": lambda: fleet.pids,
             "camera": lambda: [cam.pid],
         }
-        if kind != "cv2":
+        exe: List[str] = []
+        if broker is not None:
+            exe = check_decoder(broker, decoder or "ffmpeg")
             groups["broker"] = lambda: [broker.pid]
-            groups["ffmpeg"] = broker.ffmpeg_pids
+            groups["ffmpeg"] = broker.ffmpeg_pids  # the decoder: ffmpeg or framebroker-decoder
         wins = cpu_windows(fleet, groups, reps, cfg["warmup"], cfg["window"])
     finally:
         fleet.close()
-        if sid is not None:
+        if sid is not None and broker is not None:
             broker.cli("rm", sid, check=False)
     if max(x["fps_min"] for x in wins) <= 0:
         raise BenchError(f"cpu: a {kind} consumer read no frame in any window (N = {n})")
@@ -244,8 +311,20 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Broker, cfg: Dict[str, An
         x["total_pct"] = x["readers_pct"] + x.get("broker_pct", 0.0) + x.get("ffmpeg_pct", 0.0)
     keys = ["total_pct", "readers_pct", "broker_pct", "ffmpeg_pct", "camera_pct", "fps_mean", "fps_min"]
     out: Dict[str, Any] = {k: mmm([x.get(k, 0.0) for x in wins]) for k in keys}
+    if decoder is not None:
+        out.update(decoder=decoder, decoder_exe=exe)
     out["windows"] = wins
     return out
+
+
+def check_decoder(broker: Broker, decoder: str) -> List[str]:
+    """The executables decoding under the broker, which must be ``decoder``'s:
+    a camera the broker gave to another decoder would be measured under a wrong name."""
+    names = decoder_names(broker)
+    if DECODER_EXE[decoder] not in names:
+        raise BenchError(f"cpu: --decoder {decoder} runs {names or 'nothing'} under the broker, "
+                         f"not {DECODER_EXE[decoder]}")
+    return names
 
 
 # ---------------------------------------------------------------------------
@@ -485,6 +564,30 @@ def bench_scale(p: Dict[str, Any]) -> Dict[str, Any]:
 # The table printed at the end
 # ---------------------------------------------------------------------------
 
+def print_cpu(cpu: Dict[str, Any]) -> None:
+    """Section 1: one line per decoder under each (camera, N), then where ours goes."""
+    P = print
+    P("1. Host CPU, % of one core (camera excluded), and fps per consumer")
+    P(f"   {'camera':<14}{'N':>3}  {'cv2 x N':<20}{'decoder':<8}{'ours, Python':<20}{'ours, Rust':<20}"
+      f"{'cv2/ours (Py)':<18}{'cv2/ours (Rust)':<18}{'goal':>5}  fps cv2/py/rust")
+    for r in cpu["rows"]:
+        for i, (sfx, dec) in enumerate(variants(r)):
+            py, ru = r["py" + sfx], r["rust" + sfx]
+            head = f"{r['size']:<14}{r['n']:>3}  {fmt(r['cv2']['total_pct']):<20}" if i == 0 else " " * 39
+            P(f"   {head}{dec:<8}{fmt(py['total_pct']):<20}{fmt(ru['total_pct']):<20}"
+              f"{fmt(r['ratio_cv2_over_py' + sfx], 2):<18}{fmt(r.get('ratio_cv2_over_rust' + sfx), 2):<18}"
+              f"{r['goal_ratio']:>5.1f}  {r['cv2']['fps_min']['median']:.1f}/{py['fps_min']['median']:.1f}/"
+              f"{ru['fps_min']['median']:.1f}")
+    P("   where ours goes, median % of one core: readers / broker / decoder")
+    for r in cpu["rows"]:
+        for sfx, dec in variants(r):
+            split = ["/".join(f"{med(r[kind + sfx][k]):.1f}" for k in ("readers_pct", "broker_pct", "ffmpeg_pct"))
+                     for kind in ("py", "rust")]
+            P(f"   {r['size']:<14}{r['n']:>3}  {dec:<8}Python {split[0]:<18}Rust {split[1]}")
+    for f in cpu.get("decode_floor", []):
+        P(f"   {f['size']:<14}the broker's ffmpeg alone, output thrown away: {fmt(f['ffmpeg_null_pct'])} %")
+
+
 def print_table(res: Dict[str, Any]) -> None:
     P = print
     P(f"\nframebroker benchmarks — {res['date']} — {'quick' if res['quick'] else 'full'} run; "
@@ -493,16 +596,7 @@ def print_table(res: Dict[str, Any]) -> None:
       f"figures: median [min–max] over {res['reps']} repetitions\n")
     s = res["sections"]
     if "cpu" in s and "rows" in s["cpu"]:
-        P("1. Host CPU, % of one core (camera excluded), and fps per consumer")
-        P(f"   {'camera':<14}{'N':>3}  {'cv2 x N':<22}{'ours, Python':<22}{'ours, Rust':<22}"
-          f"{'cv2/ours (Py)':<20}{'goal':>6}  fps cv2/py/rust")
-        for r in s["cpu"]["rows"]:
-            P(f"   {r['size']:<14}{r['n']:>3}  {fmt(r['cv2']['total_pct']):<22}{fmt(r['py']['total_pct']):<22}"
-              f"{fmt(r['rust']['total_pct']):<22}{fmt(r['ratio_cv2_over_py'], 2):<20}{r['goal_ratio']:>6.1f}  "
-              f"{r['cv2']['fps_min']['median']:.1f}/{r['py']['fps_min']['median']:.1f}/"
-              f"{r['rust']['fps_min']['median']:.1f}")
-        for f in s["cpu"].get("decode_floor", []):
-            P(f"   {f['size']:<14}the broker's ffmpeg alone, output thrown away: {fmt(f['ffmpeg_null_pct'])} %")
+        print_cpu(s["cpu"])
     if "age" in s and "cv2" in s["age"]:
         a = s["age"]
         P(f"\n2. Frame age at read time, {a['size']} camera, {a['work_ms']} ms of work per frame, {a['seconds']:.0f} s")
@@ -563,13 +657,17 @@ def print_table(res: Dict[str, Any]) -> None:
 # Main
 # ---------------------------------------------------------------------------
 
-def build() -> None:
-    cmd = ["cargo", "build", "--release", "-p", "framebroker", "-p", "framebroker-gateway",
-           "-p", "framebroker-tests", "--bins"]
-    log("$ " + " ".join(cmd))
-    r = subprocess.run(cmd, cwd=REPO, timeout=3600)
-    if r.returncode != 0:
-        raise SystemExit("bench: the release build failed")
+def build(decoders: Sequence[str]) -> None:
+    cmds = [["cargo", "build", "--release", "-p", "framebroker", "-p", "framebroker-gateway",
+             "-p", "framebroker-tests", "--bins"]]
+    if "libav" in decoders:
+        # Its own call: the feature links libavcodec, which the other binaries do not need.
+        cmds.append(["cargo", "build", "--release", "-p", "framebroker-decoder", "--features", "libav"])
+    for cmd in cmds:
+        log("$ " + " ".join(cmd))
+        r = subprocess.run(cmd, cwd=REPO, timeout=3600)
+        if r.returncode != 0:
+            raise SystemExit("bench: the release build failed")
 
 
 def main() -> int:
@@ -585,6 +683,11 @@ def main() -> int:
     ap.add_argument("--camera", choices=["like-camera", "cheap"], default="like-camera",
                     help="stream of the cpu and scale sections: like a real IP camera (H.264 High, motion, "
                          "noise; default) or the cheapest H.264 there is (static pattern, x264 ultrafast)")
+    ap.add_argument("--decoders", default="ffmpeg",
+                    help="comma-separated decoders of the cpu section, each a `framebroker serve --decoder` "
+                         f"({', '.join(DECODERS)}; default ffmpeg): our readers are measured through each, cv2 "
+                         "once; the first one's figures keep the plain keys (py, rust, ...), the others' are "
+                         "suffixed (py_libav, ...)")
     ap.add_argument("--cpu-n", default="",
                     help="comma-separated N of the cpu section (default 1,2,4,8,16; --quick 1,2), e.g. 1 for a "
                          "before/after of one reader")
@@ -598,6 +701,11 @@ def main() -> int:
     bad = [x for x in only if x not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    asked = [x.strip() for x in a.decoders.split(",") if x.strip()]
+    bad = [x for x in asked if x not in DECODERS]
+    if bad or not asked:
+        ap.error(f"--decoders: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(DECODERS)}")
+    decoders = [d for d in DECODERS if d in asked]
     if a.memory_minutes is not None and not (0 < a.memory_minutes <= 24 * 60):
         ap.error("--memory-minutes must be in (0, 1440]")
     if not a.no_report:
@@ -607,13 +715,15 @@ def main() -> int:
             ap.error("matplotlib is missing: .venv/bin/pip install matplotlib (or pass --no-report)")
 
     if not a.no_build:
-        build()
-    for b in ("framebroker", "framebroker-gateway", "fb-reader", "fb-bench", "gateway-bench"):
+        build(decoders)
+    bins = ["framebroker", "framebroker-gateway", "fb-reader", "fb-bench", "gateway-bench"]
+    for b in bins + (["framebroker-decoder"] if "libav" in decoders else []):
         if not (RELEASE / b).exists():
             raise SystemExit(f"bench: {RELEASE / b} is missing (run without --no-build)")
 
     p = plan(a.quick, a.memory_minutes)
     p["camera_args"] = ["--like-camera"] if a.camera == "like-camera" else []
+    p["decoders"] = decoders
     if a.cpu_n:
         try:
             p["cpu"]["n"] = [int(x) for x in a.cpu_n.split(",")]
@@ -627,6 +737,7 @@ def main() -> int:
         "date": now.strftime("%Y-%m-%d %H:%M UTC"), "quick": a.quick, "reps": p["reps"],
         "command": "bench/run.py " + " ".join(sys.argv[1:]),
         "camera": a.camera,
+        "decoders": decoders,
         "binaries": str(RELEASE),
         "machine": procs.machine(), "loadavg_start": procs.loadavg(), "sections": {},
     }
