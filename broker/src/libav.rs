@@ -14,13 +14,15 @@
 //! ffmpeg's, and the URL's credentials are redacted from everything logged (it
 //! gets the URL through its environment, not its command line).
 //!
-//! Streams this decoder does not take (test patterns, files, hardware decoders,
-//! variants, and any stream whose frames it or the broker could not hand over,
-//! from its next run on) are given to ffmpeg ([`Ffmpeg`]) unchanged.
+//! Variants are outputs of the same decode, as with ffmpeg: each its own staging
+//! memory and its own converter. Streams this decoder does not take (test
+//! patterns, files, hardware decoders, and any stream whose frames it or the
+//! broker could not hand over, from its next run on) are given to ffmpeg
+//! ([`Ffmpeg`]) unchanged.
 //!
-//! Staging memory: a `memfd` the broker creates and passes as fd 3. After the
-//! decoder's geometry message the broker sizes it, seals it against shrinking
-//! and growing (so the decoder cannot take pages away from under the broker's
+//! Staging memory: a `memfd` per output that the broker creates and passes as
+//! fd 3, 4, ... After the decoder's geometry messages the broker sizes each,
+//! seals it against shrinking and growing (so the decoder cannot take pages away from under the broker's
 //! mapping, which would be a SIGBUS here), maps it read-only and says ready.
 
 use std::collections::HashSet;
@@ -31,15 +33,17 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use framebroker_decoder::{Layout, Message, MESSAGE_BYTES, READY, STAGING_FD, URL_ENV};
+use framebroker_decoder::{
+    ack, Layout, Message, MAX_OUTPUTS, MESSAGE_BYTES, READY, STAGING_FD, URL_ENV,
+};
 use framebroker_proto::control::{HwAccel, Transport};
 use framebroker_proto::naming::Source;
-use framebroker_proto::Geometry;
+use framebroker_proto::{Geometry, PixelFormat};
 
 use crate::convert::{Colour, Converter, SourceFormat};
 use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{
-    drain_log, Ffmpeg, FrameClock, KillHandle, RunningSource, SourceFactory, SourceSpec,
+    drain_log, Ffmpeg, FrameClock, FrameRead, KillHandle, RunningSource, SourceFactory, SourceSpec,
     StderrState,
 };
 use crate::sync::Lock;
@@ -125,8 +129,6 @@ impl Libav {
             Some("test patterns and files are ffmpeg's")
         } else if spec.hwaccel != HwAccel::None {
             Some("hardware decoders are ffmpeg's")
-        } else if !spec.variants.is_empty() {
-            Some("a decode with variants is ffmpeg's")
         } else if self.to_ffmpeg.locked().contains(&spec.id) {
             Some("its frames could not be handed over by this decoder")
         } else {
@@ -171,7 +173,22 @@ fn spawn(
     spec: &SourceSpec,
     to_ffmpeg: Arc<Mutex<HashSet<String>>>,
 ) -> Result<Box<dyn RunningSource>, Error> {
-    let memfd = staging_memfd()?;
+    // Output 0 is the stream, then its variants, each with its staging memory.
+    let sizes: Vec<Option<(u32, u32)>> = std::iter::once(spec.size)
+        .chain(spec.variants.iter().map(|v| v.size))
+        .collect();
+    let formats: Vec<PixelFormat> = std::iter::once(spec.pixel_format)
+        .chain(spec.variants.iter().map(|v| v.pixel_format))
+        .collect();
+    if sizes.len() > MAX_OUTPUTS as usize {
+        return Err(internal(format!(
+            "at most {MAX_OUTPUTS} outputs per decode"
+        )));
+    }
+    let memfds = sizes
+        .iter()
+        .map(|_| staging_memfd())
+        .collect::<Result<Vec<_>, _>>()?;
     let mut cmd = Command::new(path);
     cmd.env(URL_ENV, &spec.url)
         .arg("--timeout-us")
@@ -186,26 +203,32 @@ fn spawn(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some((w, h)) = spec.size {
-        cmd.arg("--size").arg(format!("{w}x{h}"));
+    for size in &sizes {
+        cmd.arg("--output").arg(match size {
+            Some((w, h)) => format!("{w}x{h}"),
+            None => "native".into(),
+        });
     }
-    let raw = memfd.as_raw_fd();
+    let raws: Vec<i32> = memfds.iter().map(|m| m.as_raw_fd()).collect();
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: runs in the child between fork and exec, where only
         // async-signal-safe calls are allowed: prctl, sigemptyset, pthread_sigmask
-        // and dup2 are. The child must die with the broker and must not inherit
-        // the broker's blocked signals (as ffmpeg, see ffmpeg.rs). `raw` is ≥ 64
-        // (staging_memfd), so dup2 onto STAGING_FD (3) cannot overwrite it, and
-        // dup2 clears close-on-exec on the copy only.
+        // and dup2 are, and iterating the captured Vec does not allocate. The child
+        // must die with the broker and must not inherit the broker's blocked
+        // signals (as ffmpeg, see ffmpeg.rs). Every source fd is ≥ 64
+        // (staging_memfd) and the targets are STAGING_FD.. (< 64), so dup2 never
+        // overwrites a source still needed; it clears close-on-exec on the copy only.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if libc::dup2(raw, STAGING_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                for (k, fd) in raws.iter().enumerate() {
+                    if libc::dup2(*fd, STAGING_FD + k as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -215,7 +238,7 @@ fn spawn(
         .spawn()
         .map_err(|e| internal(format!("cannot start the decoder {}: {e}", path.display())))?;
     let pid = child.id();
-    let (Some(stdin), Some(mut stdout), Some(stderr)) =
+    let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         let _ = child.kill();
@@ -224,52 +247,135 @@ fn spawn(
     };
     let shared = Arc::new(StderrState::default());
     let clock = Arc::new(FrameClock::default());
+    let alive = Arc::new(Mutex::new(true));
+    let kill = kill_handle(&alive, pid);
     let (st, ck) = (shared.clone(), clock.clone());
     let id = spec.id.clone();
-    let formats = [spec.pixel_format];
+    let log_formats = formats.clone();
     let (geo_tx, _geo_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name(format!("decoder-log-{id}"))
-        .spawn(move || drain_log(stderr, &id, &formats, false, geo_tx, &st, &ck))
+        .spawn(move || drain_log(stderr, &id, &log_formats, false, geo_tx, &st, &ck))
         .map_err(|e| internal(format!("cannot start log thread: {e}")))?;
-    let (msg_tx, msgs) = mpsc::sync_channel(BUFFERS as usize + 1);
+    let (geo_tx, geometries) = mpsc::channel();
+    let mut frame_txs = Vec::new();
+    let mut frame_rxs = Vec::new();
+    for _ in &sizes {
+        let (tx, rx) = mpsc::sync_channel(BUFFERS as usize);
+        frame_txs.push(tx);
+        frame_rxs.push(Some(rx));
+    }
+    let (st, k2) = (shared.clone(), kill.clone());
     std::thread::Builder::new()
         .name(format!("decoder-out-{}", spec.id))
-        .spawn(move || {
-            let mut b = [0u8; MESSAGE_BYTES];
-            while stdout.read_exact(&mut b).is_ok() {
-                let m = Message::decode(&b);
-                let bad = m.is_err();
-                if msg_tx.send(m).is_err() || bad {
-                    return;
-                }
-            }
-        })
+        .spawn(move || read_messages(stdout, geo_tx, frame_txs, &st, &k2))
         .map_err(|e| internal(format!("cannot start the decoder's reader: {e}")))?;
     Ok(Box::new(LibavSource {
         child,
         pid,
-        alive: Arc::new(Mutex::new(true)),
-        acks: stdin,
-        msgs,
-        memfd,
-        staged: None,
+        alive,
+        kill,
+        acks: Arc::new(Mutex::new(stdin)),
+        geometries,
+        frame_rxs,
+        outputs: memfds
+            .into_iter()
+            .zip(formats)
+            .map(|(memfd, ring_format)| Port {
+                memfd,
+                ring_format,
+                staged: None,
+            })
+            .collect(),
+        main: None,
         shared,
         clock,
         declared_fps: None,
-        ring_format: spec.pixel_format,
         id: spec.id.clone(),
         to_ffmpeg,
         empty: std::io::empty(),
     }))
 }
 
-/// The staging buffers as the broker sees them, once the geometry is known.
+fn kill_handle(alive: &Arc<Mutex<bool>>, pid: u32) -> KillHandle {
+    let alive = alive.clone();
+    Arc::new(move || {
+        let alive = alive.locked();
+        if *alive {
+            crate::platform::kill_pid(pid);
+        }
+    })
+}
+
+/// Records a protocol error as the run's error and ends the run.
+fn broken(shared: &StderrState, kill: &KillHandle, why: impl std::fmt::Display) -> Error {
+    let e = Error::new(
+        ErrorKind::Internal,
+        format!("the decoder broke its protocol: {why}"),
+    );
+    *shared.last_error.locked() = Some(e.clone());
+    kill();
+    e
+}
+
+/// Reads the decoder's messages to their end: geometries to `geo_tx`, each
+/// frame to its output's channel. A malformed message ends the run.
+fn read_messages(
+    mut stdout: impl Read,
+    geo_tx: mpsc::Sender<Message>,
+    frame_txs: Vec<mpsc::SyncSender<StagedFrame>>,
+    shared: &StderrState,
+    kill: &KillHandle,
+) {
+    let mut b = [0u8; MESSAGE_BYTES];
+    while stdout.read_exact(&mut b).is_ok() {
+        match Message::decode(&b) {
+            Ok(m @ Message::Geometry { .. }) => {
+                if geo_tx.send(m).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Frame {
+                output,
+                buffer,
+                pts_ns,
+            }) => {
+                let Some(tx) = frame_txs.get(output as usize) else {
+                    broken(shared, kill, format_args!("a frame of output {output}"));
+                    return;
+                };
+                // The receiver is gone when its pump ended: the run is ending.
+                if tx.send((buffer, pts_ns)).is_err() {
+                    return;
+                }
+            }
+            Err(why) => {
+                broken(shared, kill, why);
+                return;
+            }
+        }
+    }
+}
+
+/// A staged frame: its buffer and pts in ns.
+type StagedFrame = (u32, Option<i64>);
+/// One output's staged frames, as the decoder announces them.
+type StagedFrames = mpsc::Receiver<StagedFrame>;
+
+/// One output's staging buffers as the broker reads them.
 struct Staged {
     map: memmap2::Mmap,
     frame_bytes: usize,
     buffers: u32,
     conv: Converter,
+    geometry: Geometry,
+}
+
+/// One output of the decode: its staging memory and the ring's format.
+struct Port {
+    memfd: OwnedFd,
+    ring_format: PixelFormat,
+    staged: Option<Arc<Staged>>,
 }
 
 struct LibavSource {
@@ -277,31 +383,22 @@ struct LibavSource {
     pid: u32,
     /// False once reaped: the kill handle must not signal a reused pid.
     alive: Arc<Mutex<bool>>,
-    acks: ChildStdin,
-    msgs: mpsc::Receiver<Result<Message, String>>,
-    memfd: OwnedFd,
-    staged: Option<Staged>,
+    kill: KillHandle,
+    acks: Arc<Mutex<ChildStdin>>,
+    geometries: mpsc::Receiver<Message>,
+    /// Each output's frames, until its reader is made.
+    frame_rxs: Vec<Option<StagedFrames>>,
+    outputs: Vec<Port>,
+    main: Option<OutputFrames>,
     shared: Arc<StderrState>,
     clock: Arc<FrameClock>,
     declared_fps: Option<f64>,
-    ring_format: framebroker_proto::PixelFormat,
     id: String,
     to_ffmpeg: Arc<Mutex<HashSet<String>>>,
     empty: std::io::Empty,
 }
 
 impl LibavSource {
-    /// A protocol error: the run ends with it.
-    fn broken(&self, why: impl std::fmt::Display) -> Error {
-        let e = Error::new(
-            ErrorKind::Internal,
-            format!("the decoder broke its protocol: {why}"),
-        );
-        *self.shared.last_error.locked() = Some(e.clone());
-        (self.kill_handle())();
-        e
-    }
-
     /// The frames cannot be handed over this way: ffmpeg takes the stream from
     /// its next run on, and this run ends with the reason.
     fn hand_to_ffmpeg(&self, why: impl std::fmt::Display) -> Error {
@@ -312,13 +409,14 @@ impl LibavSource {
         );
         tracing::info!(stream = self.id, "{e}");
         *self.shared.last_error.locked() = Some(e.clone());
-        (self.kill_handle())();
+        (self.kill)();
         e
     }
 
-    /// Sets up the staging memory for `m` (a geometry message) and says ready.
-    fn stage(&mut self, m: Message) -> Result<Geometry, Error> {
+    /// Sets up output `k`'s staging memory for its geometry message `m`.
+    fn stage(&mut self, m: Message) -> Result<(), Error> {
         let Message::Geometry {
+            output,
             width,
             height,
             layout,
@@ -328,8 +426,22 @@ impl LibavSource {
             fps_milli,
         } = m
         else {
-            return Err(self.broken("a frame before the geometry"));
+            return Err(broken(
+                &self.shared,
+                &self.kill,
+                "a frame before the geometry",
+            ));
         };
+        let Some(port) = self.outputs.get(output as usize) else {
+            return Err(broken(
+                &self.shared,
+                &self.kill,
+                format_args!("a geometry for output {output}"),
+            ));
+        };
+        if port.staged.is_some() {
+            return Err(broken(&self.shared, &self.kill, "a second geometry"));
+        }
         if fps_milli > 0 {
             self.declared_fps = Some(fps_milli as f64 / 1000.0);
             *self.shared.declared_fps.locked() = self.declared_fps;
@@ -337,7 +449,7 @@ impl LibavSource {
         let geometry = Geometry {
             width,
             height,
-            pixel_format: self.ring_format,
+            pixel_format: port.ring_format,
         };
         let format = match layout {
             Layout::Yuv420p => SourceFormat::Yuv420p,
@@ -357,16 +469,17 @@ impl LibavSource {
             Err(e) => return Err(self.hand_to_ffmpeg(e)),
         };
         let frame_bytes = conv.source_bytes();
-        let len = frame_bytes
-            .checked_mul(buffers as usize)
-            .ok_or_else(|| self.broken("staging size overflows"))?;
+        let Some(len) = frame_bytes.checked_mul(buffers as usize) else {
+            return Err(broken(&self.shared, &self.kill, "staging size overflows"));
+        };
         let io = |what: &str, e: &dyn std::fmt::Display| internal(format!("{what}: {e}"));
-        nix::unistd::ftruncate(&self.memfd, len as i64)
+        let memfd = &port.memfd;
+        nix::unistd::ftruncate(memfd, len as i64)
             .map_err(|e| io("cannot size the staging memory", &e))?;
         {
             use nix::fcntl::{fcntl, FcntlArg, SealFlag};
             fcntl(
-                &self.memfd,
+                memfd,
                 FcntlArg::F_ADD_SEALS(
                     SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
                 ),
@@ -374,7 +487,7 @@ impl LibavSource {
             .map_err(|e| io("cannot seal the staging memory", &e))?;
         }
         let file = std::fs::File::from(
-            self.memfd
+            memfd
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(|e| io("cannot map the staging memory", &e))?,
@@ -387,16 +500,14 @@ impl LibavSource {
         // frame: every byte pattern is a valid u8.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
             .map_err(|e| io("cannot map the staging memory", &e))?;
-        self.staged = Some(Staged {
+        self.outputs[output as usize].staged = Some(Arc::new(Staged {
             map,
             frame_bytes,
             buffers,
             conv,
-        });
-        self.acks
-            .write_all(&[READY])
-            .map_err(|_| self.exited_early())?;
-        Ok(geometry)
+            geometry,
+        }));
+        Ok(())
     }
 
     fn exited_early(&self) -> Error {
@@ -407,18 +518,66 @@ impl LibavSource {
             )
         })
     }
+
+    /// Output `k`'s frames, once.
+    fn frames_of(&mut self, k: usize) -> Option<OutputFrames> {
+        let staged = self.outputs.get(k)?.staged.clone()?;
+        let frames = self.frame_rxs.get_mut(k)?.take()?;
+        Some(OutputFrames {
+            output: k as u32,
+            frames,
+            staged,
+            acks: self.acks.clone(),
+            shared: self.shared.clone(),
+            kill: self.kill.clone(),
+        })
+    }
+}
+
+/// One output's frames: each converted from its staging buffer into the slot.
+struct OutputFrames {
+    output: u32,
+    frames: StagedFrames,
+    staged: Arc<Staged>,
+    acks: Arc<Mutex<ChildStdin>>,
+    shared: Arc<StderrState>,
+    kill: KillHandle,
+}
+
+impl FrameRead for OutputFrames {
+    fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
+        let Ok((buffer, pts_ns)) = self.frames.recv() else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        };
+        let s = &self.staged;
+        if buffer >= s.buffers {
+            let e = broken(
+                &self.shared,
+                &self.kill,
+                format_args!("buffer {buffer} of {}", s.buffers),
+            );
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        let at = buffer as usize * s.frame_bytes;
+        let converted = s.conv.convert(&s.map[at..at + s.frame_bytes], dst);
+        // The buffer is the decoder's again. A closed pipe means it is gone: the
+        // next message read says so.
+        let _ = self.acks.locked().write_all(&[ack(self.output, buffer)]);
+        converted.map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(pts_ns)
+    }
 }
 
 impl RunningSource for LibavSource {
     fn geometry(&mut self, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Geometry, Error> {
         let deadline = Instant::now() + timeout;
-        loop {
+        // Every output's geometry comes after the first decoded frame, together.
+        while self.outputs.iter().any(|p| p.staged.is_none()) {
             if stop() {
                 return Err(Error::new(ErrorKind::Stopped, "stopped"));
             }
-            match self.msgs.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(m)) => return self.stage(m),
-                Ok(Err(why)) => return Err(self.broken(why)),
+            match self.geometries.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => self.stage(m)?,
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(Error::new(
@@ -433,38 +592,46 @@ impl RunningSource for LibavSource {
                 }
             }
         }
+        if self.acks.locked().write_all(&[READY]).is_err() {
+            return Err(self.exited_early());
+        }
+        self.main = self.frames_of(0);
+        Ok(self.outputs[0]
+            .staged
+            .as_ref()
+            .expect("staged above")
+            .geometry)
+    }
+
+    fn variant_geometries(
+        &mut self,
+        _timeout: Duration,
+        _stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<Geometry>, Error> {
+        // Known with the main output's (see `geometry`).
+        self.outputs[1..]
+            .iter()
+            .map(|p| {
+                p.staged
+                    .as_ref()
+                    .map(|s| s.geometry)
+                    .ok_or_else(|| internal("a variant's geometry before the stream's"))
+            })
+            .collect()
+    }
+
+    fn take_variant_readers(&mut self) -> Vec<Box<dyn FrameRead>> {
+        (1..self.outputs.len())
+            .filter_map(|k| self.frames_of(k))
+            .map(|f| Box::new(f) as Box<dyn FrameRead>)
+            .collect()
     }
 
     fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
-        let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        let m = match self.msgs.recv() {
-            Ok(Ok(m)) => m,
-            Ok(Err(why)) => {
-                let e = self.broken(why);
-                return Err(std::io::Error::other(e.to_string()));
-            }
-            Err(_) => return Err(eof()),
-        };
-        let Message::Frame { buffer, pts_ns } = m else {
-            let e = self.broken("a second geometry");
-            return Err(std::io::Error::other(e.to_string()));
-        };
-        let Some(s) = self.staged.as_ref() else {
-            return Err(eof());
-        };
-        if buffer >= s.buffers {
-            let e = self.broken(format_args!("buffer {buffer} of {}", s.buffers));
-            return Err(std::io::Error::other(e.to_string()));
+        match self.main.as_mut() {
+            Some(m) => m.read_frame(dst),
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
         }
-        let at = buffer as usize * s.frame_bytes;
-        let src = &s.map[at..at + s.frame_bytes];
-        s.conv
-            .convert(src, dst)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        // Buffer `buffer` is the decoder's again. A closed pipe means it is gone:
-        // the next message read says so.
-        let _ = self.acks.write_all(&[buffer as u8]);
-        Ok(pts_ns)
     }
 
     fn frames(&mut self) -> &mut dyn Read {
@@ -477,14 +644,7 @@ impl RunningSource for LibavSource {
     }
 
     fn kill_handle(&self) -> KillHandle {
-        let alive = self.alive.clone();
-        let pid = self.pid;
-        Arc::new(move || {
-            let alive = alive.locked();
-            if *alive {
-                crate::platform::kill_pid(pid);
-            }
-        })
+        self.kill.clone()
     }
 
     fn finish(&mut self) -> String {

@@ -67,7 +67,7 @@ struct ServeArgs {
     /// Who decodes network cameras: `ffmpeg` (the system ffmpeg, frames over a
     /// pipe) or `libav` (Linux: our own decoder process, `framebroker-decoder`
     /// built with `--features libav`, frames through shared memory; test
-    /// patterns, files, hardware decoders and variants stay with ffmpeg)
+    /// patterns, files and hardware decoders stay with ffmpeg)
     /// [default: ffmpeg].
     #[arg(long, env = "FRAMEBROKER_DECODER", value_parser = ["ffmpeg", "libav"])]
     decoder: Option<String>,

@@ -18,7 +18,7 @@ const READ: Duration = Duration::from_secs(15);
 /// What a `vaapi` stream with a variant did on this machine.
 struct VaapiRun {
     stats: StreamStats,
-    /// The command line of the ffmpeg that decodes now.
+    /// The command line of the decoder (ffmpeg or ours) that decodes now.
     cmdline: String,
     log: String,
 }
@@ -52,9 +52,11 @@ fn run_vaapi() -> VaapiRun {
         "the variant shares the decode"
     );
     assert_eq!(stats.reconnects, 0, "a fallback is not a reconnect");
-    let ffmpegs = processes_with_arg("ffmpeg", &cam.url);
-    assert_eq!(ffmpegs.len(), 1, "{ffmpegs:?}");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", ffmpegs[0])).unwrap();
+    // ffmpeg, or our own decoder with `--decoder libav`, which takes the
+    // software run (variants included).
+    let decoders = decoders_of(&cam.url);
+    assert_eq!(decoders.len(), 1, "{decoders:?}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", decoders[0])).unwrap();
     VaapiRun {
         stats,
         cmdline: String::from_utf8_lossy(&cmdline).replace('\0', " "),

@@ -148,6 +148,65 @@ fn the_own_decoder_hands_over_what_ffmpeg_does() {
 }
 
 #[test]
+fn variants_are_outputs_of_the_one_own_decode() {
+    use framebroker_client::VariantRequest;
+    let cam = Camera::start(320, 240, 30, "smpte").unwrap();
+    let ours = libav_broker(&[]);
+    let reference = Broker::start(&["--decoder", "ffmpeg"]).unwrap();
+    for b in [&ours, &reference] {
+        let mut req = StartRequest::new("cam", &cam.url);
+        req.variants = vec![
+            VariantRequest::new("cam-small", Some((160, 120)), PixelFormat::Gray),
+            VariantRequest::new("cam-rgb", None, PixelFormat::Rgb24),
+        ];
+        b.client().start(req).unwrap();
+        for id in ["cam", "cam-small", "cam-rgb"] {
+            live(&b.client(), id);
+        }
+    }
+    let decoders = own_decoders(&cam.url);
+    assert_eq!(
+        decoders.len(),
+        1,
+        "one framebroker-decoder for the three: {decoders:?}"
+    );
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", decoders[0])).unwrap())
+            .replace('\0', " ");
+    assert!(
+        cmdline.contains("--output native --output 160x120 --output native"),
+        "{cmdline}"
+    );
+    assert_eq!(
+        processes_with_arg("ffmpeg", &cam.url),
+        vec![reference.client().stats("cam").unwrap().ffmpeg_pid],
+        "only the reference broker runs ffmpeg"
+    );
+    for (id, h) in [("cam", 240usize), ("cam-small", 120), ("cam-rgb", 240)] {
+        let fa = ours
+            .client()
+            .attach_wait(id, READ)
+            .unwrap()
+            .next(READ)
+            .unwrap();
+        let fb = reference
+            .client()
+            .attach_wait(id, READ)
+            .unwrap()
+            .next(READ)
+            .unwrap();
+        assert!(fa.meta.stream_time.is_some(), "{id}: stream time");
+        let bars = fa.data.len() / h * (h * 2 / 3);
+        let (max, over) = diff(&fa.data[..bars], &fb.data[..bars], 3);
+        println!("{id}: libav vs ffmpeg: max {max}, {over} bytes over 3");
+        assert_eq!(
+            over, 0,
+            "{id}: {over} of {bars} bytes differ by more than 3 (max {max})"
+        );
+    }
+}
+
+#[test]
 fn what_the_own_decoder_does_not_take_goes_to_ffmpeg() {
     let broker = libav_broker(&[]);
     let client = broker.client();

@@ -11,12 +11,15 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use ffmpeg_next as ff;
-use framebroker_decoder::{Layout, Message, MAX_BUFFERS, READY, STAGING_FD, URL_ENV};
+use framebroker_decoder::{
+    parse_ack, Layout, Message, MAX_BUFFERS, MAX_OUTPUTS, READY, STAGING_FD, URL_ENV,
+};
 
 struct Args {
     transport: Option<String>,
     timeout_us: u64,
-    size: Option<(u32, u32)>,
+    /// Each output's size (`None`: the decoded size): the stream, then its variants.
+    outputs: Vec<Option<(u32, u32)>>,
     buffers: u32,
     version: bool,
 }
@@ -25,7 +28,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         transport: None,
         timeout_us: 5_000_000,
-        size: None,
+        outputs: Vec::new(),
         buffers: 3,
         version: false,
     };
@@ -44,14 +47,19 @@ fn parse_args() -> Result<Args, String> {
             "--timeout-us" => {
                 a.timeout_us = value()?.parse().map_err(|e| format!("--timeout-us: {e}"))?
             }
-            "--size" => {
+            "--output" => {
                 let v = value()?;
-                let (w, h) = v
-                    .split_once('x')
-                    .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-                    .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
-                    .ok_or_else(|| format!("--size {v}: WIDTHxHEIGHT"))?;
-                a.size = Some((w, h));
+                let size = if v == "native" {
+                    None
+                } else {
+                    Some(
+                        v.split_once('x')
+                            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                            .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+                            .ok_or_else(|| format!("--output {v}: native or WIDTHxHEIGHT"))?,
+                    )
+                };
+                a.outputs.push(size);
             }
             "--buffers" => {
                 a.buffers = value()?
@@ -62,6 +70,12 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if a.outputs.is_empty() {
+        a.outputs.push(None);
+    }
+    if a.outputs.len() > MAX_OUTPUTS as usize {
+        return Err(format!("at most {MAX_OUTPUTS} outputs"));
     }
     Ok(a)
 }
@@ -108,8 +122,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The staging buffers: the memory file at fd 3, mapped once the broker has
-/// sized it.
+/// One output's staging buffers: the memory file at fd `STAGING_FD + k`,
+/// mapped once the broker has sized it.
 struct Staging {
     ptr: *mut u8,
     len: usize,
@@ -118,7 +132,7 @@ struct Staging {
 }
 
 impl Staging {
-    fn map(buffers: u32, frame_bytes: usize) -> Result<Staging, String> {
+    fn map(fd: i32, buffers: u32, frame_bytes: usize) -> Result<Staging, String> {
         let len = frame_bytes
             .checked_mul(buffers as usize)
             .ok_or("staging size overflows")?;
@@ -126,10 +140,10 @@ impl Staging {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on a descriptor number writes only into `st`; a closed or
         // foreign descriptor makes it fail, which is reported.
-        let status = unsafe { libc::fstat(STAGING_FD, &mut st) };
+        let status = unsafe { libc::fstat(fd, &mut st) };
         if status != 0 {
             return Err(format!(
-                "no staging memory at fd {STAGING_FD}: {}",
+                "no staging memory at fd {fd}: {}",
                 std::io::Error::last_os_error()
             ));
         }
@@ -147,7 +161,7 @@ impl Staging {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                STAGING_FD,
+                fd,
                 0,
             )
         };
@@ -241,14 +255,21 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
 
     let mut stdout = std::io::stdout().lock();
     let mut stdin = std::io::stdin().lock();
-    let mut output: Option<Output> = None;
-    let mut staging: Option<Staging> = None;
+    // Each output's plan and staging buffers, once the first frame is decoded.
+    let mut outputs: Vec<(Output, Staging)> = Vec::new();
     let mut frame = ff::frame::Video::empty();
     let mut packet = ff::Packet::empty();
     let pts_ns = |pts: i64| -> i64 {
         let ns = i128::from(pts) * i128::from(time_base.numerator()) * 1_000_000_000
             / i128::from(time_base.denominator().max(1));
         ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    };
+    let mut read_byte = move || -> Result<u8, String> {
+        let mut b = [0u8];
+        stdin
+            .read_exact(&mut b)
+            .map_err(|e| format!("the broker is gone ({e})"))?;
+        Ok(b[0])
     };
 
     let mut ended = false;
@@ -271,72 +292,85 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
             Err(e) => return Err(format!("{shown}: {e}")),
         }
         while decoder.receive_frame(&mut frame).is_ok() {
-            if output.is_none() {
-                let o = plan(&frame, args.size)?;
-                let bytes = o
-                    .layout
-                    .frame_bytes(o.width, o.height)
-                    .and_then(|b| usize::try_from(b).ok())
-                    .ok_or("frame size overflows")?;
-                // A yuvj420p frame is full range whatever its range field says.
-                let range = if frame.format() == ff::format::Pixel::YUVJ420P {
-                    2
-                } else {
-                    ff::ffi::AVColorRange::from(frame.color_range()) as u32
-                };
+            if outputs.is_empty() {
+                outputs = start_outputs(args, &frame, fps, &mut stdout, &mut read_byte)?;
+            }
+            let pts = frame.timestamp().map(pts_ns);
+            for k in 0..outputs.len() {
+                // A free buffer of output k: the broker returns them in any order,
+                // for any output.
+                while outputs[k].1.free.is_empty() {
+                    let (o, b) = parse_ack(read_byte()?);
+                    if o as usize >= outputs.len() || b >= args.buffers {
+                        return Err(format!("the broker returned buffer {b} of output {o}"));
+                    }
+                    outputs[o as usize].1.free.push(b);
+                }
+                let (o, s) = &mut outputs[k];
+                let b = s.free.pop().expect("checked above");
+                stage(o, &frame, s.buffer(b))?;
                 send(
                     &mut stdout,
-                    Message::Geometry {
-                        width: o.width,
-                        height: o.height,
-                        layout: o.layout,
-                        colorspace: ff::ffi::AVColorSpace::from(frame.color_space()) as u32,
-                        range,
-                        buffers: args.buffers,
-                        fps_milli: fps,
+                    Message::Frame {
+                        output: k as u32,
+                        buffer: b,
+                        pts_ns: pts,
                     },
                 )?;
-                let mut b = [0u8];
-                stdin
-                    .read_exact(&mut b)
-                    .map_err(|e| format!("the broker is gone ({e})"))?;
-                if b[0] != READY {
-                    return Err(format!("the broker answered {:#x}, not ready", b[0]));
-                }
-                staging = Some(Staging::map(args.buffers, bytes)?);
-                output = Some(o);
             }
-            let (o, s) = (
-                output.as_mut().expect("set above"),
-                staging.as_mut().expect("set above"),
-            );
-            let k = match s.free.pop() {
-                Some(k) => k,
-                None => {
-                    let mut b = [0u8];
-                    stdin
-                        .read_exact(&mut b)
-                        .map_err(|e| format!("the broker is gone ({e})"))?;
-                    u32::from(b[0])
-                }
-            };
-            if k >= args.buffers {
-                return Err(format!(
-                    "the broker returned buffer {k} of {}",
-                    args.buffers
-                ));
-            }
-            stage(o, &frame, s.buffer(k))?;
-            send(
-                &mut stdout,
-                Message::Frame {
-                    buffer: k,
-                    pts_ns: frame.timestamp().map(pts_ns),
-                },
-            )?;
         }
     }
     Err(format!("{shown}: end of stream"))
+}
+
+/// Plans every output from the first decoded frame, sends their geometries,
+/// waits for the broker's ready and maps their staging memory.
+fn start_outputs(
+    args: &Args,
+    frame: &ff::frame::Video,
+    fps_milli: u64,
+    stdout: &mut impl Write,
+    read_byte: &mut impl FnMut() -> Result<u8, String>,
+) -> Result<Vec<(Output, Staging)>, String> {
+    // A yuvj420p frame is full range whatever its range field says.
+    let range = if frame.format() == ff::format::Pixel::YUVJ420P {
+        2
+    } else {
+        ff::ffi::AVColorRange::from(frame.color_range()) as u32
+    };
+    let colorspace = ff::ffi::AVColorSpace::from(frame.color_space()) as u32;
+    let mut plans = Vec::new();
+    for (k, size) in args.outputs.iter().enumerate() {
+        let o = plan(frame, *size)?;
+        let bytes = o
+            .layout
+            .frame_bytes(o.width, o.height)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or("frame size overflows")?;
+        send(
+            stdout,
+            Message::Geometry {
+                output: k as u32,
+                width: o.width,
+                height: o.height,
+                layout: o.layout,
+                colorspace,
+                range,
+                buffers: args.buffers,
+                fps_milli,
+            },
+        )?;
+        plans.push((o, bytes));
+    }
+    let b = read_byte()?;
+    if b != READY {
+        return Err(format!("the broker answered {b:#x}, not ready"));
+    }
+    plans
+        .into_iter()
+        .enumerate()
+        .map(|(k, (o, bytes))| Ok((o, Staging::map(STAGING_FD + k as i32, args.buffers, bytes)?)))
+        .collect()
 }
 
 /// How to stage the frames of a stream whose first decoded frame is `f`.

@@ -2,20 +2,22 @@
 //!
 //! The decoder process decodes with libavcodec and puts each frame, in the
 //! decoder's own layout (planar `yuv420p` or `nv12`, planes packed back to
-//! back), into one of a few **staging buffers** in a memory file the broker
-//! created and handed it as file descriptor [`STAGING_FD`]. The broker converts
-//! from there straight into the readers' ring. Compared with a pipe, a frame
+//! back; scaled first for an output of another size), into one of a few
+//! **staging buffers** in a memory file the broker created and handed it: output
+//! `k` (0 the stream, then its variants) at file descriptor [`STAGING_FD`]` + k`.
+//! The broker converts from there straight into each output's ring. Compared with a pipe, a frame
 //! crosses no kernel copy at all; compared with the decoder writing the ring
 //! itself, a crashed or misbehaving decoder can damage nothing a reader sees.
 //!
 //! The channels:
 //! - **decoder → broker, its stdout:** fixed-size [`Message`]s of
-//!   [`MESSAGE_BYTES`] bytes: one [`Message::Geometry`] once the first frame is
-//!   decoded, then one [`Message::Frame`] per frame;
-//! - **broker → decoder, its stdin:** single bytes. After the geometry,
-//!   [`READY`] says the memory file has its size (the broker sizes and seals it,
-//!   so the decoder cannot shrink it under the broker's mapping); after that each
-//!   byte is the index of a staging buffer the broker has finished with;
+//!   [`MESSAGE_BYTES`] bytes: one [`Message::Geometry`] per output once the
+//!   first frame is decoded, then one [`Message::Frame`] per frame and output;
+//! - **broker → decoder, its stdin:** single bytes. After the geometries,
+//!   [`READY`] says the memory files have their sizes (the broker sizes and seals
+//!   them, so the decoder cannot shrink one under the broker's mapping); after
+//!   that each byte is a staging buffer the broker has finished with
+//!   ([`ack`]: output and buffer);
 //! - **its stderr:** libav's log in ffmpeg's own `[level] message` form, so the
 //!   broker reads and classifies it exactly as ffmpeg's (errors, damaged
 //!   frames, the reason it ended).
@@ -38,8 +40,22 @@ pub const READY: u8 = 0xff;
 /// Size of every message on the decoder's stdout.
 pub const MESSAGE_BYTES: usize = 48;
 
-/// The most staging buffers a decoder may ask for.
+/// The most staging buffers a decoder may ask for, per output.
 pub const MAX_BUFFERS: u32 = 8;
+
+/// The most outputs of one decode: the stream and 8 variants.
+pub const MAX_OUTPUTS: u32 = 9;
+
+/// The byte that returns buffer `buffer` of output `output`.
+pub fn ack(output: u32, buffer: u32) -> u8 {
+    debug_assert!(output < MAX_OUTPUTS && buffer < MAX_BUFFERS);
+    ((output << 4) | buffer) as u8
+}
+
+/// Output and buffer of an [`ack`] byte.
+pub fn parse_ack(b: u8) -> (u32, u32) {
+    (u32::from(b >> 4), u32::from(b & 0x0f))
+}
 
 const GEOMETRY: u32 = 0x4f45_4701; // "\x01GEO"
 const FRAME: u32 = 0x4d52_4602; // "\x02FRM"
@@ -79,8 +95,10 @@ impl Layout {
 /// One message from the decoder.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Message {
-    /// What the frames will be; sent once, before the first frame.
+    /// What output `output`'s frames will be; sent once per output, before the
+    /// first frame.
     Geometry {
+        output: u32,
         width: u32,
         height: u32,
         layout: Layout,
@@ -93,8 +111,9 @@ pub enum Message {
         /// The rate the input declares, in frames per 1000 s (0: none).
         fps_milli: u64,
     },
-    /// Buffer `buffer` holds the next frame.
+    /// Buffer `buffer` of output `output` holds its next frame.
     Frame {
+        output: u32,
         buffer: u32,
         /// Presentation time in ns on the input's clock, if the frame has one.
         pts_ns: Option<i64>,
@@ -107,6 +126,7 @@ impl Message {
         let mut put32 = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
         match *self {
             Message::Geometry {
+                output,
                 width,
                 height,
                 layout,
@@ -116,6 +136,7 @@ impl Message {
                 fps_milli,
             } => {
                 put32(0, GEOMETRY);
+                put32(28, output);
                 put32(4, width);
                 put32(8, height);
                 put32(12, layout.code());
@@ -124,8 +145,13 @@ impl Message {
                 put32(24, buffers);
                 b[32..40].copy_from_slice(&fps_milli.to_le_bytes());
             }
-            Message::Frame { buffer, pts_ns } => {
+            Message::Frame {
+                output,
+                buffer,
+                pts_ns,
+            } => {
                 put32(0, FRAME);
+                put32(12, output);
                 put32(4, buffer);
                 put32(8, u32::from(pts_ns.is_some()));
                 b[16..24].copy_from_slice(&pts_ns.unwrap_or(0).to_le_bytes());
@@ -149,7 +175,12 @@ impl Message {
                 if !(1..=MAX_BUFFERS).contains(&buffers) {
                     return Err(format!("bad staging buffer count {buffers}"));
                 }
+                let output = u32_at(28);
+                if output >= MAX_OUTPUTS {
+                    return Err(format!("bad output {output}"));
+                }
                 Ok(Message::Geometry {
+                    output,
                     width,
                     height,
                     layout,
@@ -160,6 +191,7 @@ impl Message {
                 })
             }
             FRAME => Ok(Message::Frame {
+                output: u32_at(12),
                 buffer: u32_at(4),
                 pts_ns: (u32_at(8) != 0).then(|| u64_at(16) as i64),
             }),
@@ -209,6 +241,7 @@ mod tests {
     fn messages_round_trip() {
         for m in [
             Message::Geometry {
+                output: 3,
                 width: 1920,
                 height: 1080,
                 layout: Layout::Yuv420p,
@@ -218,10 +251,12 @@ mod tests {
                 fps_milli: 29_970,
             },
             Message::Frame {
+                output: 1,
                 buffer: 2,
                 pts_ns: Some(-5),
             },
             Message::Frame {
+                output: 0,
                 buffer: 0,
                 pts_ns: None,
             },
@@ -233,6 +268,7 @@ mod tests {
     #[test]
     fn bad_messages_are_refused() {
         let mut b = Message::Geometry {
+            output: 0,
             width: 2,
             height: 2,
             layout: Layout::Nv12,
@@ -247,8 +283,22 @@ mod tests {
         b[24] = 2;
         b[4..8].copy_from_slice(&0u32.to_le_bytes());
         assert!(Message::decode(&b).unwrap_err().contains("frame size"));
+        b[4..8].copy_from_slice(&2u32.to_le_bytes());
+        b[28] = MAX_OUTPUTS as u8;
+        assert!(Message::decode(&b).unwrap_err().contains("bad output"));
         b[0] = 0;
         assert!(Message::decode(&b).unwrap_err().contains("tag"));
+    }
+
+    #[test]
+    fn acks_carry_output_and_buffer() {
+        for output in 0..MAX_OUTPUTS {
+            for buffer in 0..MAX_BUFFERS {
+                let b = ack(output, buffer);
+                assert_ne!(b, READY);
+                assert_eq!(parse_ack(b), (output, buffer));
+            }
+        }
     }
 
     #[test]

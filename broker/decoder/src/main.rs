@@ -4,8 +4,8 @@
 //! it as it does ffmpeg; nobody else needs to run it.
 //!
 //! Usage (by the broker): `framebroker-decoder [--transport tcp|udp]
-//! [--timeout-us N] [--size WxH] [--buffers N]` with the URL in
-//! `FRAMEBROKER_DECODE_URL` and the staging memory file as fd 3;
+//! [--timeout-us N] [--output native|WxH]... [--buffers N]` with the URL in
+//! `FRAMEBROKER_DECODE_URL` and each output's staging memory file at fd 3, 4, ...;
 //! `framebroker-decoder --version` names the libav it runs with.
 //! Built only with `--features libav`.
 
