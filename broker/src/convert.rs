@@ -131,6 +131,15 @@ impl Colour {
     }
 }
 
+/// A source frame as planes, each `(bytes, row stride in bytes)`: Y, then U and
+/// V (`yuv420p`), or Y and the interleaved UV plane in `u` (`nv12`; `v` empty).
+#[derive(Clone, Copy, Debug)]
+pub struct Planes<'a> {
+    pub y: (&'a [u8], usize),
+    pub u: (&'a [u8], usize),
+    pub v: (&'a [u8], usize),
+}
+
 /// What went wrong; a converter never writes a partial frame on bad sizes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
@@ -149,6 +158,12 @@ pub enum ConvertError {
         height: u32,
         expected: usize,
         got: usize,
+    },
+    #[error("source planes do not hold a {width}x{height} {format:?} frame")]
+    SourcePlanes {
+        format: SourceFormat,
+        width: u32,
+        height: u32,
     },
     #[error("destination has {got} bytes, {expected} expected for {geometry}")]
     DestinationSize {
@@ -252,6 +267,11 @@ impl Converter {
         })
     }
 
+    /// The source layout this converter reads.
+    pub fn source(&self) -> SourceFormat {
+        self.src
+    }
+
     /// Bytes of one source frame.
     pub fn source_bytes(&self) -> usize {
         self.src_bytes
@@ -290,6 +310,30 @@ impl Converter {
                 got: src.len(),
             });
         }
+        let ys = w as usize * h as usize;
+        let (cw, ch) = (w.div_ceil(2) as usize, h.div_ceil(2) as usize);
+        let cs = cw * ch;
+        let (y, chroma) = src.split_at(ys);
+        let planes = match self.src {
+            SourceFormat::Yuv420p => Planes {
+                y: (y, w as usize),
+                u: (&chroma[..cs], cw),
+                v: (&chroma[cs..], cw),
+            },
+            SourceFormat::Nv12 => Planes {
+                y: (y, w as usize),
+                u: (chroma, 2 * cw),
+                v: (&[], 0),
+            },
+        };
+        self.convert_planes(&planes, dst)
+    }
+
+    /// Converts one source frame given as planes with row strides (a decoder's
+    /// own frame, rows padded) into `dst`. The planes are checked to hold every
+    /// row first; on an error `dst` is untouched.
+    pub fn convert_planes(&self, p: &Planes<'_>, dst: &mut [u8]) -> Result<(), ConvertError> {
+        let (w, h) = (self.dst.width, self.dst.height);
         if dst.len() != self.dst_bytes {
             return Err(ConvertError::DestinationSize {
                 geometry: format!("{w}x{h} {}", self.dst.pixel_format),
@@ -297,14 +341,28 @@ impl Converter {
                 got: dst.len(),
             });
         }
-        let ys = w as usize * h as usize;
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        let cs = cw as usize * ch as usize;
-        let (y, chroma) = src.split_at(ys);
+        let (wu, hu) = (w as usize, h as usize);
+        let (cw, ch) = (wu.div_ceil(2), hu.div_ceil(2));
+        // Row widths of each plane in bytes.
+        let (uw, vw) = match self.src {
+            SourceFormat::Yuv420p => (cw, cw),
+            SourceFormat::Nv12 => (2 * cw, 0),
+        };
+        let holds = |(plane, stride): (&[u8], usize), row: usize, rows: usize| {
+            rows == 0 || row == 0 || (stride >= row && plane.len() >= (rows - 1) * stride + row)
+        };
+        if !(holds(p.y, wu, hu) && holds(p.u, uw, ch) && holds(p.v, vw, ch)) {
+            return Err(ConvertError::SourcePlanes {
+                format: self.src,
+                width: w,
+                height: h,
+            });
+        }
         let failed = |e: yuv::YuvError| ConvertError::Converter {
             dst: self.dst.pixel_format,
             reason: e.to_string(),
         };
+        let stride32 = |s: usize| u32::try_from(s).unwrap_or(u32::MAX);
         match self.dst.pixel_format {
             PixelFormat::Bgr24 | PixelFormat::Rgb24 => {
                 let bgr = self.dst.pixel_format == PixelFormat::Bgr24;
@@ -312,12 +370,12 @@ impl Converter {
                 match self.src {
                     SourceFormat::Yuv420p => {
                         let img = YuvPlanarImage {
-                            y_plane: y,
-                            y_stride: w,
-                            u_plane: &chroma[..cs],
-                            u_stride: cw,
-                            v_plane: &chroma[cs..],
-                            v_stride: cw,
+                            y_plane: p.y.0,
+                            y_stride: stride32(p.y.1),
+                            u_plane: p.u.0,
+                            u_stride: stride32(p.u.1),
+                            v_plane: p.v.0,
+                            v_stride: stride32(p.v.1),
                             width: w,
                             height: h,
                         };
@@ -329,10 +387,10 @@ impl Converter {
                     }
                     SourceFormat::Nv12 => {
                         let img = YuvBiPlanarImage {
-                            y_plane: y,
-                            y_stride: w,
-                            uv_plane: chroma,
-                            uv_stride: cw * 2,
+                            y_plane: p.y.0,
+                            y_stride: stride32(p.y.1),
+                            uv_plane: p.u.0,
+                            uv_stride: stride32(p.u.1),
                             width: w,
                             height: h,
                         };
@@ -347,63 +405,75 @@ impl Converter {
                 .map_err(failed)
             }
             PixelFormat::Gray => {
-                self.luma_plane(y, dst);
+                self.plane_rows(p.y, wu, hu, dst, &self.luma);
                 Ok(())
             }
             PixelFormat::Yuv420p => {
                 // Even sizes only (the ring's geometry says so): cs == ys / 4.
-                let (dy, dc) = dst.split_at_mut(ys);
-                self.luma_plane(y, dy);
-                let (du, dv) = dc.split_at_mut(cs);
+                let (dy, dc) = dst.split_at_mut(wu * hu);
+                self.plane_rows(p.y, wu, hu, dy, &self.luma);
+                let (du, dv) = dc.split_at_mut(cw * ch);
                 match self.src {
                     SourceFormat::Yuv420p => {
-                        self.chroma_plane(&chroma[..cs], du);
-                        self.chroma_plane(&chroma[cs..], dv);
+                        self.plane_rows(p.u, cw, ch, du, &self.chroma);
+                        self.plane_rows(p.v, cw, ch, dv, &self.chroma);
                     }
                     SourceFormat::Nv12 => {
-                        for ((uv, u), v) in chroma.chunks_exact(2).zip(du).zip(dv) {
-                            *u = self.chroma_sample(uv[0]);
-                            *v = self.chroma_sample(uv[1]);
+                        for r in 0..ch {
+                            let uv = &p.u.0[r * p.u.1..r * p.u.1 + 2 * cw];
+                            let (u, v) =
+                                (&mut du[r * cw..(r + 1) * cw], &mut dv[r * cw..(r + 1) * cw]);
+                            for ((uv, u), v) in uv.chunks_exact(2).zip(u).zip(v) {
+                                *u = self.chroma_sample(uv[0]);
+                                *v = self.chroma_sample(uv[1]);
+                            }
                         }
                     }
                 }
                 Ok(())
             }
             PixelFormat::Nv12 => {
-                let (dy, duv) = dst.split_at_mut(ys);
-                self.luma_plane(y, dy);
+                let (dy, duv) = dst.split_at_mut(wu * hu);
+                self.plane_rows(p.y, wu, hu, dy, &self.luma);
                 match self.src {
                     SourceFormat::Yuv420p => {
-                        let (u, v) = chroma.split_at(cs);
-                        for ((d, u), v) in duv.chunks_exact_mut(2).zip(u).zip(v) {
-                            d[0] = self.chroma_sample(*u);
-                            d[1] = self.chroma_sample(*v);
+                        for r in 0..ch {
+                            let u = &p.u.0[r * p.u.1..r * p.u.1 + cw];
+                            let v = &p.v.0[r * p.v.1..r * p.v.1 + cw];
+                            let d = &mut duv[r * 2 * cw..(r + 1) * 2 * cw];
+                            for ((d, u), v) in d.chunks_exact_mut(2).zip(u).zip(v) {
+                                d[0] = self.chroma_sample(*u);
+                                d[1] = self.chroma_sample(*v);
+                            }
                         }
                     }
-                    SourceFormat::Nv12 => self.chroma_plane(chroma, duv),
+                    SourceFormat::Nv12 => self.plane_rows(p.u, 2 * cw, ch, duv, &self.chroma),
                 }
                 Ok(())
             }
         }
     }
 
-    fn luma_plane(&self, src: &[u8], dst: &mut [u8]) {
-        match &self.luma {
-            Some(t) => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, s)| *d = t[*s as usize]),
-            None => dst.copy_from_slice(src),
-        }
-    }
-
-    fn chroma_plane(&self, src: &[u8], dst: &mut [u8]) {
-        match &self.chroma {
-            Some(t) => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, s)| *d = t[*s as usize]),
-            None => dst.copy_from_slice(src),
+    /// Copies `rows` rows of `row` bytes of a strided plane into the packed
+    /// `dst`, through `table` when set.
+    fn plane_rows(
+        &self,
+        (src, stride): (&[u8], usize),
+        row: usize,
+        rows: usize,
+        dst: &mut [u8],
+        table: &Option<Box<[u8; 256]>>,
+    ) {
+        let apply = |s: &[u8], d: &mut [u8]| match table {
+            Some(t) => d.iter_mut().zip(s).for_each(|(d, s)| *d = t[*s as usize]),
+            None => d.copy_from_slice(s),
+        };
+        if stride == row {
+            apply(&src[..row * rows], &mut dst[..row * rows]);
+        } else {
+            for (r, d) in dst.chunks_exact_mut(row).take(rows).enumerate() {
+                apply(&src[r * stride..r * stride + row], d);
+            }
         }
     }
 
@@ -412,5 +482,115 @@ impl Converter {
             Some(t) => t[c as usize],
             None => c,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of `format` with every sample different, packed.
+    fn packed(format: SourceFormat, w: u32, h: u32) -> Vec<u8> {
+        let n = format.frame_bytes(w, h).unwrap();
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// The same frame with every row padded to `row + pad` bytes.
+    fn strided(src: &[u8], format: SourceFormat, w: u32, h: u32, pad: usize) -> Vec<Vec<u8>> {
+        let (w, h) = (w as usize, h as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let dims: Vec<(usize, usize)> = match format {
+            SourceFormat::Yuv420p => vec![(w, h), (cw, ch), (cw, ch)],
+            SourceFormat::Nv12 => vec![(w, h), (2 * cw, ch)],
+        };
+        let mut at = 0;
+        dims.iter()
+            .map(|&(row, rows)| {
+                let mut p = vec![0xAAu8; (row + pad) * rows];
+                for r in 0..rows {
+                    p[r * (row + pad)..r * (row + pad) + row].copy_from_slice(&src[at..at + row]);
+                    at += row;
+                }
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn padded_rows_convert_as_packed_ones() {
+        let (w, h) = (64, 34);
+        for format in [SourceFormat::Yuv420p, SourceFormat::Nv12] {
+            for range in [Range::Limited, Range::Full] {
+                for pf in [
+                    PixelFormat::Bgr24,
+                    PixelFormat::Rgb24,
+                    PixelFormat::Gray,
+                    PixelFormat::Yuv420p,
+                    PixelFormat::Nv12,
+                ] {
+                    let colour = Colour {
+                        matrix: Matrix::Bt709,
+                        range,
+                    };
+                    let g = Geometry {
+                        width: w,
+                        height: h,
+                        pixel_format: pf,
+                    };
+                    let c = Converter::new(format, colour, g).unwrap();
+                    let src = packed(format, w, h);
+                    let mut want = vec![0u8; c.frame_bytes()];
+                    c.convert(&src, &mut want).unwrap();
+                    let planes = strided(&src, format, w, h, 13);
+                    let (cw, row) = ((w as usize).div_ceil(2), w as usize);
+                    let p = match format {
+                        SourceFormat::Yuv420p => Planes {
+                            y: (&planes[0], row + 13),
+                            u: (&planes[1], cw + 13),
+                            v: (&planes[2], cw + 13),
+                        },
+                        SourceFormat::Nv12 => Planes {
+                            y: (&planes[0], row + 13),
+                            u: (&planes[1], 2 * cw + 13),
+                            v: (&[], 0),
+                        },
+                    };
+                    let mut got = vec![0u8; c.frame_bytes()];
+                    c.convert_planes(&p, &mut got).unwrap();
+                    assert!(got == want, "{format:?} {range:?} -> {pf}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn planes_too_short_are_refused_and_change_nothing() {
+        let g = Geometry {
+            width: 16,
+            height: 16,
+            pixel_format: PixelFormat::Bgr24,
+        };
+        let c = Converter::new(SourceFormat::Yuv420p, Colour::DEFAULT, g).unwrap();
+        let y = vec![16u8; 16 * 15]; // one row short
+        let uv = vec![128u8; 64];
+        let p = Planes {
+            y: (&y, 16),
+            u: (&uv, 8),
+            v: (&uv, 8),
+        };
+        let mut dst = vec![7u8; c.frame_bytes()];
+        assert!(matches!(
+            c.convert_planes(&p, &mut dst),
+            Err(ConvertError::SourcePlanes { .. })
+        ));
+        assert!(dst.iter().all(|b| *b == 7));
+        // A stride shorter than the row is refused too.
+        let y = vec![16u8; 16 * 16];
+        let p = Planes {
+            y: (&y, 8),
+            u: (&uv, 8),
+            v: (&uv, 8),
+        };
+        assert!(c.convert_planes(&p, &mut dst).is_err());
     }
 }

@@ -20,6 +20,12 @@
 //! broker could not hand over, from its next run on) are given to ffmpeg
 //! ([`Ffmpeg`]) unchanged.
 //!
+//! The frame pool: a `memfd` the broker creates and passes at
+//! `framebroker_decoder::POOL_FD`; libavcodec decodes into its slots (the
+//! decoder sizes and seals it, the broker checks the seals before mapping it
+//! read-only), so a frame of the decoded size is converted in place, with no
+//! copy at all. Other frames (another size, a full pool) come through staging.
+//!
 //! Staging memory: a `memfd` per output that the broker creates and passes as
 //! fd 3, 4, ... After the decoder's geometry messages the broker sizes each,
 //! seals it against shrinking and growing (so the decoder cannot take pages away from under the broker's
@@ -34,13 +40,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use framebroker_decoder::{
-    ack, Layout, Message, MAX_OUTPUTS, MESSAGE_BYTES, READY, STAGING_FD, URL_ENV,
+    Ack, Layout, Message, Place, PoolLayout, MAX_OUTPUTS, MESSAGE_BYTES, POOL_FD, READY,
+    STAGING_FD, URL_ENV,
 };
 use framebroker_proto::control::{HwAccel, Transport};
 use framebroker_proto::naming::Source;
 use framebroker_proto::{Geometry, PixelFormat};
 
-use crate::convert::{Colour, Converter, SourceFormat};
+use crate::convert::{Colour, Converter, Planes, SourceFormat};
 use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{
     drain_log, Ffmpeg, FrameClock, FrameRead, KillHandle, RunningSource, SourceFactory, SourceSpec,
@@ -189,6 +196,8 @@ fn spawn(
         .iter()
         .map(|_| staging_memfd())
         .collect::<Result<Vec<_>, _>>()?;
+    // The frame pool the decoder decodes into (it sizes and seals it).
+    let pool_fd = staging_memfd()?;
     let mut cmd = Command::new(path);
     cmd.env(URL_ENV, &spec.url)
         .arg("--timeout-us")
@@ -210,6 +219,7 @@ fn spawn(
         });
     }
     let raws: Vec<i32> = memfds.iter().map(|m| m.as_raw_fd()).collect();
+    let pool_raw = pool_fd.as_raw_fd();
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: runs in the child between fork and exec, where only
@@ -219,6 +229,7 @@ fn spawn(
         // signals (as ffmpeg, see ffmpeg.rs). Every source fd is ≥ 64
         // (staging_memfd) and the targets are STAGING_FD.. (< 64), so dup2 never
         // overwrites a source still needed; it clears close-on-exec on the copy only.
+        // The pool goes to POOL_FD, above every staging target.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -229,6 +240,9 @@ fn spawn(
                     if libc::dup2(*fd, STAGING_FD + k as i32) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if libc::dup2(pool_raw, POOL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -288,6 +302,8 @@ fn spawn(
             })
             .collect(),
         main: None,
+        pool_fd,
+        pool: None,
         shared,
         clock,
         declared_fps: None,
@@ -337,7 +353,7 @@ fn read_messages(
             }
             Ok(Message::Frame {
                 output,
-                buffer,
+                place,
                 pts_ns,
             }) => {
                 let Some(tx) = frame_txs.get(output as usize) else {
@@ -345,7 +361,7 @@ fn read_messages(
                     return;
                 };
                 // The receiver is gone when its pump ended: the run is ending.
-                if tx.send((buffer, pts_ns)).is_err() {
+                if tx.send((place, pts_ns)).is_err() {
                     return;
                 }
             }
@@ -357,8 +373,8 @@ fn read_messages(
     }
 }
 
-/// A staged frame: its buffer and pts in ns.
-type StagedFrame = (u32, Option<i64>);
+/// A frame the decoder handed over: where it is, and its pts in ns.
+type StagedFrame = (Place, Option<i64>);
 /// One output's staged frames, as the decoder announces them.
 type StagedFrames = mpsc::Receiver<StagedFrame>;
 
@@ -369,6 +385,42 @@ struct Staged {
     buffers: u32,
     conv: Converter,
     geometry: Geometry,
+    /// The frame pool, when this output gets frames in place.
+    pool: Option<Arc<PoolMap>>,
+}
+
+/// The decoder's frame pool, mapped read-only.
+struct PoolMap {
+    map: memmap2::Mmap,
+    layout: PoolLayout,
+}
+
+impl PoolMap {
+    /// The planes of slot `slot` (the converter checks that they hold the frame).
+    fn planes(&self, slot: u32, layout: Layout) -> Option<Planes<'_>> {
+        let l = &self.layout;
+        if slot >= l.slots {
+            return None;
+        }
+        let start = slot as usize * l.slot_bytes as usize;
+        let end = start + l.slot_bytes as usize;
+        let plane = |k: usize| -> Option<(&[u8], usize)> {
+            let at = start + l.offsets[k] as usize;
+            (at <= end).then(|| (&self.map[at..end], l.strides[k] as usize))
+        };
+        Some(match layout {
+            Layout::Yuv420p => Planes {
+                y: plane(0)?,
+                u: plane(1)?,
+                v: plane(2)?,
+            },
+            Layout::Nv12 => Planes {
+                y: plane(0)?,
+                u: plane(1)?,
+                v: (&[], 0),
+            },
+        })
+    }
 }
 
 /// One output of the decode: its staging memory and the ring's format.
@@ -390,6 +442,9 @@ struct LibavSource {
     frame_rxs: Vec<Option<StagedFrames>>,
     outputs: Vec<Port>,
     main: Option<OutputFrames>,
+    /// The frame pool's memory file, and its mapping once the decoder uses it.
+    pool_fd: OwnedFd,
+    pool: Option<Arc<PoolMap>>,
     shared: Arc<StderrState>,
     clock: Arc<FrameClock>,
     declared_fps: Option<f64>,
@@ -424,6 +479,7 @@ impl LibavSource {
             range,
             buffers,
             fps_milli,
+            pool,
         } = m
         else {
             return Err(broken(
@@ -500,14 +556,80 @@ impl LibavSource {
         // frame: every byte pattern is a valid u8.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
             .map_err(|e| io("cannot map the staging memory", &e))?;
+        let pool = match pool {
+            Some(l) => Some(self.map_pool(l)?),
+            None => None,
+        };
         self.outputs[output as usize].staged = Some(Arc::new(Staged {
             map,
             frame_bytes,
             buffers,
             conv,
             geometry,
+            pool,
         }));
         Ok(())
+    }
+
+    /// Maps the decoder's frame pool read-only (once; every output that gets
+    /// frames in place shares it), after checking that the decoder sealed it at
+    /// the size its layout says.
+    fn map_pool(&mut self, l: PoolLayout) -> Result<Arc<PoolMap>, Error> {
+        if let Some(p) = &self.pool {
+            if p.layout != l {
+                return Err(broken(&self.shared, &self.kill, "two frame pool layouts"));
+            }
+            return Ok(p.clone());
+        }
+        let Some(len) = l
+            .slot_bytes
+            .checked_mul(u64::from(l.slots))
+            .and_then(|n| usize::try_from(n).ok())
+        else {
+            return Err(broken(
+                &self.shared,
+                &self.kill,
+                "frame pool size overflows",
+            ));
+        };
+        if l.offsets.iter().any(|o| u64::from(*o) > l.slot_bytes) {
+            return Err(broken(
+                &self.shared,
+                &self.kill,
+                "a plane outside its pool slot",
+            ));
+        }
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let seals = fcntl(&self.pool_fd, FcntlArg::F_GET_SEALS)
+            .map(SealFlag::from_bits_truncate)
+            .unwrap_or(SealFlag::empty());
+        let size = nix::sys::stat::fstat(&self.pool_fd)
+            .map(|st| st.st_size)
+            .unwrap_or(0);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) || (size as u64) < len as u64 {
+            return Err(broken(
+                &self.shared,
+                &self.kill,
+                format_args!("the frame pool is not sealed at {len} bytes ({size}, {seals:?})"),
+            ));
+        }
+        let file = std::fs::File::from(
+            self.pool_fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| internal(format!("cannot map the frame pool: {e}")))?,
+        );
+        // SAFETY: the memory file holds at least `len` bytes and is sealed against
+        // shrinking (checked above), so every page of the mapping stays backed. As
+        // with the staging buffers, we read a slot only between the decoder's
+        // message naming it and our return of it; libavcodec writes a frame only
+        // before handing it out, and a decoder breaking that could only change
+        // pixel values (every byte pattern is a valid u8).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+            .map_err(|e| internal(format!("cannot map the frame pool: {e}")))?;
+        let p = Arc::new(PoolMap { map, layout: l });
+        self.pool = Some(p.clone());
+        Ok(p)
     }
 
     fn exited_early(&self) -> Error {
@@ -544,26 +666,45 @@ struct OutputFrames {
     kill: KillHandle,
 }
 
+impl OutputFrames {
+    fn broken(&self, why: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::other(broken(&self.shared, &self.kill, why).to_string())
+    }
+}
+
 impl FrameRead for OutputFrames {
     fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
-        let Ok((buffer, pts_ns)) = self.frames.recv() else {
+        let Ok((place, pts_ns)) = self.frames.recv() else {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         };
         let s = &self.staged;
-        if buffer >= s.buffers {
-            let e = broken(
-                &self.shared,
-                &self.kill,
-                format_args!("buffer {buffer} of {}", s.buffers),
-            );
-            return Err(std::io::Error::other(e.to_string()));
-        }
-        let at = buffer as usize * s.frame_bytes;
-        let converted = s.conv.convert(&s.map[at..at + s.frame_bytes], dst);
-        // The buffer is the decoder's again. A closed pipe means it is gone: the
+        let converted = match place {
+            Place::Staging(b) if b < s.buffers => {
+                let at = b as usize * s.frame_bytes;
+                s.conv.convert(&s.map[at..at + s.frame_bytes], dst)
+            }
+            Place::Pool(slot) => {
+                let layout = match s.conv.source() {
+                    SourceFormat::Yuv420p => Layout::Yuv420p,
+                    SourceFormat::Nv12 => Layout::Nv12,
+                };
+                match s.pool.as_ref().and_then(|p| p.planes(slot, layout)) {
+                    Some(planes) => s.conv.convert_planes(&planes, dst),
+                    None => return Err(self.broken(format_args!("a frame in pool slot {slot}"))),
+                }
+            }
+            Place::Staging(b) => {
+                return Err(self.broken(format_args!("buffer {b} of {}", s.buffers)))
+            }
+        };
+        // The frame is the decoder's again. A closed pipe means it is gone: the
         // next message read says so.
-        let _ = self.acks.locked().write_all(&[ack(self.output, buffer)]);
-        converted.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let ack = Ack {
+            output: self.output,
+            place,
+        };
+        let _ = self.acks.locked().write_all(&ack.encode());
+        converted.map_err(|e| self.broken(e))?;
         Ok(pts_ns)
     }
 }

@@ -86,6 +86,13 @@ fn the_own_decoder_hands_over_what_ffmpeg_does() {
         start(&b, id, url, size, pf);
         let stats = a.stats(id).unwrap();
         let (w, h) = size.unwrap_or((320, 240));
+        // The native stream is decoded straight into the shared frame pool
+        // (fd 12 of the decoder, sized on the first frame); scaled ones are
+        // copied to staging, but the pool is set up for every decode.
+        let pool = std::fs::metadata(format!("/proc/{}/fd/12", stats.ffmpeg_pid))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(pool > 0, "{id}: the frame pool is in use ({pool} bytes)");
         let decoders = own_decoders(url);
         assert!(
             decoders.contains(&stats.ffmpeg_pid),
@@ -242,7 +249,7 @@ fn a_decoder_that_breaks_the_protocol_ends_its_run_with_the_reason() {
         &fake,
         "#!/bin/sh\n\
          [ \"$1\" = --version ] && { echo 'fake decoder'; exit 0; }\n\
-         printf 'this is not a geometry message, not at all!!!!!!' \n\
+         head -c 200 /dev/zero | tr '\\0' x\n\
          exec sleep 30\n",
     )
     .unwrap();

@@ -6,14 +6,17 @@
 //! -fflags nobuffer -flags low_delay`, `threads=auto`, `-copyts`), so the frames,
 //! their timestamps and the log lines the broker classifies are the same.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use ffmpeg_next as ff;
 use framebroker_decoder::{
-    parse_ack, Layout, Message, MAX_BUFFERS, MAX_OUTPUTS, READY, STAGING_FD, URL_ENV,
+    Ack, Layout, Message, Place, ACK_BYTES, MAX_BUFFERS, MAX_OUTPUTS, READY, STAGING_FD, URL_ENV,
 };
+
+use crate::pool::Pool;
 
 struct Args {
     transport: Option<String>,
@@ -208,6 +211,9 @@ struct Output {
     scaler: Option<(ff::software::scaling::Context, ff::frame::Video)>,
     /// The decoded frames' format and size, which must not change.
     input: (ff::format::Pixel, u32, u32),
+    /// Frames go over in place when they are in the pool (decoded size and
+    /// layout, and the pool in use).
+    in_place: bool,
 }
 
 fn send(out: &mut impl Write, m: Message) -> Result<(), String> {
@@ -243,7 +249,16 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
     };
     let codec = ff::codec::decoder::find(parameters.id())
         .ok_or_else(|| format!("no decoder for {:?}", parameters.id()))?;
-    let ctx = ff::codec::Context::from_parameters(parameters).map_err(|e| e.to_string())?;
+    let mut ctx = ff::codec::Context::from_parameters(parameters).map_err(|e| e.to_string())?;
+    // Decode straight into the shared frame pool where it can hold the frames.
+    let pool = Pool::leak();
+    // SAFETY: the context is not open yet; `opaque` gets a pool that lives for
+    // the rest of the process, which is what `pool::get_buffer2` relies on.
+    unsafe {
+        let c = ctx.as_mut_ptr();
+        (*c).opaque = (pool as *const Pool).cast_mut().cast();
+        (*c).get_buffer2 = Some(crate::pool::get_buffer2);
+    }
     let mut copts = ff::Dictionary::new();
     copts.set("threads", "auto");
     copts.set("flags", "low_delay");
@@ -254,22 +269,17 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot open the decoder: {e}"))?;
 
     let mut stdout = std::io::stdout().lock();
-    let mut stdin = std::io::stdin().lock();
+    let mut acks = Acks::default();
     // Each output's plan and staging buffers, once the first frame is decoded.
     let mut outputs: Vec<(Output, Staging)> = Vec::new();
+    // A reference to each pool frame the broker has not returned, per output.
+    let mut inflight: HashMap<(u32, u32), ff::frame::Video> = HashMap::new();
     let mut frame = ff::frame::Video::empty();
     let mut packet = ff::Packet::empty();
     let pts_ns = |pts: i64| -> i64 {
         let ns = i128::from(pts) * i128::from(time_base.numerator()) * 1_000_000_000
             / i128::from(time_base.denominator().max(1));
         ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-    };
-    let mut read_byte = move || -> Result<u8, String> {
-        let mut b = [0u8];
-        stdin
-            .read_exact(&mut b)
-            .map_err(|e| format!("the broker is gone ({e})"))?;
-        Ok(b[0])
     };
 
     let mut ended = false;
@@ -293,27 +303,44 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
         }
         while decoder.receive_frame(&mut frame).is_ok() {
             if outputs.is_empty() {
-                outputs = start_outputs(args, &frame, fps, &mut stdout, &mut read_byte)?;
+                outputs = start_outputs(args, &frame, fps, pool, &mut stdout, &mut acks)?;
             }
             let pts = frame.timestamp().map(pts_ns);
+            let slot = pool.slot_of(&frame);
+            // Returned frames first: they free pool slots and staging buffers.
+            for a in acks.read(false)? {
+                returned(a, &mut outputs, &mut inflight, args.buffers)?;
+            }
             for k in 0..outputs.len() {
-                // A free buffer of output k: the broker returns them in any order,
-                // for any output.
-                while outputs[k].1.free.is_empty() {
-                    let (o, b) = parse_ack(read_byte()?);
-                    if o as usize >= outputs.len() || b >= args.buffers {
-                        return Err(format!("the broker returned buffer {b} of output {o}"));
+                let place = match slot.filter(|_| outputs[k].0.in_place) {
+                    Some(s) => {
+                        // One more reference for this output; the broker returns it.
+                        let mut r = ff::frame::Video::empty();
+                        // SAFETY: both frames are valid; av_frame_ref only adds a
+                        // reference to `frame`'s buffers.
+                        if unsafe { ff::ffi::av_frame_ref(r.as_mut_ptr(), frame.as_ptr()) } < 0 {
+                            return Err("cannot reference a decoded frame".into());
+                        }
+                        inflight.insert((k as u32, s), r);
+                        Place::Pool(s)
                     }
-                    outputs[o as usize].1.free.push(b);
-                }
-                let (o, s) = &mut outputs[k];
-                let b = s.free.pop().expect("checked above");
-                stage(o, &frame, s.buffer(b))?;
+                    None => {
+                        while outputs[k].1.free.is_empty() {
+                            for a in acks.read(true)? {
+                                returned(a, &mut outputs, &mut inflight, args.buffers)?;
+                            }
+                        }
+                        let (o, s) = &mut outputs[k];
+                        let b = s.free.pop().expect("checked above");
+                        stage(o, &frame, s.buffer(b))?;
+                        Place::Staging(b)
+                    }
+                };
                 send(
                     &mut stdout,
                     Message::Frame {
                         output: k as u32,
-                        buffer: b,
+                        place,
                         pts_ns: pts,
                     },
                 )?;
@@ -323,14 +350,114 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
     Err(format!("{shown}: end of stream"))
 }
 
-/// Plans every output from the first decoded frame, sends their geometries,
-/// waits for the broker's ready and maps their staging memory.
+/// The broker returned a frame: a staging buffer is free again, or this
+/// output's reference to a pool frame goes.
+fn returned(
+    a: Ack,
+    outputs: &mut [(Output, Staging)],
+    inflight: &mut HashMap<(u32, u32), ff::frame::Video>,
+    buffers: u32,
+) -> Result<(), String> {
+    let bad = || format!("the broker returned {a:?}, which it does not hold");
+    match a.place {
+        Place::Staging(b) => {
+            let s = &mut outputs.get_mut(a.output as usize).ok_or_else(bad)?.1;
+            if b >= buffers || s.free.contains(&b) {
+                return Err(bad());
+            }
+            s.free.push(b);
+        }
+        Place::Pool(slot) => {
+            inflight.remove(&(a.output, slot)).ok_or_else(bad)?;
+        }
+    }
+    Ok(())
+}
+
+/// The broker's answers on stdin: one READY byte, then two-byte acks.
+#[derive(Default)]
+struct Acks {
+    pending: Vec<u8>,
+}
+
+impl Acks {
+    /// Reads from stdin what is there (`wait`: at least one byte), or fails when
+    /// the broker is gone.
+    fn fill(&mut self, wait: bool) -> Result<(), String> {
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, if wait { -1 } else { 0 }) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(format!("the broker is gone ({e})"))
+            };
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: reads into a local buffer of the given length from stdin.
+        let got = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        match got {
+            0 => Err("the broker is gone (stdin closed)".into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    Ok(())
+                } else {
+                    Err(format!("the broker is gone ({e})"))
+                }
+            }
+            n => {
+                self.pending.extend_from_slice(&buf[..n as usize]);
+                Ok(())
+            }
+        }
+    }
+
+    /// The broker's READY byte (blocks).
+    fn ready(&mut self) -> Result<(), String> {
+        while self.pending.is_empty() {
+            self.fill(true)?;
+        }
+        match self.pending.remove(0) {
+            READY => Ok(()),
+            b => Err(format!("the broker answered {b:#x}, not ready")),
+        }
+    }
+
+    /// The acks that arrived (`wait`: at least one).
+    fn read(&mut self, wait: bool) -> Result<Vec<Ack>, String> {
+        self.fill(false)?;
+        while wait && self.pending.len() < ACK_BYTES {
+            self.fill(true)?;
+        }
+        let whole = self.pending.len() / ACK_BYTES * ACK_BYTES;
+        let acks = self.pending[..whole]
+            .chunks_exact(ACK_BYTES)
+            .map(|c| Ack::decode([c[0], c[1]]))
+            .collect();
+        self.pending.drain(..whole);
+        Ok(acks)
+    }
+}
+
+/// Plans every output from the first decoded frame and sends their geometries.
+/// The staging memory is mapped once the broker has said ready (`ready`).
 fn start_outputs(
     args: &Args,
     frame: &ff::frame::Video,
     fps_milli: u64,
+    pool: &Pool,
     stdout: &mut impl Write,
-    read_byte: &mut impl FnMut() -> Result<u8, String>,
+    acks: &mut Acks,
 ) -> Result<Vec<(Output, Staging)>, String> {
     // A yuvj420p frame is full range whatever its range field says.
     let range = if frame.format() == ff::format::Pixel::YUVJ420P {
@@ -339,9 +466,12 @@ fn start_outputs(
         ff::ffi::AVColorRange::from(frame.color_range()) as u32
     };
     let colorspace = ff::ffi::AVColorSpace::from(frame.color_space()) as u32;
+    let pooled = pool.slot_of(frame).and(pool.layout());
     let mut plans = Vec::new();
     for (k, size) in args.outputs.iter().enumerate() {
-        let o = plan(frame, *size)?;
+        let mut o = plan(frame, *size)?;
+        // Frames of the decoded size and layout can be handed over in place.
+        o.in_place = pooled.is_some() && o.scaler.is_none();
         let bytes = o
             .layout
             .frame_bytes(o.width, o.height)
@@ -358,14 +488,12 @@ fn start_outputs(
                 range,
                 buffers: args.buffers,
                 fps_milli,
+                pool: pooled.filter(|_| o.in_place),
             },
         )?;
         plans.push((o, bytes));
     }
-    let b = read_byte()?;
-    if b != READY {
-        return Err(format!("the broker answered {b:#x}, not ready"));
-    }
+    acks.ready()?;
     plans
         .into_iter()
         .enumerate()
@@ -409,6 +537,7 @@ fn plan(f: &ff::frame::Video, size: Option<(u32, u32)>) -> Result<Output, String
         layout,
         scaler,
         input: (fmt, fw, fh),
+        in_place: false,
     })
 }
 

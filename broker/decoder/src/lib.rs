@@ -9,6 +9,16 @@
 //! crosses no kernel copy at all; compared with the decoder writing the ring
 //! itself, a crashed or misbehaving decoder can damage nothing a reader sees.
 //!
+//! **The frame pool.** Copying each decoded picture into a staging buffer costs
+//! the decoder about 1.4 % of a core at 1080p30. So libavcodec decodes straight
+//! into shared memory: the decoder's `get_buffer2` hands it slots of a pool, a
+//! memory file the broker created (fd [`POOL_FD`]) that the decoder sizes and
+//! seals on the first frame. An output of the decoded size then gets the frame
+//! in place ([`Place::Pool`]); the slot goes back to the pool once libavcodec no
+//! longer holds it as a reference *and* the broker has returned it. When the
+//! pool is full or does not fit a frame, that frame is copied to staging as
+//! before.
+//!
 //! The channels:
 //! - **decoder → broker, its stdout:** fixed-size [`Message`]s of
 //!   [`MESSAGE_BYTES`] bytes: one [`Message::Geometry`] per output once the
@@ -16,8 +26,8 @@
 //! - **broker → decoder, its stdin:** single bytes. After the geometries,
 //!   [`READY`] says the memory files have their sizes (the broker sizes and seals
 //!   them, so the decoder cannot shrink one under the broker's mapping); after
-//!   that each byte is a staging buffer the broker has finished with
-//!   ([`ack`]: output and buffer);
+//!   that each [`Ack`] (two bytes) returns a frame the broker has finished
+//!   with: a staging buffer, or a slot of the frame pool;
 //! - **its stderr:** libav's log in ffmpeg's own `[level] message` form, so the
 //!   broker reads and classifies it exactly as ffmpeg's (errors, damaged
 //!   frames, the reason it ended).
@@ -38,7 +48,18 @@ pub const URL_ENV: &str = "FRAMEBROKER_DECODE_URL";
 pub const READY: u8 = 0xff;
 
 /// Size of every message on the decoder's stdout.
-pub const MESSAGE_BYTES: usize = 48;
+pub const MESSAGE_BYTES: usize = 96;
+
+/// The frame pool's memory file, in the decoder process (after every output's
+/// staging memory).
+pub const POOL_FD: i32 = STAGING_FD + MAX_OUTPUTS as i32;
+
+/// The most frames the pool holds (libavcodec keeps up to 16 references for
+/// H.264, plus the frames the broker is converting).
+pub const MAX_POOL_SLOTS: u32 = 32;
+
+/// Bytes of an [`Ack`] on the decoder's stdin.
+pub const ACK_BYTES: usize = 2;
 
 /// The most staging buffers a decoder may ask for, per output.
 pub const MAX_BUFFERS: u32 = 8;
@@ -46,15 +67,51 @@ pub const MAX_BUFFERS: u32 = 8;
 /// The most outputs of one decode: the stream and 8 variants.
 pub const MAX_OUTPUTS: u32 = 9;
 
-/// The byte that returns buffer `buffer` of output `output`.
-pub fn ack(output: u32, buffer: u32) -> u8 {
-    debug_assert!(output < MAX_OUTPUTS && buffer < MAX_BUFFERS);
-    ((output << 4) | buffer) as u8
+/// Where a frame is: a staging buffer of its output (a copy the decoder made),
+/// or a slot of the frame pool (the decoded picture itself, in shared memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Place {
+    Staging(u32),
+    Pool(u32),
 }
 
-/// Output and buffer of an [`ack`] byte.
-pub fn parse_ack(b: u8) -> (u32, u32) {
-    (u32::from(b >> 4), u32::from(b & 0x0f))
+/// The broker is done with output `output`'s frame at `place`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ack {
+    pub output: u32,
+    pub place: Place,
+}
+
+impl Ack {
+    pub fn encode(self) -> [u8; ACK_BYTES] {
+        let (flag, index) = match self.place {
+            Place::Staging(b) => (0, b),
+            Place::Pool(s) => (0x80, s),
+        };
+        [flag | self.output as u8, index as u8]
+    }
+
+    pub fn decode(b: [u8; ACK_BYTES]) -> Ack {
+        let (output, index) = (u32::from(b[0] & 0x7f), u32::from(b[1]));
+        let place = if b[0] & 0x80 != 0 {
+            Place::Pool(index)
+        } else {
+            Place::Staging(index)
+        };
+        Ack { output, place }
+    }
+}
+
+/// Where the planes of a pool slot are: the decoder's own frame layout (rows
+/// padded to its strides), the same in every slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLayout {
+    pub slots: u32,
+    pub slot_bytes: u64,
+    /// Offset of each plane in a slot (Y, U, V; NV12: Y, UV, 0).
+    pub offsets: [u32; 3],
+    /// Row stride of each plane in bytes (NV12: the third is 0).
+    pub strides: [u32; 3],
 }
 
 const GEOMETRY: u32 = 0x4f45_4701; // "\x01GEO"
@@ -110,11 +167,14 @@ pub enum Message {
         buffers: u32,
         /// The rate the input declares, in frames per 1000 s (0: none).
         fps_milli: u64,
+        /// The frame pool, when the decoder decodes into it; only an output of
+        /// the decoded size and layout gets frames from it.
+        pool: Option<PoolLayout>,
     },
-    /// Buffer `buffer` of output `output` holds its next frame.
+    /// Output `output`'s next frame is at `place`.
     Frame {
         output: u32,
-        buffer: u32,
+        place: Place,
         /// Presentation time in ns on the input's clock, if the frame has one.
         pts_ns: Option<i64>,
     },
@@ -123,7 +183,9 @@ pub enum Message {
 impl Message {
     pub fn encode(&self) -> [u8; MESSAGE_BYTES] {
         let mut b = [0u8; MESSAGE_BYTES];
-        let mut put32 = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put32 = |b: &mut [u8; MESSAGE_BYTES], at: usize, v: u32| {
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
         match *self {
             Message::Geometry {
                 output,
@@ -134,26 +196,40 @@ impl Message {
                 range,
                 buffers,
                 fps_milli,
+                pool,
             } => {
-                put32(0, GEOMETRY);
-                put32(28, output);
-                put32(4, width);
-                put32(8, height);
-                put32(12, layout.code());
-                put32(16, colorspace);
-                put32(20, range);
-                put32(24, buffers);
+                if let Some(p) = pool {
+                    put32(&mut b, 40, p.slots);
+                    for k in 0..3 {
+                        put32(&mut b, 56 + 4 * k, p.offsets[k]);
+                        put32(&mut b, 68 + 4 * k, p.strides[k]);
+                    }
+                    b[48..56].copy_from_slice(&p.slot_bytes.to_le_bytes());
+                }
+                put32(&mut b, 0, GEOMETRY);
+                put32(&mut b, 28, output);
+                put32(&mut b, 4, width);
+                put32(&mut b, 8, height);
+                put32(&mut b, 12, layout.code());
+                put32(&mut b, 16, colorspace);
+                put32(&mut b, 20, range);
+                put32(&mut b, 24, buffers);
                 b[32..40].copy_from_slice(&fps_milli.to_le_bytes());
             }
             Message::Frame {
                 output,
-                buffer,
+                place,
                 pts_ns,
             } => {
-                put32(0, FRAME);
-                put32(12, output);
-                put32(4, buffer);
-                put32(8, u32::from(pts_ns.is_some()));
+                let (pooled, index) = match place {
+                    Place::Staging(b) => (0, b),
+                    Place::Pool(s) => (1, s),
+                };
+                put32(&mut b, 0, FRAME);
+                put32(&mut b, 12, output);
+                put32(&mut b, 4, index);
+                put32(&mut b, 40, pooled);
+                put32(&mut b, 8, u32::from(pts_ns.is_some()));
                 b[16..24].copy_from_slice(&pts_ns.unwrap_or(0).to_le_bytes());
             }
         }
@@ -179,6 +255,22 @@ impl Message {
                 if output >= MAX_OUTPUTS {
                     return Err(format!("bad output {output}"));
                 }
+                let slots = u32_at(40);
+                let pool = if slots == 0 {
+                    None
+                } else if slots > MAX_POOL_SLOTS || u64_at(48) == 0 {
+                    return Err(format!(
+                        "bad frame pool: {slots} slots of {} bytes",
+                        u64_at(48)
+                    ));
+                } else {
+                    Some(PoolLayout {
+                        slots,
+                        slot_bytes: u64_at(48),
+                        offsets: [u32_at(56), u32_at(60), u32_at(64)],
+                        strides: [u32_at(68), u32_at(72), u32_at(76)],
+                    })
+                };
                 Ok(Message::Geometry {
                     output,
                     width,
@@ -188,11 +280,16 @@ impl Message {
                     range: u32_at(20),
                     buffers,
                     fps_milli: u64_at(32),
+                    pool,
                 })
             }
             FRAME => Ok(Message::Frame {
                 output: u32_at(12),
-                buffer: u32_at(4),
+                place: if u32_at(40) != 0 {
+                    Place::Pool(u32_at(4))
+                } else {
+                    Place::Staging(u32_at(4))
+                },
                 pts_ns: (u32_at(8) != 0).then(|| u64_at(16) as i64),
             }),
             tag => Err(format!("unknown message tag {tag:#x}")),
@@ -249,15 +346,21 @@ mod tests {
                 range: 1,
                 buffers: 3,
                 fps_milli: 29_970,
+                pool: Some(PoolLayout {
+                    slots: 20,
+                    slot_bytes: 3_200_000,
+                    offsets: [0, 2_100_000, 2_700_000],
+                    strides: [1984, 1024, 1024],
+                }),
             },
             Message::Frame {
                 output: 1,
-                buffer: 2,
+                place: Place::Pool(19),
                 pts_ns: Some(-5),
             },
             Message::Frame {
                 output: 0,
-                buffer: 0,
+                place: Place::Staging(0),
                 pts_ns: None,
             },
         ] {
@@ -276,6 +379,7 @@ mod tests {
             range: 0,
             buffers: 2,
             fps_milli: 0,
+            pool: None,
         }
         .encode();
         b[24] = 0; // no buffers
@@ -291,14 +395,41 @@ mod tests {
     }
 
     #[test]
-    fn acks_carry_output_and_buffer() {
+    fn acks_carry_output_and_place() {
         for output in 0..MAX_OUTPUTS {
-            for buffer in 0..MAX_BUFFERS {
-                let b = ack(output, buffer);
-                assert_ne!(b, READY);
-                assert_eq!(parse_ack(b), (output, buffer));
+            for place in (0..MAX_BUFFERS)
+                .map(Place::Staging)
+                .chain((0..MAX_POOL_SLOTS).map(Place::Pool))
+            {
+                let a = Ack { output, place };
+                assert_eq!(Ack::decode(a.encode()), a);
             }
         }
+    }
+
+    #[test]
+    fn a_bad_pool_is_refused() {
+        let mut b = Message::Geometry {
+            output: 0,
+            width: 2,
+            height: 2,
+            layout: Layout::Yuv420p,
+            colorspace: 2,
+            range: 0,
+            buffers: 2,
+            fps_milli: 0,
+            pool: Some(PoolLayout {
+                slots: MAX_POOL_SLOTS + 1,
+                slot_bytes: 4096,
+                offsets: [0; 3],
+                strides: [64; 3],
+            }),
+        }
+        .encode();
+        assert!(Message::decode(&b).unwrap_err().contains("frame pool"));
+        b[40] = 2;
+        b[48..56].copy_from_slice(&0u64.to_le_bytes());
+        assert!(Message::decode(&b).unwrap_err().contains("frame pool"));
     }
 
     #[test]

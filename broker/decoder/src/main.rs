@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 #[cfg(all(feature = "libav", target_os = "linux"))]
 mod decode;
+#[cfg(all(feature = "libav", target_os = "linux"))]
+mod pool;
 
 fn main() -> ExitCode {
     #[cfg(all(feature = "libav", target_os = "linux"))]
