@@ -1,4 +1,4 @@
-# framebroker in a container: the broker, the web gateway and Debian's ffmpeg.
+# framebroker in a container: the broker and its decoder, the web gateway and Debian's ffmpeg.
 #
 #   docker build -t framebroker:0.1.0 .
 #   docker run --rm --shm-size=1g -p 8091:8091 framebroker:0.1.0
@@ -19,8 +19,10 @@
 # ---- build: both binaries, from the locked dependency set ----
 FROM rust:1.95-bookworm AS build
 # turbojpeg (the gateway's JPEG encoder) builds its bundled libjpeg-turbo: cmake + nasm.
+# The broker's own decoder links Debian's FFmpeg libraries (bindgen needs libclang).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake nasm \
+    && apt-get install -y --no-install-recommends cmake nasm pkg-config libclang-dev \
+       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Every workspace member's sources: cargo resolves the whole workspace.
@@ -31,10 +33,12 @@ COPY client-rs client-rs
 COPY web-gateway web-gateway
 COPY tests tests
 RUN cargo install --locked --path broker --root /out \
+    && cargo install --locked --path broker/decoder --features libav --root /out \
     && cargo install --locked --path web-gateway --bin framebroker-gateway --root /out \
-    && /out/bin/framebroker --version && /out/bin/framebroker-gateway --version
+    && /out/bin/framebroker --version && /out/bin/framebroker-gateway --version \
+    && /out/bin/framebroker-decoder --version
 
-# ---- runtime: Debian's ffmpeg, a non-root user, nothing else ----
+# ---- runtime: Debian's ffmpeg (and with it the libraries the decoder links), a non-root user ----
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg curl ca-certificates tini \
@@ -44,7 +48,8 @@ RUN groupadd --system --gid 10001 framebroker \
     && useradd --system --uid 10001 --gid framebroker --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin framebroker \
     && install -d -o framebroker -g framebroker -m 0750 /run/framebroker
-COPY --from=build /out/bin/framebroker /out/bin/framebroker-gateway /usr/local/bin/
+# The broker finds its decoder next to itself (`--decoder auto`).
+COPY --from=build /out/bin/framebroker /out/bin/framebroker-decoder /out/bin/framebroker-gateway /usr/local/bin/
 COPY deploy/docker/entrypoint.sh /usr/local/bin/framebroker-entrypoint
 COPY deploy/docker/framebroker.toml /etc/framebroker/framebroker.toml
 ENV FRAMEBROKER_CONFIG=/etc/framebroker/framebroker.toml \

@@ -11,11 +11,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# What running needs only: ffmpeg, the gateway's build tools, numpy and the
-# Python client; the test tools (camera, browser, miri) come with --test.
+# What running needs only: ffmpeg and the FFmpeg headers (the broker's own
+# decoder), the gateway's build tools, numpy and the Python client; the test
+# tools (camera, browser, miri) come with --test.
 bash scripts/setup.sh
 echo "run: building (release)"
 cargo build --release --workspace --bins --locked -q
+# The broker's own decoder (frames through shared memory): the broker picks it
+# up from next to itself (`--decoder auto`).
+cargo build --release -p framebroker-decoder --features libav --locked -q
 
 export FRAMEBROKER_SOCKET="${FRAMEBROKER_SOCKET:-$(./target/release/framebroker doctor | sed -n 's/^info  control socket: //p')}"
 pids=()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent installer for framebroker's dependencies on Debian 12 / Ubuntu.
 #   scripts/setup.sh         what building and running needs (scripts/run.sh):
-#     - apt: ffmpeg (the decoder), cmake + nasm (the gateway's libjpeg-turbo build)
+#     - apt: ffmpeg (the decoder), cmake + nasm (the gateway's libjpeg-turbo build),
+#       the FFmpeg headers, pkg-config and libclang (the broker's own decoder,
+#       framebroker-decoder, built with --features libav)
 #     - .venv (python3 on PATH, no system site-packages): numpy and client-py in
 #       editable mode (reading frames from Python; OpenCV is optional there)
 #   scripts/setup.sh --test  also what the tests need (scripts/test.sh):
@@ -13,8 +15,6 @@
 #       the browser tests' npm packages
 #     - apt: gcc-mingw-w64-x86-64 and wine64, and the Rust target
 #       x86_64-pc-windows-gnu (the Windows stage, tests/windows/run.sh)
-#     - apt: the FFmpeg development headers, pkg-config and libclang (our own
-#       decoder, framebroker-decoder, built with --features libav)
 #     - nightly miri (best effort)
 # Nothing is fetched that the chosen use does not need. Runs apt-get as root, or
 # through sudo otherwise. Fast (< 3 s) when all is present.
@@ -53,6 +53,10 @@ if [ "${1:-}" = "--test" ]; then TEST=1; fi
 # ffmpeg: the decoder; cmake + nasm: turbojpeg builds its own libjpeg-turbo
 # (Debian's is too old for it).
 APT_PKGS=(ffmpeg cmake nasm)
+# The broker's own decoder (framebroker-decoder, used unless `--decoder ffmpeg`)
+# links the system's FFmpeg libraries through ffmpeg-next, whose bindings
+# bindgen (libclang) generates from these headers at build time.
+APT_PKGS+=(pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libclang-dev)
 if [ "$TEST" = 1 ]; then
     # GStreamer + gi: the loopback RTSP test camera (tests/camera).
     APT_PKGS+=(gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
@@ -67,10 +71,6 @@ if [ "$TEST" = 1 ]; then
     # Wine runs it and a Windows CPython (tests/windows/python_env.sh); its
     # binary is /usr/lib/wine/wine64, not on PATH.
     APT_PKGS+=(gcc-mingw-w64-x86-64 wine64)
-    # Our own decoder (framebroker-decoder, `serve --decoder libav`) links the
-    # system's FFmpeg libraries through ffmpeg-next, whose bindings are generated
-    # by bindgen (libclang) from these headers.
-    APT_PKGS+=(pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libclang-dev)
 fi
 apt_install "${APT_PKGS[@]}"
 say "system packages ok"

@@ -3,8 +3,8 @@
 # machine: installs what is missing (scripts/setup.sh), then
 #   1. cargo fmt --check and clippy -D warnings over the workspace,
 #   2. the Rust tests (unit, property, golden vectors, cross-process end-to-end
-#      with the real broker, ffmpeg and RTSP test camera), and the end-to-end
-#      suites once more with our own decoder (`--decoder libav`),
+#      with the real broker, its decoder, ffmpeg and RTSP test camera), and the
+#      end-to-end suites once more with ffmpeg decoding (`--decoder ffmpeg`),
 #   3. the loom models of the seqlock and of the Windows wake-up, miri on the
 #      in-process ring, and a bounded fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
@@ -39,8 +39,8 @@ cargo clippy -p framebroker-decoder --all-targets --features libav --locked -- -
 
 step "build (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
-# Our own decoder (`serve --decoder libav`) links libavcodec: a feature of its own,
-# so that the workspace and the cross builds need no FFmpeg headers.
+# The broker's own decoder links libavcodec: a feature of its own, so that the
+# workspace and the cross builds need no FFmpeg headers.
 cargo build -p framebroker-decoder --features libav --locked
 
 step "Rust tests"
@@ -53,13 +53,15 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
-step "the end-to-end, chaos, alias, variant and config suites again with our own decoder"
-# Every stream a camera feeds is decoded by framebroker-decoder instead of ffmpeg
-# (what it does not take still goes to ffmpeg: tests/tests/libav.rs).
+step "the end-to-end, chaos, alias, variant and config suites again with ffmpeg decoding"
+# Everywhere else the broker decodes cameras with its own decoder (`--decoder
+# auto` finds target/debug/framebroker-decoder); ffmpeg stays the path for test
+# patterns, files, hardware decoders and machines without the decoder, so the
+# whole suite runs once more with it decoding every camera.
 if cargo nextest --version >/dev/null 2>&1; then
-    FRAMEBROKER_DECODER=libav cargo nextest run -p framebroker-tests --locked --no-fail-fast
+    FRAMEBROKER_DECODER=ffmpeg cargo nextest run -p framebroker-tests --locked --no-fail-fast
 else
-    FRAMEBROKER_DECODER=libav cargo test -p framebroker-tests --locked --no-fail-fast
+    FRAMEBROKER_DECODER=ffmpeg cargo test -p framebroker-tests --locked --no-fail-fast
 fi
 
 step "loom models of the seqlock and of the Windows wake-up"

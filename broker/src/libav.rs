@@ -94,9 +94,9 @@ pub struct Libav {
 }
 
 impl Libav {
-    /// Finds `framebroker-decoder`: `explicit`, else next to the running
-    /// executable, else on `PATH`; and checks that it was built with libav.
-    pub fn locate(explicit: Option<&Path>, ffmpeg: Ffmpeg) -> Result<(Self, String), String> {
+    /// `framebroker-decoder`'s path and `--version` line: `explicit`, else next
+    /// to the running executable, else on `PATH`; an error when it cannot run.
+    pub fn find(explicit: Option<&Path>) -> Result<(PathBuf, String), String> {
         const NAME: &str = "framebroker-decoder";
         let path = match explicit {
             Some(p) => p.to_path_buf(),
@@ -120,14 +120,16 @@ impl Libav {
             ));
         }
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok((
-            Libav {
-                path,
-                ffmpeg,
-                to_ffmpeg: Default::default(),
-            },
-            version,
-        ))
+        Ok((path, version))
+    }
+
+    /// The decoder at `path`, with `ffmpeg` for what it does not take.
+    pub fn new(path: PathBuf, ffmpeg: Ffmpeg) -> Self {
+        Libav {
+            path,
+            ffmpeg,
+            to_ffmpeg: Default::default(),
+        }
     }
 
     /// Why stream `spec` goes to ffmpeg instead, or `None` if the decoder takes it.

@@ -64,12 +64,13 @@ struct ServeArgs {
     /// for comparison) [default: nut].
     #[arg(long, env = "FRAMEBROKER_HANDOVER", value_parser = ["nut", "rawvideo"])]
     handover: Option<String>,
-    /// Who decodes network cameras: `ffmpeg` (the system ffmpeg, frames over a
-    /// pipe) or `libav` (Linux: our own decoder process, `framebroker-decoder`
-    /// built with `--features libav`, frames through shared memory; test
-    /// patterns, files and hardware decoders stay with ffmpeg)
-    /// [default: ffmpeg].
-    #[arg(long, env = "FRAMEBROKER_DECODER", value_parser = ["ffmpeg", "libav"])]
+    /// Who decodes network cameras: `libav` (Linux: our own decoder process,
+    /// `framebroker-decoder`, built with `--features libav`; frames through
+    /// shared memory, cheaper than a pipe; test patterns, files and hardware
+    /// decoders stay with ffmpeg), `ffmpeg` (the system ffmpeg, frames over a
+    /// pipe), or `auto`: libav when a working `framebroker-decoder` is found,
+    /// else ffmpeg [default: auto].
+    #[arg(long, env = "FRAMEBROKER_DECODER", value_parser = ["auto", "ffmpeg", "libav"])]
     decoder: Option<String>,
     /// The `framebroker-decoder` binary [default: next to this one, else on PATH].
     #[arg(long, env = "FRAMEBROKER_DECODER_PATH")]
@@ -423,19 +424,27 @@ fn serve(socket: Option<PathBuf>, a: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let factory: Arc<dyn framebroker::ffmpeg::SourceFactory> = match a.decoder.as_deref() {
-        None | Some("ffmpeg") => Arc::new(ffmpeg),
+    let factory: Arc<dyn framebroker::ffmpeg::SourceFactory> = match (
+        a.decoder.as_deref().unwrap_or("auto"),
+        a.decoder_path.as_deref(),
+    ) {
+        ("ffmpeg", _) => Arc::new(ffmpeg),
         #[cfg(target_os = "linux")]
-        Some(_) => {
-            let (libav, version) =
-                framebroker::libav::Libav::locate(a.decoder_path.as_deref(), ffmpeg)
-                    .map_err(anyhow::Error::msg)
-                    .context("--decoder libav")?;
-            tracing::info!(decoder = %libav.path.display(), "{version}");
-            Arc::new(libav)
-        }
+        (wanted, path) => match framebroker::libav::Libav::find(path) {
+            Ok((path, version)) => {
+                tracing::info!(decoder = %path.display(), "{version}");
+                Arc::new(framebroker::libav::Libav::new(path, ffmpeg))
+            }
+            Err(why) if wanted == "auto" => {
+                tracing::info!("ffmpeg decodes every stream (no framebroker-decoder: {why})");
+                Arc::new(ffmpeg)
+            }
+            Err(why) => return Err(anyhow::Error::msg(why).context("--decoder libav")),
+        },
         #[cfg(not(target_os = "linux"))]
-        Some(d) => anyhow::bail!("--decoder {d} is only available on Linux"),
+        ("auto", _) => Arc::new(ffmpeg),
+        #[cfg(not(target_os = "linux"))]
+        (d, _) => anyhow::bail!("--decoder {d} is only available on Linux"),
     };
 
     let broker = Broker::new(settings.broker_config(), factory);

@@ -119,7 +119,8 @@ class Broker:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(self.prefix))
 
     def ffmpeg_children(self) -> List[int]:
-        """Processes named ffmpeg whose parent is this broker."""
+        """The decoder processes of this broker: ffmpeg, or its own decoder
+        (``framebroker-decoder``, whose name the kernel cuts to 15 characters)."""
         out = []
         for d in os.listdir("/proc"):
             if not d.isdigit():
@@ -131,7 +132,7 @@ class Broker:
                 continue
             comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if comm == "ffmpeg" and ppid == self.pid:
+            if comm in ("ffmpeg", "framebroker-dec") and ppid == self.pid:
                 out.append(int(d))
         return out
 

@@ -473,7 +473,7 @@ def test_camera_drop_keeps_the_reader_attached(broker_factory: Callable[..., Bro
 
 
 def test_rtsp_transport_from_opencv_options(broker: Broker, camera: Camera, monkeypatch: pytest.MonkeyPatch) -> None:
-    """OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp reaches the ffmpeg the broker runs."""
+    """OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp reaches the decoder the broker runs."""
 
     def transport_of(url: str) -> str:
         with VideoCapture(url) as cap:
@@ -481,7 +481,9 @@ def test_rtsp_transport_from_opencv_options(broker: Broker, camera: Camera, monk
             with broker.client() as c:
                 pid = c.stats(cap.stream_id or "").ffmpeg_pid
             args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            return args[args.index(b"-rtsp_transport") + 1].decode()
+            # ffmpeg's option, or the broker's own decoder's.
+            flag = b"-rtsp_transport" if b"-rtsp_transport" in args else b"--transport"
+            return args[args.index(flag) + 1].decode()
 
     assert transport_of(camera.url) == "tcp"  # OpenCV's default when the variable is unset
     monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;udp|stimeout;1000000")

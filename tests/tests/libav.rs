@@ -306,6 +306,41 @@ fn the_broker_refuses_to_start_without_a_working_decoder() {
 }
 
 #[test]
+fn auto_falls_back_to_ffmpeg_without_a_decoder() {
+    // The default, `--decoder auto`: a machine without framebroker-decoder (a
+    // cross build, `cargo install` of the broker alone) decodes with ffmpeg.
+    let cam = Camera::start(160, 120, 15, "smpte").unwrap();
+    let broker = Broker::start(&["--decoder-path", "/nonexistent/framebroker-decoder"]).unwrap();
+    let client = broker.client();
+    start(&client, "cam", &cam.url, None, PixelFormat::Bgr24);
+    let pid = client.stats("cam").unwrap().ffmpeg_pid;
+    assert!(
+        processes_with_arg("ffmpeg", &cam.url).contains(&pid),
+        "ffmpeg decodes"
+    );
+    assert!(own_decoders(&cam.url).is_empty());
+    assert!(
+        broker
+            .log_text()
+            .contains("ffmpeg decodes every stream (no framebroker-decoder"),
+        "the log says why"
+    );
+}
+
+#[test]
+fn auto_uses_the_decoder_next_to_the_broker() {
+    let cam = Camera::start(160, 120, 15, "smpte").unwrap();
+    assert!(workspace_bin("framebroker-decoder").is_file());
+    let broker = Broker::start(&[]).unwrap();
+    let client = broker.client();
+    start(&client, "cam", &cam.url, None, PixelFormat::Bgr24);
+    assert_eq!(
+        own_decoders(&cam.url),
+        vec![client.stats("cam").unwrap().ffmpeg_pid]
+    );
+}
+
+#[test]
 fn the_decoder_dies_with_the_broker() {
     let cam = Camera::start(160, 120, 15, "smpte").unwrap();
     let mut broker = libav_broker(&[]);

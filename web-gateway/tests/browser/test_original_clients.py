@@ -60,7 +60,8 @@ def wait(pred, what: str, timeout: float = 20.0):
 
 
 def ffmpeg_children(pid: int) -> int:
-    """ffmpeg processes whose parent is `pid`."""
+    """Decoder processes whose parent is `pid`: ffmpeg, or the broker's own
+    decoder (`framebroker-decoder`, cut to 15 characters by the kernel)."""
     n = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -73,7 +74,7 @@ def ffmpeg_children(pid: int) -> int:
         # pid (comm) state ppid ...
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == pid and comm.startswith("ffmpeg"):
+        if ppid == pid and (comm.startswith("ffmpeg") or comm == "framebroker-dec"):
             n += 1
     return n
 
