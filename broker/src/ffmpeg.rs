@@ -447,31 +447,14 @@ impl SourceFactory for Ffmpeg {
         // stdin stays a pipe (ffmpeg-sidecar requires it); `-nostdin` makes ffmpeg
         // ignore it.
         #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            let inner = cmd.as_inner_mut();
-            // SAFETY: runs in the child between fork and exec, where only
-            // async-signal-safe calls are allowed: prctl, pthread_sigmask and dup2
-            // are, and iterating the captured Vec does not allocate. The broker blocks
-            // SIGINT/SIGTERM in all its threads; the child must not inherit that mask,
-            // and must die with the broker. Each write fd is ≥ 64 (see variant_pipe)
-            // and the targets are VARIANT_FD0.. (< 64), so dup2 never overwrites a
-            // source still needed; dup2 clears close-on-exec on the target only.
-            unsafe {
-                inner.pre_exec(move || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                    for (k, fd) in write_fds.iter().enumerate() {
-                        if libc::dup2(*fd, VARIANT_FD0 + k as i32) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        }
+        crate::platform::child_setup(
+            cmd.as_inner_mut(),
+            write_fds
+                .iter()
+                .enumerate()
+                .map(|(k, fd)| (*fd, VARIANT_FD0 + k as i32))
+                .collect(),
+        );
         let spawned = cmd.spawn();
         // The child has its copies; ours must go or the readers never see EOF.
         #[cfg(unix)]
@@ -533,16 +516,12 @@ impl SourceFactory for Ffmpeg {
 /// A close-on-exec pipe whose write end sits at fd 64 or above.
 #[cfg(unix)]
 fn variant_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use nix::fcntl::OFlag;
     let internal = |e: String| Error::new(ErrorKind::Internal, e);
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| internal(format!("cannot create a pipe: {e}")))?;
-    let high = fcntl(&w, FcntlArg::F_DUPFD_CLOEXEC(64))
+    let high = crate::platform::fd_above_targets(&w)
         .map_err(|e| internal(format!("cannot move a pipe descriptor: {e}")))?;
-    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing
-    // else owns; the OwnedFd takes sole ownership and closes it once.
-    let high = unsafe { OwnedFd::from_raw_fd(high) };
     Ok((r, high))
 }
 

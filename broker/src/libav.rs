@@ -33,7 +33,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -160,21 +160,17 @@ fn internal(what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Internal, what.to_string())
 }
 
-/// The staging memory file, at fd 64 or above and close-on-exec (the child gets
-/// its copy at [`STAGING_FD`] between fork and exec).
+/// A memory file for the decoder, at fd 64 or above and close-on-exec (the child
+/// gets its copy at its own number between fork and exec).
 fn staging_memfd() -> Result<OwnedFd, Error> {
-    use nix::fcntl::{fcntl, FcntlArg};
     use nix::sys::memfd::{memfd_create, MFdFlags};
     let fd = memfd_create(
         "framebroker-staging",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )
     .map_err(|e| internal(format!("cannot create the staging memory: {e}")))?;
-    let high = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(64))
-        .map_err(|e| internal(format!("cannot move the staging descriptor: {e}")))?;
-    // SAFETY: F_DUPFD_CLOEXEC just returned `high` as a new descriptor that nothing
-    // else owns; the OwnedFd takes sole ownership and closes it once.
-    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+    crate::platform::fd_above_targets(&fd)
+        .map_err(|e| internal(format!("cannot move the staging descriptor: {e}")))
 }
 
 fn spawn(
@@ -220,36 +216,14 @@ fn spawn(
             None => "native".into(),
         });
     }
-    let raws: Vec<i32> = memfds.iter().map(|m| m.as_raw_fd()).collect();
-    let pool_raw = pool_fd.as_raw_fd();
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: runs in the child between fork and exec, where only
-        // async-signal-safe calls are allowed: prctl, sigemptyset, pthread_sigmask
-        // and dup2 are, and iterating the captured Vec does not allocate. The child
-        // must die with the broker and must not inherit the broker's blocked
-        // signals (as ffmpeg, see ffmpeg.rs). Every source fd is ≥ 64
-        // (staging_memfd) and the targets are STAGING_FD.. (< 64), so dup2 never
-        // overwrites a source still needed; it clears close-on-exec on the copy only.
-        // The pool goes to POOL_FD, above every staging target.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                for (k, fd) in raws.iter().enumerate() {
-                    if libc::dup2(*fd, STAGING_FD + k as i32) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::dup2(pool_raw, POOL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
+    // Output k's staging memory at STAGING_FD + k, the pool at POOL_FD.
+    let fds = memfds
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.as_raw_fd(), STAGING_FD + k as i32))
+        .chain(std::iter::once((pool_fd.as_raw_fd(), POOL_FD)))
+        .collect();
+    crate::platform::child_setup(&mut cmd, fds);
     let mut child = cmd
         .spawn()
         .map_err(|e| internal(format!("cannot start the decoder {}: {e}", path.display())))?;
