@@ -487,7 +487,6 @@ impl SourceFactory for Ffmpeg {
             .name(format!("ffmpeg-log-{id}"))
             .spawn(move || drain_log(stderr, &id, &formats, hw, geo_tx, &st, &ck))
             .map_err(|e| internal(&format!("cannot start log thread: {e}")))?;
-        let alive = Arc::new(Mutex::new(true));
         tracing::debug!(
             stream = spec.id,
             handover = handover.name(),
@@ -503,7 +502,7 @@ impl SourceFactory for Ffmpeg {
             geo_rx,
             shared,
             clock,
-            alive,
+            reaper: Reaper::new(pid),
             handover,
             id: spec.id.clone(),
             ffmpeg_converts: self.ffmpeg_converts.clone(),
@@ -533,6 +532,46 @@ fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     {
         use nix::fcntl::{fcntl, FcntlArg};
         let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(1 << 20));
+    }
+}
+
+/// A decoder child (ffmpeg or ours) as the supervisor sees it: it can be
+/// killed from any thread until it is reaped, never after (its pid may belong
+/// to another process by then).
+pub(crate) struct Reaper {
+    pid: u32,
+    alive: Arc<Mutex<bool>>,
+}
+
+impl Reaper {
+    pub(crate) fn new(pid: u32) -> Self {
+        Reaper {
+            pid,
+            alive: Arc::new(Mutex::new(true)),
+        }
+    }
+
+    pub(crate) fn kill_handle(&self) -> KillHandle {
+        let (alive, pid) = (self.alive.clone(), self.pid);
+        Arc::new(move || {
+            if *alive.locked() {
+                crate::platform::kill_pid(pid);
+            }
+        })
+    }
+
+    /// Kills and reaps the child through `kill_and_wait`; how it ended, for the log.
+    pub(crate) fn finish(
+        &self,
+        kill_and_wait: impl FnOnce() -> std::io::Result<std::process::ExitStatus>,
+    ) -> String {
+        let mut alive = self.alive.locked();
+        let status = kill_and_wait();
+        *alive = false;
+        match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        }
     }
 }
 
@@ -575,6 +614,15 @@ pub fn declared_rate(line: &str) -> Option<f64> {
 }
 
 impl StderrState {
+    pub(crate) fn last_error(&self) -> Option<Error> {
+        self.last_error.locked().clone()
+    }
+
+    pub(crate) fn decode_errors(&self) -> u64 {
+        self.decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes in one log line other than showinfo's.
     fn line(&self, level: &LogLevel, line: &str, hw: bool) {
         let kind = classify_line(line);
@@ -1009,7 +1057,7 @@ struct FfmpegSource {
     shared: Arc<StderrState>,
     clock: Arc<FrameClock>,
     /// True until the child is reaped: a kill after that could hit a reused pid.
-    alive: Arc<Mutex<bool>>,
+    reaper: Reaper,
     handover: Handover,
     id: String,
     ffmpeg_converts: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -1192,35 +1240,23 @@ impl RunningSource for FfmpegSource {
     }
 
     fn kill_handle(&self) -> KillHandle {
-        let alive = self.alive.clone();
-        let pid = self.pid;
-        Arc::new(move || {
-            let alive = alive.locked();
-            if *alive {
-                crate::platform::kill_pid(pid);
-            }
-        })
+        self.reaper.kill_handle()
     }
 
     fn finish(&mut self) -> String {
-        let mut alive = self.alive.locked();
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        *alive = false;
-        match status {
-            Ok(s) => s.to_string(),
-            Err(e) => format!("wait failed: {e}"),
-        }
+        let child = &mut self.child;
+        self.reaper.finish(|| {
+            let _ = child.kill();
+            child.wait()
+        })
     }
 
     fn last_error(&self) -> Option<Error> {
-        self.shared.last_error.locked().clone()
+        self.shared.last_error()
     }
 
     fn decode_errors(&self) -> u64 {
-        self.shared
-            .decode_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.decode_errors()
     }
 }
 

@@ -28,8 +28,9 @@
 //!
 //! Staging memory: a `memfd` per output that the broker creates and passes as
 //! fd 3, 4, ... After the decoder's geometry messages the broker sizes each,
-//! seals it against shrinking and growing (so the decoder cannot take pages away from under the broker's
-//! mapping, which would be a SIGBUS here), maps it read-only and says ready.
+//! seals it against shrinking and growing (so the decoder cannot take pages
+//! away from under the broker's mapping, which would be a SIGBUS here), maps it
+//! read-only and says ready.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -50,8 +51,8 @@ use framebroker_proto::{Geometry, PixelFormat};
 use crate::convert::{Colour, Converter, Planes, SourceFormat};
 use crate::error::{Error, ErrorKind};
 use crate::ffmpeg::{
-    drain_log, Ffmpeg, FrameClock, FrameRead, KillHandle, RunningSource, SourceFactory, SourceSpec,
-    StderrState,
+    drain_log, Ffmpeg, FrameClock, FrameRead, KillHandle, Reaper, RunningSource, SourceFactory,
+    SourceSpec, StderrState,
 };
 use crate::sync::Lock;
 
@@ -237,8 +238,8 @@ fn spawn(
     };
     let shared = Arc::new(StderrState::default());
     let clock = Arc::new(FrameClock::default());
-    let alive = Arc::new(Mutex::new(true));
-    let kill = kill_handle(&alive, pid);
+    let reaper = Reaper::new(pid);
+    let kill = reaper.kill_handle();
     let (st, ck) = (shared.clone(), clock.clone());
     let id = spec.id.clone();
     let log_formats = formats.clone();
@@ -263,7 +264,7 @@ fn spawn(
     Ok(Box::new(LibavSource {
         child,
         pid,
-        alive,
+        reaper,
         kill,
         acks: Arc::new(Mutex::new(stdin)),
         geometries,
@@ -287,16 +288,6 @@ fn spawn(
         to_ffmpeg,
         empty: std::io::empty(),
     }))
-}
-
-fn kill_handle(alive: &Arc<Mutex<bool>>, pid: u32) -> KillHandle {
-    let alive = alive.clone();
-    Arc::new(move || {
-        let alive = alive.locked();
-        if *alive {
-            crate::platform::kill_pid(pid);
-        }
-    })
 }
 
 /// Records a protocol error as the run's error and ends the run.
@@ -409,8 +400,7 @@ struct Port {
 struct LibavSource {
     child: Child,
     pid: u32,
-    /// False once reaped: the kill handle must not signal a reused pid.
-    alive: Arc<Mutex<bool>>,
+    reaper: Reaper,
     kill: KillHandle,
     acks: Arc<Mutex<ChildStdin>>,
     geometries: mpsc::Receiver<Message>,
@@ -765,24 +755,19 @@ impl RunningSource for LibavSource {
     }
 
     fn finish(&mut self) -> String {
-        let mut alive = self.alive.locked();
-        let _ = self.child.kill();
-        let status = self.child.wait();
-        *alive = false;
-        match status {
-            Ok(s) => s.to_string(),
-            Err(e) => format!("wait failed: {e}"),
-        }
+        let child = &mut self.child;
+        self.reaper.finish(|| {
+            let _ = child.kill();
+            child.wait()
+        })
     }
 
     fn last_error(&self) -> Option<Error> {
-        self.shared.last_error.locked().clone()
+        self.shared.last_error()
     }
 
     fn decode_errors(&self) -> u64 {
-        self.shared
-            .decode_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.decode_errors()
     }
 
     fn clock(&self) -> Option<Arc<FrameClock>> {
