@@ -310,7 +310,15 @@ fn auto_falls_back_to_ffmpeg_without_a_decoder() {
     // The default, `--decoder auto`: a machine without framebroker-decoder (a
     // cross build, `cargo install` of the broker alone) decodes with ffmpeg.
     let cam = Camera::start(160, 120, 15, "smpte").unwrap();
-    let broker = Broker::start(&["--decoder-path", "/nonexistent/framebroker-decoder"]).unwrap();
+    // `--decoder auto` spelled out: CI also runs this suite with
+    // FRAMEBROKER_DECODER=ffmpeg, which the flag overrides.
+    let broker = Broker::start(&[
+        "--decoder",
+        "auto",
+        "--decoder-path",
+        "/nonexistent/framebroker-decoder",
+    ])
+    .unwrap();
     let client = broker.client();
     start(&client, "cam", &cam.url, None, PixelFormat::Bgr24);
     let pid = client.stats("cam").unwrap().ffmpeg_pid;
@@ -331,7 +339,7 @@ fn auto_falls_back_to_ffmpeg_without_a_decoder() {
 fn auto_uses_the_decoder_next_to_the_broker() {
     let cam = Camera::start(160, 120, 15, "smpte").unwrap();
     assert!(workspace_bin("framebroker-decoder").is_file());
-    let broker = Broker::start(&[]).unwrap();
+    let broker = Broker::start(&["--decoder", "auto"]).unwrap();
     let client = broker.client();
     start(&client, "cam", &cam.url, None, PixelFormat::Bgr24);
     assert_eq!(
