@@ -681,7 +681,7 @@ fn streams(socket: PathBuf, cmd: StreamsCommand) -> anyhow::Result<()> {
                     out!("{what:<15} {p}");
                 }
                 out!("decoder         {}", s.decoder);
-                out!("ffmpeg pid      {}", s.ffmpeg_pid);
+                out!("decoder pid     {}", s.ffmpeg_pid);
                 out!("last error      {}", s.last_error.as_deref().unwrap_or("-"));
             }
         }
