@@ -572,6 +572,18 @@ class Ring:
             return meta, idx, s1
         raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
 
+    def read_wait(
+        self, out: Optional[np.ndarray], sequential: bool, timeout_s: Optional[float]
+    ) -> Tuple[FrameMeta, np.ndarray]:
+        """:meth:`read_into`, waiting for a frame as :meth:`latest` / :meth:`next`
+        do (and raising what they raise). The one call a capture's ``read()``
+        makes per frame: a reader faster than the camera spends most frames here,
+        and every layer it skips is saved on each of them."""
+        got = self.read_into(out, sequential)
+        if got is not None:
+            return got
+        return self._wait_for(timeout_s, lambda: self.read_into(out, sequential))
+
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
         """The newest frame not returned yet, copied into ``dst`` (which must
         :meth:`fit <fits>`); ``None`` when there is none. Never waits."""

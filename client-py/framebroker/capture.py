@@ -33,7 +33,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
-from ._errors import FrameBrokerError, FrameOverwritten, OpenCVUnavailable
+from ._errors import FrameBrokerError, FrameOverwritten, OpenCVUnavailable, ReadTimeout
 from ._layout import MAX_SLOTS, MIN_SLOTS, PixelFormat
 from ._local import LocalStream
 from ._naming import ID_SCHEME, goes_to_broker, redact_url, scheme_of
@@ -341,9 +341,7 @@ class VideoCapture:
             return None
         if got is None:
             reason = self._local.failure if self._local is not None else None
-            self.last_error = f"stream {where}: no new frame within {self._read_timeout_ms:.0f} ms" + (
-                f" ({reason})" if reason else ""
-            )
+            self.last_error = self._timeout_message(where, reason)
             return None
         meta, raw = got
         self._note(meta)
@@ -351,6 +349,11 @@ class VideoCapture:
         if self._convert_rgb and pf is not None and pf is not PixelFormat.BGR24:
             return _to_bgr(raw, pf, out)
         return raw
+
+    def _timeout_message(self, where: str, reason: Optional[str]) -> str:
+        return f"stream {where}: no new frame within {self._read_timeout_ms:.0f} ms" + (
+            f" ({reason})" if reason else ""
+        )
 
     def _note(self, meta: FrameMeta) -> None:
         if self._first_number == 0 or meta.number < (self.frame_meta.number if self.frame_meta else 0):
@@ -373,11 +376,14 @@ class VideoCapture:
         ring = local.ring if local is not None else None
         if ring is not None and (ring.bgr24 or not self._convert_rgb):
             try:
-                got = ring.read_into(image, self._buffersize > 1)
+                meta, frame = ring.read_wait(image, self._buffersize > 1, self._read_timeout_ms / 1000.0)
+            except ReadTimeout:
+                self._grabbed = None
+                self.last_error = self._timeout_message(local.stream_id, None)  # type: ignore[union-attr]
+                return self._read_failed("read")
             except FrameBrokerError:
-                got = None  # the full path below tries again and reports it
-            if got is not None:
-                meta, frame = got
+                pass  # ended, broker gone, torn: the full path below re-attaches or reports it
+            else:
                 self._note(meta)
                 self._grabbed, self._grabbed_owned = frame, False
                 return True, frame

@@ -472,6 +472,27 @@ def test_camera_drop_keeps_the_reader_attached(broker_factory: Callable[..., Bro
     cap.release()
 
 
+def test_read_waits_its_timeout_once_and_says_why(broker_factory: Callable[..., Broker],
+                                                  camera_factory: Callable[..., Camera],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read on a stream that stopped sending waits CAP_PROP_READ_TIMEOUT_MSEC
+    (once: not again on a second path) and says why in last_error."""
+    b = broker_factory("--backoff-initial-ms", "5000", "--idle-grace-ms", "30000")
+    monkeypatch.setenv("FRAMEBROKER_SOCKET", b.socket)
+    cam = camera_factory("--fps", "30")
+    cap = VideoCapture(cam.url, CAP_ANY, [CAP_PROP_READ_TIMEOUT_MSEC, 700])
+    assert cap.read()[0]
+    cam.kill()
+    wait_until("reads to stop", 5, lambda: not cap.read()[0])
+    t0 = time.monotonic()
+    ok, frame = cap.read()
+    took = time.monotonic() - t0
+    assert (ok, frame) == (False, None)
+    assert 0.6 <= took < 1.3, took
+    assert "no new frame within 700 ms" in cap.last_error
+    cap.release()
+
+
 def test_rtsp_transport_from_opencv_options(broker: Broker, camera: Camera, monkeypatch: pytest.MonkeyPatch) -> None:
     """OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp reaches the decoder the broker runs."""
 
