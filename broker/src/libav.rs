@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -248,27 +248,14 @@ fn spawn(
         .name(format!("decoder-log-{id}"))
         .spawn(move || drain_log(stderr, &id, &log_formats, false, geo_tx, &st, &ck))
         .map_err(|e| internal(format!("cannot start log thread: {e}")))?;
-    let (geo_tx, geometries) = mpsc::channel();
-    let mut frame_txs = Vec::new();
-    let mut frame_rxs = Vec::new();
-    for _ in &sizes {
-        let (tx, rx) = mpsc::sync_channel(BUFFERS as usize);
-        frame_txs.push(tx);
-        frame_rxs.push(Some(rx));
-    }
-    let (st, k2) = (shared.clone(), kill.clone());
-    std::thread::Builder::new()
-        .name(format!("decoder-out-{}", spec.id))
-        .spawn(move || read_messages(stdout, geo_tx, frame_txs, &st, &k2))
-        .map_err(|e| internal(format!("cannot start the decoder's reader: {e}")))?;
     Ok(Box::new(LibavSource {
         child,
         pid,
         reaper,
         kill,
         acks: Arc::new(Mutex::new(stdin)),
-        geometries,
-        frame_rxs,
+        stdout: Some(stdout),
+        frame_rxs: Vec::new(),
         outputs: memfds
             .into_iter()
             .zip(formats)
@@ -301,34 +288,61 @@ fn broken(shared: &StderrState, kill: &KillHandle, why: impl std::fmt::Display) 
     e
 }
 
-/// Reads the decoder's messages to their end: geometries to `geo_tx`, each
-/// frame to its output's channel. A malformed message ends the run.
-fn read_messages(
+/// Whether `stdout` has data (or its end) within `timeout`.
+fn readable_within(stdout: &ChildStdout, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+    // EINTR and the like: the caller looks again.
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+/// The decoder's next message. `None` at the end of its output (it exited or
+/// was killed); a malformed message is an error, which ends the run.
+fn next_message(stdout: &mut impl Read) -> Result<Option<Message>, String> {
+    let mut b = [0u8; MESSAGE_BYTES];
+    // A message is written whole (96 bytes, less than PIPE_BUF), so a read that
+    // found the pipe readable does not wait for the rest of one.
+    if stdout.read_exact(&mut b).is_err() {
+        return Ok(None);
+    }
+    Message::decode(&b).map(Some).map_err(|why| why.to_string())
+}
+
+/// The frame message of one of `outputs` outputs, as `(output, frame)`.
+fn frame_message(m: Message, outputs: u32) -> Result<(u32, StagedFrame), String> {
+    match m {
+        Message::Frame {
+            output,
+            place,
+            pts_ns,
+        } if output < outputs => Ok((output, (place, pts_ns))),
+        Message::Frame { output, .. } => Err(format!("a frame of output {output}")),
+        Message::Geometry { output, .. } => Err(format!(
+            "a geometry of output {output} after the first frame"
+        )),
+    }
+}
+
+/// With variants: reads the decoder's frame messages to their end, each to its
+/// output's channel. A malformed message ends the run.
+fn split_frames(
     mut stdout: impl Read,
-    geo_tx: mpsc::Sender<Message>,
     frame_txs: Vec<mpsc::SyncSender<StagedFrame>>,
     shared: &StderrState,
     kill: &KillHandle,
 ) {
-    let mut b = [0u8; MESSAGE_BYTES];
-    while stdout.read_exact(&mut b).is_ok() {
-        match Message::decode(&b) {
-            Ok(m @ Message::Geometry { .. }) => {
-                if geo_tx.send(m).is_err() {
-                    return;
-                }
-            }
-            Ok(Message::Frame {
-                output,
-                place,
-                pts_ns,
-            }) => {
-                let Some(tx) = frame_txs.get(output as usize) else {
-                    broken(shared, kill, format_args!("a frame of output {output}"));
-                    return;
-                };
-                // The receiver is gone when its pump ended: the run is ending.
-                if tx.send((place, pts_ns)).is_err() {
+    let outputs = frame_txs.len() as u32;
+    loop {
+        let frame = match next_message(&mut stdout) {
+            Ok(None) => return,
+            Ok(Some(m)) => frame_message(m, outputs),
+            Err(why) => Err(why),
+        };
+        match frame {
+            // The receiver is gone when its pump ended: the run is ending.
+            Ok((output, f)) => {
+                if frame_txs[output as usize].send(f).is_err() {
                     return;
                 }
             }
@@ -344,6 +358,16 @@ fn read_messages(
 type StagedFrame = (Place, Option<i64>);
 /// One output's staged frames, as the decoder announces them.
 type StagedFrames = mpsc::Receiver<StagedFrame>;
+
+/// Where an output's frame messages come from.
+enum Incoming {
+    /// The decoder's stdout itself. A run with one output (no variants, the
+    /// usual case) reads it on the stream's own thread: no thread in between
+    /// to wake and hand each frame over.
+    Pipe(ChildStdout),
+    /// An output's share, from the thread that splits the messages by output.
+    Split(StagedFrames),
+}
 
 /// One output's staging buffers as the broker reads them.
 struct Staged {
@@ -403,8 +427,9 @@ struct LibavSource {
     reaper: Reaper,
     kill: KillHandle,
     acks: Arc<Mutex<ChildStdin>>,
-    geometries: mpsc::Receiver<Message>,
-    /// Each output's frames, until its reader is made.
+    /// The decoder's messages, until the frames' readers take them.
+    stdout: Option<ChildStdout>,
+    /// With variants, each output's frames until its reader is made.
     frame_rxs: Vec<Option<StagedFrames>>,
     outputs: Vec<Port>,
     main: Option<OutputFrames>,
@@ -598,6 +623,26 @@ impl LibavSource {
         Ok(p)
     }
 
+    /// With variants, a thread splits the decoder's frame messages by output.
+    fn split_outputs(&mut self) -> Result<(), Error> {
+        let stdout = self
+            .stdout
+            .take()
+            .ok_or_else(|| internal("the decoder's output was already taken"))?;
+        let mut frame_txs = Vec::new();
+        for _ in &self.outputs {
+            let (tx, rx) = mpsc::sync_channel(BUFFERS as usize);
+            frame_txs.push(tx);
+            self.frame_rxs.push(Some(rx));
+        }
+        let (st, kill) = (self.shared.clone(), self.kill.clone());
+        std::thread::Builder::new()
+            .name(format!("decoder-out-{}", self.id))
+            .spawn(move || split_frames(stdout, frame_txs, &st, &kill))
+            .map_err(|e| internal(format!("cannot start the decoder's reader: {e}")))?;
+        Ok(())
+    }
+
     fn exited_early(&self) -> Error {
         self.last_error().unwrap_or_else(|| {
             Error::new(
@@ -607,10 +652,17 @@ impl LibavSource {
         })
     }
 
-    /// Output `k`'s frames, once.
+    /// Output `k`'s frames, once: the pipe itself when there is one output,
+    /// else output `k`'s share of it.
     fn frames_of(&mut self, k: usize) -> Option<OutputFrames> {
         let staged = self.outputs.get(k)?.staged.clone()?;
-        let frames = self.frame_rxs.get_mut(k)?.take()?;
+        let frames = match self.stdout.take() {
+            Some(stdout) if self.outputs.len() == 1 => Incoming::Pipe(stdout),
+            stdout => {
+                self.stdout = stdout;
+                Incoming::Split(self.frame_rxs.get_mut(k)?.take()?)
+            }
+        };
         Some(OutputFrames {
             output: k as u32,
             frames,
@@ -625,7 +677,7 @@ impl LibavSource {
 /// One output's frames: each converted from its staging buffer into the slot.
 struct OutputFrames {
     output: u32,
-    frames: StagedFrames,
+    frames: Incoming,
     staged: Arc<Staged>,
     acks: Arc<Mutex<ChildStdin>>,
     shared: Arc<StderrState>,
@@ -640,8 +692,18 @@ impl OutputFrames {
 
 impl FrameRead for OutputFrames {
     fn read_frame(&mut self, dst: &mut [u8]) -> std::io::Result<Option<i64>> {
-        let Ok((place, pts_ns)) = self.frames.recv() else {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let (place, pts_ns) = match &mut self.frames {
+            Incoming::Split(rx) => rx
+                .recv()
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?,
+            Incoming::Pipe(stdout) => match next_message(stdout) {
+                Ok(None) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Some(m)) => match frame_message(m, 1) {
+                    Ok((_, f)) => f,
+                    Err(why) => return Err(self.broken(why)),
+                },
+                Err(why) => return Err(self.broken(why)),
+            },
         };
         let s = &self.staged;
         let converted = match place {
@@ -683,24 +745,40 @@ impl RunningSource for LibavSource {
             if stop() {
                 return Err(Error::new(ErrorKind::Stopped, "stopped"));
             }
-            match self.geometries.recv_timeout(Duration::from_millis(50)) {
-                Ok(m) => self.stage(m)?,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(Error::new(
-                        ErrorKind::NoStreamInfo,
-                        format!("no stream information from the decoder within {timeout:?}"),
+            let Some(stdout) = self.stdout.as_mut() else {
+                return Err(internal("the decoder's output was already taken"));
+            };
+            if !readable_within(stdout, Duration::from_millis(50)) {
+                if Instant::now() < deadline {
+                    continue;
+                }
+                return Err(Error::new(
+                    ErrorKind::NoStreamInfo,
+                    format!("no stream information from the decoder within {timeout:?}"),
+                ));
+            }
+            match next_message(stdout) {
+                Ok(Some(m @ Message::Geometry { .. })) => self.stage(m)?,
+                Ok(Some(Message::Frame { output, .. })) => {
+                    return Err(broken(
+                        &self.shared,
+                        &self.kill,
+                        format_args!("a frame of output {output} before every geometry"),
                     ))
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(None) => {
                     // The log thread may still be reading the reason.
                     std::thread::sleep(Duration::from_millis(50));
                     return Err(self.exited_early());
                 }
+                Err(why) => return Err(broken(&self.shared, &self.kill, why)),
             }
         }
         if self.acks.locked().write_all(&[READY]).is_err() {
             return Err(self.exited_early());
+        }
+        if self.outputs.len() > 1 {
+            self.split_outputs()?;
         }
         self.main = self.frames_of(0);
         Ok(self.outputs[0]
@@ -776,5 +854,56 @@ impl RunningSource for LibavSource {
 
     fn declared_fps(&self) -> Option<f64> {
         self.declared_fps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(output: u32) -> Message {
+        Message::Frame {
+            output,
+            place: Place::Pool(3),
+            pts_ns: Some(42),
+        }
+    }
+
+    #[test]
+    fn frame_messages_are_checked_against_the_outputs() {
+        assert_eq!(
+            frame_message(frame(0), 1),
+            Ok((0, (Place::Pool(3), Some(42))))
+        );
+        assert_eq!(frame_message(frame(2), 3).map(|(k, _)| k), Ok(2));
+        assert_eq!(
+            frame_message(frame(1), 1),
+            Err("a frame of output 1".into())
+        );
+        let geometry = Message::Geometry {
+            output: 0,
+            width: 64,
+            height: 48,
+            layout: Layout::Yuv420p,
+            colorspace: 2,
+            range: 1,
+            buffers: 2,
+            fps_milli: 0,
+            pool: None,
+        };
+        assert!(frame_message(geometry, 1)
+            .unwrap_err()
+            .contains("geometry of output 0 after the first frame"));
+    }
+
+    #[test]
+    fn messages_are_read_whole_and_their_end_is_none() {
+        let mut bytes = frame(0).encode().to_vec();
+        bytes.extend_from_slice(&[0xAB; MESSAGE_BYTES]); // not a message
+        bytes.extend_from_slice(&frame(0).encode()[..10]); // cut short
+        let mut input = &bytes[..];
+        assert_eq!(next_message(&mut input), Ok(Some(frame(0))));
+        assert!(next_message(&mut input).is_err());
+        assert_eq!(next_message(&mut input), Ok(None));
     }
 }
