@@ -116,5 +116,6 @@ bash tests/windows/run.sh
 step "benchmarks: every section runs (a smoke run on the debug build; numbers: bench/run.py)"
 FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \
     .venv/bin/python bench/run.py --quick --no-build --no-report --out "$ROOT/target/bench-smoke.json"
+FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" .venv/bin/python bench/reader_cost.py --reps 1 --seconds 1
 
 step "all tests passed in $(( $(date +%s) - start )) s"
