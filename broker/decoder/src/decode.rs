@@ -156,26 +156,12 @@ impl Staging {
                 st.st_size
             ));
         }
-        // SAFETY: maps `len` bytes of the memory file, which the broker sized to at
-        // least `len` and sealed against shrinking, so every page stays backed.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "cannot map the staging memory: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        // SAFETY: the broker sized the memory file to at least `len` (checked
+        // above) and sealed it against shrinking.
+        let ptr = unsafe { crate::pool::map_shared(fd, len) }
+            .map_err(|e| format!("cannot map the staging memory: {e}"))?;
         Ok(Staging {
-            ptr: ptr.cast(),
+            ptr,
             len,
             frame_bytes,
             free: (0..buffers).rev().collect(),

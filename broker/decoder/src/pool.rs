@@ -166,22 +166,12 @@ impl Pool {
             eprintln!("[warning] no frame pool (cannot size the shared memory): frames are copied");
             return None;
         }
-        // SAFETY: maps `len` bytes of the memory file, just sized to `len` and
-        // sealed, so every page stays backed; the mapping is never unmapped.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                POOL_FD,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
+        // SAFETY: the memory file was just sized to `len` and sealed; the
+        // mapping is never unmapped.
+        let Ok(base) = (unsafe { map_shared(POOL_FD, len) }) else {
             eprintln!("[warning] no frame pool (cannot map it): frames are copied");
             return None;
-        }
+        };
         let u = |n: usize| u32::try_from(n).ok();
         let layout = PoolLayout {
             slots: SLOTS.min(MAX_POOL_SLOTS),
@@ -194,7 +184,7 @@ impl Pool {
             width,
             height,
             layout,
-            base: base.cast(),
+            base,
             len,
             free: vec![true; SLOTS as usize],
         })
@@ -304,4 +294,29 @@ pub unsafe extern "C" fn get_buffer2(
         // SAFETY: the same pointers, to libavcodec's own allocator.
         unsafe { ffi::avcodec_default_get_buffer2(ctx, frame, flags) }
     }
+}
+
+/// Maps `len` bytes of the memory file at descriptor `fd`, shared and writable.
+///
+/// # Safety
+/// The file must be at least `len` bytes long and sealed against shrinking:
+/// then every page of the mapping stays backed (touching a page past the end
+/// of a shrunk file would raise SIGBUS).
+pub(crate) unsafe fn map_shared(fd: i32, len: usize) -> std::io::Result<*mut u8> {
+    // SAFETY: a new mapping at an address the kernel picks, so no existing
+    // memory is affected; the caller vouches for the file's size.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p.cast())
 }
