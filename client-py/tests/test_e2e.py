@@ -7,7 +7,7 @@ import json
 import subprocess
 import time
 import zlib
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -455,16 +455,27 @@ def test_broker_crash_and_restart(broker: Broker, camera: Camera) -> None:
     cap.release()
 
 
-def test_camera_drop_keeps_the_reader_attached(broker_factory: Callable[..., Broker],
-                                               camera_factory: Callable[..., Camera],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    b = broker_factory("--backoff-initial-ms", "200", "--backoff-max-ms", "500", "--idle-grace-ms", "3000")
+def _reading_a_dropped_camera(broker_factory: Callable[..., Broker], camera_factory: Callable[..., Camera],
+                              monkeypatch: pytest.MonkeyPatch, broker_args: Sequence[str],
+                              read_timeout_ms: int) -> Tuple[Broker, Camera, VideoCapture]:
+    """A capture that read a frame from a 30 fps camera, which was then killed:
+    returns once its reads have stopped succeeding."""
+    b = broker_factory(*broker_args)
     monkeypatch.setenv("FRAMEBROKER_SOCKET", b.socket)
     cam = camera_factory("--fps", "30")
-    cap = VideoCapture(cam.url, CAP_ANY, [CAP_PROP_READ_TIMEOUT_MSEC, 1000])
+    cap = VideoCapture(cam.url, CAP_ANY, [CAP_PROP_READ_TIMEOUT_MSEC, read_timeout_ms])
     assert cap.read()[0]
     cam.kill()
     wait_until("reads to stop", 5, lambda: not cap.read()[0])
+    return b, cam, cap
+
+
+def test_camera_drop_keeps_the_reader_attached(broker_factory: Callable[..., Broker],
+                                               camera_factory: Callable[..., Camera],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    b, cam, cap = _reading_a_dropped_camera(
+        broker_factory, camera_factory, monkeypatch,
+        ["--backoff-initial-ms", "200", "--backoff-max-ms", "500", "--idle-grace-ms", "3000"], 1000)
     wait_until("state reconnecting", 5, lambda: [s for s in streams(b) if s.state is fb.StreamState.RECONNECTING])
     cam.restart()
     wait_until("frames to come back", 20, lambda: cap.read()[0])
@@ -477,13 +488,8 @@ def test_read_waits_its_timeout_once_and_says_why(broker_factory: Callable[..., 
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A read on a stream that stopped sending waits CAP_PROP_READ_TIMEOUT_MSEC
     (once: not again on a second path) and says why in last_error."""
-    b = broker_factory("--backoff-initial-ms", "5000", "--idle-grace-ms", "30000")
-    monkeypatch.setenv("FRAMEBROKER_SOCKET", b.socket)
-    cam = camera_factory("--fps", "30")
-    cap = VideoCapture(cam.url, CAP_ANY, [CAP_PROP_READ_TIMEOUT_MSEC, 700])
-    assert cap.read()[0]
-    cam.kill()
-    wait_until("reads to stop", 5, lambda: not cap.read()[0])
+    _, _, cap = _reading_a_dropped_camera(
+        broker_factory, camera_factory, monkeypatch, ["--backoff-initial-ms", "5000", "--idle-grace-ms", "30000"], 700)
     t0 = time.monotonic()
     ok, frame = cap.read()
     took = time.monotonic() - t0
