@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -190,7 +190,16 @@ def test_the_daemonset_script_starts_the_broker_with_its_nodes_file(node: str, e
         ids = [line.split()[0] for line in out.strip().splitlines()[1:]]
         assert ids == [expect], out
         assert sock.stat().st_mode & 0o777 == 0o660, "group_access: the socket is the group's too"
-        segments = sorted(x.name for x in Path("/dev/shm").glob(prefix + "*"))
+        def new_ring() -> Optional[List[str]]:
+            # The stream is listed at once; its ring is made when its first frame
+            # comes, after the leftover was removed: wait for a new file there.
+            try:
+                made = leftover.stat().st_ino != old_inode
+            except FileNotFoundError:
+                made = False
+            return sorted(x.name for x in Path("/dev/shm").glob(prefix + "*")) if made else None
+
+        segments = wait_for(20, new_ring, step=0.1)
         assert segments == [f"{prefix}{expect}.1"], segments  # the leftover's name, now the new ring
         assert leftover.stat().st_ino != old_inode, "the leftover was removed, the name is a new ring"
         assert leftover.stat().st_mode & 0o777 == 0o640
