@@ -567,6 +567,8 @@ impl Broker {
             // The variants asked for must be there already; the request adds one id.
             lacks_variants(&family.root, &c.variants)?;
             self.check_stream_limit(streams, 1)?;
+            // The joined family is running, so making room never removes it.
+            self.make_room(streams, 1);
             return Ok(Admission::Join(family));
         }
         let wanted = 1 + c.variants.len();

@@ -307,6 +307,34 @@ fn a_native_size_over_the_shm_budget_ends_failed_with_the_budget_in_the_error() 
     assert!(message.contains("budget"), "{message:?}");
 }
 
+#[test]
+fn a_second_id_on_a_running_decode_makes_room_like_a_new_stream() {
+    // A failed stream stays listed with its reason until its place is needed;
+    // an id joining a running decode needs a place as much as a new decode.
+    let broker = Broker::start(&["--max-streams", "2", "--shm-budget-mb", "5"]).unwrap();
+    let c = broker.client();
+    c.start(StartRequest::new("hd", "testsrc://?size=1920x1080&rate=5"))
+        .unwrap();
+    wait_for(READY, || {
+        (c.stats("hd").unwrap().info.state == StreamState::Failed).then_some(())
+    })
+    .expect("the stream over the budget ends failed");
+    let url = "testsrc://?size=64x48&rate=5";
+    c.start(StartRequest::new("a", url)).unwrap();
+    let mut listed = ids(&c.list().unwrap());
+    listed.sort();
+    assert_eq!(listed, ["a", "hd"]);
+
+    let (info, created) = c
+        .start(StartRequest::new("b", url))
+        .expect("a second id on a running decode fits the limit");
+    assert!(created, "{info:?}");
+    assert_eq!(info.parent.as_deref(), Some("a"), "{info:?}");
+    let mut listed = ids(&c.list().unwrap());
+    listed.sort();
+    assert_eq!(listed, ["a", "b"], "the failed stream made way");
+}
+
 /// Plants a segment named `name` the way a broker with writer `pid` would have
 /// made it, and leaves it behind (as a crash does).
 fn plant_ring(name: &str, pid: u32) {
