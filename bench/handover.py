@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Camera, stop_process  # noqa: E402
+from procs import Camera, cpu_seconds, stop_process  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 
 INPUT = ["-hide_banner", "-nostdin", "-loglevel", "level+info", "-copyts",
          "-rtsp_transport", "tcp", "-timeout", "5000000",
@@ -54,12 +53,6 @@ OUTPUTS: Dict[str, List[str]] = {
     "null": ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-"],
 }
 BASELINE = "bgr24 + showinfo"
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 def drain(stream, counter: List[int]) -> None:
@@ -84,9 +77,9 @@ def measure(url: str, out: List[str], warmup: float, seconds: float) -> Tuple[fl
         time.sleep(warmup)
         if p.poll() is not None:
             raise RuntimeError(f"ffmpeg exited early ({p.returncode}) for {out}")
-        c0, b0, t0 = cpu_seconds(p.pid), got[0], time.monotonic()
+        c0, b0, t0 = cpu_seconds([p.pid]), got[0], time.monotonic()
         time.sleep(seconds)
-        c1, b1, t1 = cpu_seconds(p.pid), got[0], time.monotonic()
+        c1, b1, t1 = cpu_seconds([p.pid]), got[0], time.monotonic()
         if p.poll() is not None:
             raise RuntimeError(f"ffmpeg exited during the measurement ({p.returncode}) for {out}")
     finally:
