@@ -20,8 +20,8 @@ use crate::hub::{Feed, Framed, Hub, JpegSubscription, Kind, RawFrame, StreamHub,
 use crate::jpeg::JpegSetting;
 use crate::limits::Limits;
 use crate::models::{
-    url_stream_id, FrameQuery, Health, OriginalHealth, StartBody, StartUrlBody, Started, StatsView,
-    StillWatched, Stopped, StreamList, StreamView,
+    url_stream_id, FrameQuery, Health, OriginalHealth, StartBody, StartOptions, StartUrlBody,
+    Started, StatsView, StillWatched, Stopped, StreamList, StreamView,
 };
 
 /// Boundary of the MJPEG multipart stream.
@@ -124,6 +124,18 @@ struct Start {
     on_demand: Option<bool>,
 }
 
+impl Start {
+    fn new(id: String, url: String, o: StartOptions) -> Result<Start, ApiError> {
+        Ok(Start {
+            size: start_size(o.width, o.height, o.native_size)?,
+            id,
+            url,
+            pixel_format: o.pixel_format,
+            on_demand: o.on_demand,
+        })
+    }
+}
+
 /// Starts (or finds) a stream and answers as the original server did: 200 with
 /// `message`, `stream_id`, `rtsp_url`, `width`, `height`, plus our fields.
 async fn start(s: Start, state: &State) -> Result<Response, Rejection> {
@@ -177,28 +189,15 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// documented; `native_size: true`: the camera's own.
 pub async fn start_stream(body: Bytes, state: State) -> Result<Response, Rejection> {
     let b: StartBody = parse_body(&body)?;
-    let s = Start {
-        size: start_size(b.width, b.height, b.native_size)?,
-        id: b.stream_id,
-        url: b.rtsp_url,
-        pixel_format: b.pixel_format,
-        on_demand: b.on_demand,
-    };
-    start(s, &state).await
+    start(Start::new(b.stream_id, b.rtsp_url, b.options)?, &state).await
 }
 
 /// `POST /api/streams/start-with-url`: the id is the original server's hash of
 /// the URL; the size as on `POST /api/streams`.
 pub async fn start_with_url(body: Bytes, state: State) -> Result<Response, Rejection> {
     let b: StartUrlBody = parse_body(&body)?;
-    let s = Start {
-        id: url_stream_id(&b.rtsp_url),
-        size: start_size(b.width, b.height, b.native_size)?,
-        url: b.rtsp_url,
-        pixel_format: b.pixel_format,
-        on_demand: b.on_demand,
-    };
-    start(s, &state).await
+    let id = url_stream_id(&b.rtsp_url);
+    start(Start::new(id, b.rtsp_url, b.options)?, &state).await
 }
 
 /// Everyone watching a stream now: the gateway's WebSocket, MJPEG and recent

@@ -15,18 +15,8 @@ pub const MAX_BODY: u64 = 16 * 1024;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StartUrlBody {
     pub rtsp_url: String,
-    /// Output size, as on [`StartBody`].
-    #[serde(default)]
-    pub width: Option<u32>,
-    #[serde(default)]
-    pub height: Option<u32>,
-    /// The camera's own size instead of the 640x480 default, as on [`StartBody`].
-    #[serde(default)]
-    pub native_size: Option<bool>,
-    #[serde(default)]
-    pub pixel_format: Option<String>,
-    #[serde(default)]
-    pub on_demand: Option<bool>,
+    #[serde(flatten)]
+    pub options: StartOptions,
 }
 
 /// The id `start-with-url` gives a URL, the original server's: the first 16
@@ -46,6 +36,13 @@ pub fn url_stream_id(url: &str) -> String {
 pub struct StartBody {
     pub stream_id: String,
     pub rtsp_url: String,
+    #[serde(flatten)]
+    pub options: StartOptions,
+}
+
+/// What both start routes take besides the camera and its id.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct StartOptions {
     /// Output size; absent (or 0): 640 wide, 480 high, the original server's
     /// default (each on its own, as there).
     #[serde(default)]
