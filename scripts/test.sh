@@ -26,8 +26,18 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
+# Each step's wall time, printed at the end: the run has to stay within its
+# time budget, and this says where the time goes.
+step_name="" step_start=$start
+timings=()
+step() {
+    local now
+    now=$(date +%s)
+    [ -z "$step_name" ] || timings+=("$(printf '%6d s  %s' $((now - step_start)) "${step_name:0:70}")")
+    step_name="$*" step_start=$now
+    printf '\n==> %s\n' "$*"
+}
 
 step "setup"
 bash scripts/setup.sh --test
@@ -119,3 +129,5 @@ FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" \
 FRAMEBROKER_BENCH_BINS="$ROOT/target/debug" .venv/bin/python bench/reader_cost.py --reps 1 --seconds 1
 
 step "all tests passed in $(( $(date +%s) - start )) s"
+printf 'time per step:\n'
+printf '%s\n' "${timings[@]}"
