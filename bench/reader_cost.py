@@ -17,6 +17,11 @@ each for ``--seconds`` per repetition, the ways taking turns:
 - ``cv2``: ``cv2.VideoCapture(url).read()`` on the same camera, decoding it
   itself: the whole cost a program pays without framebroker.
 
+``--against REV`` adds the way ``read() REV``: ``read()`` with the Python
+client as it was at git revision ``REV``, taking turns with today's, so a
+change to the read path is judged in the same windows (``--ways`` picks the
+ways to run, e.g. ``--ways "read()" --against HEAD~1 --reps 6``).
+
 Printed per way: the reader's CPU (% of one core, median [min-max] over the
 repetitions) and per frame (us), and what the broker and its decoder cost in
 the same windows. The differences between the rows say what each step costs:
@@ -30,6 +35,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -77,9 +83,18 @@ while not stop.is_set():
 """
 
 
-def measure(way: str, cam: Camera, broker: Broker, seconds: float) -> Dict[str, float]:
-    cwd = REPO / "client-py"
-    p = subprocess.Popen([sys.executable, "-c", READER, way, cam.url, broker.socket],
+def client_at(rev: str, into: Path) -> Path:
+    """The Python client as it was at ``rev``, unpacked under ``into``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "client-py/framebroker"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--against {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "client-py"
+
+
+def measure(way: str, cam: Camera, broker: Broker, seconds: float, cwd: Path) -> Dict[str, float]:
+    p = subprocess.Popen([sys.executable, "-c", READER, way.split(" ")[0], cam.url, broker.socket],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd)
     try:
         assert p.stdout is not None and p.stdin is not None
@@ -108,21 +123,31 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--decoder", choices=["libav", "ffmpeg"], default="libav")
+    ap.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated, of: {', '.join(WAYS)}")
+    ap.add_argument("--against", metavar="REV", help="also read() with the client at this git revision")
     a = ap.parse_args()
     w, h = (int(x) for x in a.size.split("x"))
     if not (1 <= a.reps <= 20 and 1 <= a.seconds <= 120):
         ap.error("--reps must be in 1..20 and --seconds in 1..120")
+    ways = [x for x in a.ways.split(",") if x]
+    if not ways or any(x not in WAYS for x in ways):
+        ap.error(f"--ways takes some of: {', '.join(WAYS)}")
+    tmp = tempfile.TemporaryDirectory(prefix="fb-reader-cost-")
+    trees = {way: REPO / "client-py" for way in ways}
+    if a.against:
+        trees[f"read() {a.against}"] = client_at(a.against, Path(tmp.name))
     cam = Camera(w, h, 30, "--like-camera")
     broker = Broker("--decoder", a.decoder, "--decoder-path", str(RELEASE / "framebroker-decoder"))
-    rows: Dict[str, List[Dict[str, float]]] = {way: [] for way in WAYS}
+    rows: Dict[str, List[Dict[str, float]]] = {way: [] for way in trees}
     try:
         broker.add("cam", cam.url)
         broker.wait_live(["cam"])
         for _ in range(a.reps):
-            for way in WAYS:
-                rows[way].append(measure(way, cam, broker, a.seconds))
+            for way, tree in trees.items():
+                rows[way].append(measure(way, cam, broker, a.seconds, tree))
     finally:
         broker.close()
+        tmp.cleanup()
         cam.close()
 
     def cell(way: str, key: str, prec: int = 2) -> str:
@@ -130,9 +155,10 @@ def main() -> int:
         return f"{statistics.median(xs):.{prec}f} [{min(xs):.{prec}f}-{max(xs):.{prec}f}]"
 
     print(f"one Python reader at {a.size}@30, decoder {a.decoder}; % of one core, median [min-max] of {a.reps}")
-    print(f"{'way':<11} {'reader %':<20} {'us/frame':<20} {'broker %':<20} {'decoder %':<20}")
-    for way in WAYS:
-        print(f"{way:<11} {cell(way, 'reader'):<20} {cell(way, 'us_per_frame', 0):<20} "
+    width = max(11, *(len(way) + 1 for way in rows))
+    print(f"{'way':<{width}} {'reader %':<20} {'us/frame':<20} {'broker %':<20} {'decoder %':<20}")
+    for way in rows:
+        print(f"{way:<{width}} {cell(way, 'reader'):<20} {cell(way, 'us_per_frame', 0):<20} "
               f"{cell(way, 'broker'):<20} {cell(way, 'decoder'):<20}")
     return 0
 

@@ -63,7 +63,7 @@ from ._errors import (
     WriterGone,
 )
 from ._layout import PixelFormat, StreamState
-from ._wait import WordWaiter
+from ._wait import WordWaiter, futex_retry
 from ._platform import WINDOWS, machine
 
 if WINDOWS:
@@ -86,6 +86,13 @@ _MEMORY_ORDER_ACQUIRE = 2
 #: Largest frame copied by ``memoryview`` slice assignment, which holds the GIL
 #: while it copies (about 60 µs for 2 MiB); larger ones use ``numpy.copyto``.
 _MV_COPY_MAX = 2 << 20
+#: One wait of :meth:`Ring.read_wait` before it looks at the stream's health
+#: again: the heartbeat interval, so a dead broker is noticed as soon as before.
+_SLICE_S = L.HEARTBEAT_INTERVAL_MS / 1000
+#: The ``state`` words after which no frame comes (``StreamState.is_final``).
+_FINAL_STATES = frozenset(int(s) for s in StreamState if s.is_final)
+_WAKE_D = L.WAKE_OFF // 4
+_STATE_D = L.STATE_OFF // 4
 #: Word indexes (u64) of header fields, and of slot fields relative to the slot's
 #: first word: the read path indexes ``memoryview``\ s with these.
 _LAST_FRAME_W = L.LAST_FRAME_OFF // 8
@@ -241,6 +248,8 @@ class Ring:
             self.close()
             raise
         self._waiter = self._open_waiter(use_futex)
+        #: The futex wait of one slice, ready to call (``None``: other waiters).
+        self._slice_wait = self._waiter.prepared(_SLICE_S) if isinstance(self._waiter, WordWaiter) else None
         last = self.last_frame()
         #: Number of the last frame this reader returned (0: none).
         self.cursor = max(last - 1, 0)
@@ -475,19 +484,6 @@ class Ring:
             if crc != meta.checksum:
                 raise ChecksumMismatch(self.info.stream_id, meta.number, meta.checksum, crc)
 
-    def _wanted(self, w: memoryview, sequential: bool) -> int:
-        """The number of the frame to read next, 0 when there is nothing new
-        (frame numbers start at 1). ``latest`` wants the newest; ``sequential``
-        the one after the cursor or, when the reader fell behind, the oldest
-        frame the writer will not overwrite next."""
-        last = w[_LAST_FRAME_W]
-        cursor = self.cursor
-        if last <= cursor:
-            return 0
-        if sequential and cursor + 1 < last:
-            return max(cursor + 1, last + 2 - self._slots)
-        return last
-
     def has_new_frame(self) -> bool:
         """Whether :meth:`try_latest` (or :meth:`try_next`) would find a frame now."""
         return self._w64[_LAST_FRAME_W] > self.cursor  # type: ignore[no-any-return]
@@ -503,6 +499,8 @@ class Ring:
         This is the read path of every client: a few word loads around one copy,
         in :meth:`_read` (see the module docstring)."""
         w = self._w64
+        if w is None:
+            raise SegmentError(self.name, "ring is closed")
         if w[_LAST_FRAME_W] <= self.cursor:
             # Nothing new: the usual answer of the calls a reader makes before it
             # waits, so it allocates nothing (a frame-sized array costs a
@@ -510,8 +508,10 @@ class Ring:
             return None
         dst = out
         if dst is None or (dst is not self._checked_dst and not self.fits(dst)):
+            # A new array fits by construction: remembered without the checks.
             dst = self.new_array()
-            self.fits(dst)  # remembers it, and a byte view of it for the copy
+            self._checked_dst = dst
+            self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
         got = self._read(sequential, dst)
         if got is None:
             return None
@@ -522,7 +522,7 @@ class Ring:
 
     def _read(self, sequential: bool, dst: Optional[np.ndarray]) -> Optional[Tuple[FrameMeta, int, int]]:
         """The one seqlock read of the ring, and its retry loop: the frame
-        :meth:`_wanted` names, copied into ``dst`` (which :meth:`fits`) or, when
+        the reader wants, copied into ``dst`` (which :meth:`fits`) or, when
         ``dst`` is ``None``, left in its slot (a zero-copy view). Returns the
         metadata, the slot index and the even sequence the read saw (a view's
         stamp), or ``None`` when there is no such frame; the cursor moves to it.
@@ -534,12 +534,18 @@ class Ring:
         Acquire pairs (``proto/doc/decisions.md``, "Seqlock reads from Python")."""
         w = self._w64
         fence = self._fence
+        slots = self._slots
         for _ in range(_RETRIES):
-            want = self._wanted(w, sequential)
-            if not want:
-                return None
+            # The frame wanted (numbers start at 1): ``latest`` wants the newest;
+            # ``sequential`` the one after the cursor or, when the reader fell
+            # behind, the oldest one the writer will not overwrite next.
+            want = w[_LAST_FRAME_W]
             cursor = self.cursor
-            idx = want % self._slots
+            if want <= cursor:
+                return None
+            if sequential and cursor + 1 < want:
+                want = max(cursor + 1, want + 2 - slots)
+            idx = want % slots
             o = self._slot_w[idx]
             # Seqlock read: even sequence, the wanted frame, copy, same sequence after.
             s1 = w[o + _SEQ_W]
@@ -579,10 +585,32 @@ class Ring:
         do (and raising what they raise). The one call a capture's ``read()``
         makes per frame: a reader faster than the camera spends most frames here,
         and every layer it skips is saved on each of them."""
+        since = None
+        quick = self._slice_wait
+        w32 = self._w32
+        if (
+            quick is not None
+            and w32 is not None
+            and self._w64[_LAST_FRAME_W] <= self.cursor
+            and (timeout_s is None or timeout_s >= _SLICE_S)
+        ):
+            # The usual case: a live stream and a reader faster than the camera.
+            # One wait of a slice straight away, then a look; the checks of
+            # ``_wait_for`` (ended, broker gone, timeout) follow only when that
+            # brought nothing. About a third of such a reader's CPU was the layers
+            # this skips (measured with ``bench/reader_cost.py``).
+            word = w32[_WAKE_D]
+            if self._fence is not None:
+                self._fence()  # the wake word's load before the looks below
+            if self._w64[_LAST_FRAME_W] <= self.cursor and w32[_STATE_D] not in _FINAL_STATES:
+                since = time.monotonic()
+                futex_wait, timespec = quick
+                if futex_wait(word, timespec, None, 0) == -1 and not futex_retry(ctypes.get_errno()):
+                    self._slice_wait = None  # the waiter below finds out and says so
         got = self.read_into(out, sequential)
         if got is not None:
             return got
-        return self._wait_for(timeout_s, lambda: self.read_into(out, sequential))
+        return self._wait_for(timeout_s, lambda: self.read_into(out, sequential), since)
 
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
         """The newest frame not returned yet, copied into ``dst`` (which must
@@ -642,11 +670,18 @@ class Ring:
             self._fence()  # the caller's loads from the view before this seq load
         return bool(self._w64[self._slot_w[idx] + _SEQ_W] == seq)
 
-    def _wait_for(self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]]) -> T:
+    def _wait_for(
+        self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]], since: Optional[float] = None
+    ) -> T:
+        """Calls ``attempt`` until it brings something, sleeping on the wake word
+        in between, and raises what a read raises (the timeout counted from
+        ``since``, a ``time.monotonic()`` reading, or from now)."""
         if self._mm is None:
             raise SegmentError(self.name, "ring is closed")
-        deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
-        slice_s = L.HEARTBEAT_INTERVAL_MS / 1000
+        if since is None:
+            since = time.monotonic()
+        deadline = None if timeout_s is None else since + max(timeout_s, 0.0)
+        slice_s = _SLICE_S
         while True:
             # The wake word is read before looking, so a frame published after the
             # look changes it and the wait below returns at once.
@@ -684,6 +719,7 @@ class Ring:
         """Unmaps the segment. Arrays handed out by :meth:`view` that are still
         alive keep the mapping until they are garbage-collected."""
         mm, self._mm = self._mm, None
+        self._slice_wait = None  # it waits on an address inside the mapping
         close_waiter = getattr(getattr(self, "_waiter", None), "close", None)
         if close_waiter is not None:
             close_waiter()  # the wake events' handles (Windows)

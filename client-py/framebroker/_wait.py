@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import sys
 import time
@@ -64,6 +65,12 @@ _syscall = _load_syscall()
 _SYS_FUTEX_NR = _SYS_FUTEX.get(machine(), -1)
 
 
+def futex_retry(err: int) -> bool:
+    """Whether a futex wait that returned -1 with ``err`` simply ended: EAGAIN
+    (the word had changed already), ETIMEDOUT, EINTR (a signal). All: look again."""
+    return err in (errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR)
+
+
 def futex_available() -> bool:
     """Whether this platform waits with a futex (else: the sleeping poll)."""
     return _syscall is not None
@@ -88,6 +95,27 @@ class WordWaiter:
         #: written after creation, so threads may share them.
         self._timespecs: "dict[float, Tuple[_Timespec, int]]" = {}
 
+    def prepared(self, timeout_s: float) -> "Optional[Tuple[Callable[..., int], int]]":
+        """The futex wait for ``timeout_s`` as ``(call, timespec)``, for a caller
+        that waits that long on every frame: ``call(expected, timespec, None, 0)``
+        returns -1 with ``errno`` set when it did not sleep (see
+        :func:`futex_retry`). ``None`` when this waiter does not use the futex."""
+        if not self.use_futex or _syscall is None:
+            return None
+        return functools.partial(_syscall, _SYS_FUTEX_NR, self.address, FUTEX_WAIT), self._timespec(timeout_s)[1]
+
+    def _timespec(self, timeout_s: float) -> "Tuple[_Timespec, int]":
+        """The timespec of ``timeout_s`` and its address (kept for the slice and
+        a few other timeouts waited for over and over; never written after)."""
+        cached = self._timespecs.get(timeout_s)
+        if cached is None:
+            sec = int(timeout_s)
+            ts = _Timespec(sec, int((timeout_s - sec) * 1e9))
+            cached = (ts, ctypes.addressof(ts))
+            if len(self._timespecs) < 8:  # the slice; other timeouts are one-offs
+                self._timespecs[timeout_s] = cached
+        return cached
+
     def wait(self, expected: int, timeout_s: float) -> None:
         """Sleeps while the word equals ``expected``, at most ``timeout_s`` seconds.
         Spurious returns are possible: callers re-check in a loop."""
@@ -100,19 +128,12 @@ class WordWaiter:
 
     def _futex_wait(self, expected: int, timeout_s: float) -> None:
         assert _syscall is not None
-        cached = self._timespecs.get(timeout_s)
-        if cached is None:
-            sec = int(timeout_s)
-            ts = _Timespec(sec, int((timeout_s - sec) * 1e9))
-            cached = (ts, ctypes.addressof(ts))
-            if len(self._timespecs) < 8:  # the slice; other timeouts are one-offs
-                self._timespecs[timeout_s] = cached
+        cached = self._timespec(timeout_s)
         # The timespec object stays referenced by ``cached`` for the whole call.
         r = _syscall(_SYS_FUTEX_NR, self.address, FUTEX_WAIT, expected & 0xFFFFFFFF, cached[1], None, 0)
         if r == -1:
             err = ctypes.get_errno()
-            # EAGAIN: the value already changed; ETIMEDOUT; EINTR: a signal. All: look again.
-            if err not in (errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR):
+            if not futex_retry(err):
                 log.warning(
                     "futex wait failed (%s); falling back to a sleeping poll", errno.errorcode.get(err, err)
                 )

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -19,10 +19,12 @@ from framebroker import _ring
 from framebroker._errors import ChecksumMismatch, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
 from framebroker._layout import PixelFormat, StreamState
 from framebroker._platform import WINDOWS
-from framebroker._ring import Ring
+from framebroker._ring import FrameMeta, Ring
 from framebroker._wait import futex_available
 
 from .ringwriter import RingWriter, frame_bytes
+
+Blocking = Callable[[Ring, np.ndarray, float], FrameMeta]
 
 pytestmark = pytest.mark.skipif(
     not (WINDOWS or os.path.isdir("/dev/shm")), reason="needs /dev/shm (Linux) or named mappings (Windows)"
@@ -298,8 +300,31 @@ def test_checksum_mismatch_is_reported_when_verifying(writer: RingWriter) -> Non
     r.close()
 
 
+def _latest(r: Ring, buf: np.ndarray, timeout_s: float) -> FrameMeta:
+    return r.latest(buf, timeout_s)
+
+
+def _next(r: Ring, buf: np.ndarray, timeout_s: float) -> FrameMeta:
+    return r.next(buf, timeout_s)
+
+
+def _read_wait(r: Ring, buf: np.ndarray, timeout_s: float) -> FrameMeta:
+    return r.read_wait(buf, False, timeout_s)[0]
+
+
+def _read_wait_in_order(r: Ring, buf: np.ndarray, timeout_s: float) -> FrameMeta:
+    return r.read_wait(buf, True, timeout_s)[0]
+
+
+#: The blocking reads: ``latest``/``next``, and ``read_wait``, the one call a
+#: capture's ``read()`` makes, which waits its first slice on its own.
+NEWEST = pytest.mark.parametrize("blocking", [_latest, _read_wait], ids=["latest", "read_wait"])
+IN_ORDER = pytest.mark.parametrize("blocking", [_next, _read_wait_in_order], ids=["next", "read_wait"])
+
+
+@NEWEST
 @pytest.mark.parametrize("use_futex", [True, False] if futex_available() else [False])
-def test_blocking_read_wakes_on_publish(writer: RingWriter, use_futex: bool) -> None:
+def test_blocking_read_wakes_on_publish(writer: RingWriter, use_futex: bool, blocking: Blocking) -> None:
     writer.start_heartbeat()
     r = Ring(writer.name, use_futex=use_futex)
     buf = r.new_array()
@@ -313,7 +338,7 @@ def test_blocking_read_wakes_on_publish(writer: RingWriter, use_futex: bool) -> 
     t = threading.Thread(target=later)
     t.start()
     cpu0 = time.process_time()
-    m = r.latest(buf, 5.0)
+    m = blocking(r, buf, 5.0)
     woke = time.monotonic()
     cpu = time.process_time() - cpu0
     t.join()
@@ -324,37 +349,79 @@ def test_blocking_read_wakes_on_publish(writer: RingWriter, use_futex: bool) -> 
     r.close()
 
 
-def test_blocking_read_times_out_without_spinning(writer: RingWriter) -> None:
+@NEWEST
+def test_blocking_read_times_out_without_spinning(writer: RingWriter, blocking: Blocking) -> None:
     writer.start_heartbeat()
     r = Ring(writer.name)
     t0, cpu0 = time.monotonic(), time.process_time()
     with pytest.raises(ReadTimeout, match="no new frame within 500 ms"):
-        r.latest(r.new_array(), 0.5)
+        blocking(r, r.new_array(), 0.5)
     elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
     assert 0.45 < elapsed < 1.0
     assert cpu < 0.1, f"waiting 0.5 s used {cpu:.3f} s of CPU"
     r.close()
 
 
-def test_stopped_stream_ends_the_wait_promptly(writer: RingWriter) -> None:
+@IN_ORDER
+def test_stopped_stream_ends_the_wait_promptly(writer: RingWriter, blocking: Blocking) -> None:
     writer.start_heartbeat()
     r = Ring(writer.name)
     threading.Timer(0.2, writer.set_state, (StreamState.STOPPED,)).start()
     t0 = time.monotonic()
     with pytest.raises(StreamEnded, match="stopped"):
-        r.next(r.new_array(), 5.0)
+        blocking(r, r.new_array(), 5.0)
     assert time.monotonic() - t0 < 0.5
+    # Already stopped: the next read says so at once, without a wait.
+    t0 = time.monotonic()
+    with pytest.raises(StreamEnded, match="stopped"):
+        blocking(r, r.new_array(), 5.0)
+    assert time.monotonic() - t0 < 0.05
     r.close()
 
 
-def test_dead_writer_is_noticed_within_a_second(writer: RingWriter) -> None:
+@NEWEST
+def test_dead_writer_is_noticed_within_a_second(writer: RingWriter, blocking: Blocking) -> None:
     writer.heartbeat()  # and never again
     r = Ring(writer.name)
     t0 = time.monotonic()
     with pytest.raises(WriterGone, match="no sign of life"):
-        r.latest(r.new_array(), 10.0)
+        blocking(r, r.new_array(), 10.0)
     assert time.monotonic() - t0 < 1.0
     r.close()
+
+
+@pytest.mark.skipif(not futex_available(), reason="the slice wait of read_wait is the futex's; other waiters take the general path")
+def test_a_futex_wait_that_fails_leaves_read_wait_to_the_general_path(
+    writer: RingWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_wait`` calls the futex itself for its first slice; a failure other
+    than "look again" makes it stop doing so, and the read still gets its frame."""
+    import ctypes
+    import errno
+
+    writer.start_heartbeat()
+    r = Ring(writer.name)
+    calls = []
+
+    def refused(*args: object) -> int:
+        calls.append(args)
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    r._slice_wait = (refused, 0)
+    threading.Timer(0.2, writer.publish, (frame_bytes(5, 32),)).start()
+    meta, got = r.read_wait(None, False, 5.0)
+    assert meta.number == 1 and got.tobytes() == frame_bytes(5, 32)
+    assert len(calls) == 1 and r._slice_wait is None
+    r.close()
+
+
+def test_reading_a_closed_ring_says_so(writer: RingWriter) -> None:
+    r = Ring(writer.name)
+    r.close()
+    for read in (lambda: r.read_into(None), lambda: r.read_wait(None, False, 1.0), lambda: r.latest(r.new_array(), 1.0)):
+        with pytest.raises(SegmentError, match="ring is closed"):
+            read()
 
 
 def test_zero_copy_view_is_validated(writer: RingWriter) -> None:
