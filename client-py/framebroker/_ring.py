@@ -29,7 +29,9 @@ run both paths that way).
 
 The read path is the hot path of every client: each attribute lookup, call and
 temporary object costs, and more so right after the reader wakes up with cold
-caches. So a read is a handful of ``memoryview`` word loads and one copy. Frames
+caches. So a read is a handful of ``memoryview`` word loads and one copy, and a
+read that has to wait first calls a futex wait prepared when the ring was
+opened (:meth:`Ring.read_wait`). Frames
 up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview`` slice assignment
 (a plain ``memcpy``, far less set-up than ``numpy.copyto``); larger frames go
 through ``numpy.copyto``, which releases the GIL while it copies so other
@@ -597,8 +599,10 @@ class Ring:
             # The usual case: a live stream and a reader faster than the camera.
             # One wait of a slice straight away, then a look; the checks of
             # ``_wait_for`` (ended, broker gone, timeout) follow only when that
-            # brought nothing. About a third of such a reader's CPU was the layers
-            # this skips (measured with ``bench/reader_cost.py``).
+            # brought nothing. The layers this skips were about a seventh of such
+            # a reader's CPU (``bench/reader_cost.py --against``). As there, the
+            # wake word is read before looking, so a frame published after the
+            # look has changed it and the futex returns at once.
             word = w32[_WAKE_D]
             if self._fence is not None:
                 self._fence()  # the wake word's load before the looks below
