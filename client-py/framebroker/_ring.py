@@ -31,7 +31,7 @@ The read path is the hot path of every client: each attribute lookup, call and
 temporary object costs, and more so right after the reader wakes up with cold
 caches. So a read is a handful of ``memoryview`` word loads and one copy, and a
 read that has to wait first calls a futex wait prepared when the ring was
-opened (:meth:`Ring.read_wait`). Frames
+opened (``Ring._wait_once``). Frames
 up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview`` slice assignment
 (a plain ``memcpy``, far less set-up than ``numpy.copyto``); larger frames go
 through ``numpy.copyto``, which releases the GIL while it copies so other
@@ -88,7 +88,7 @@ _MEMORY_ORDER_ACQUIRE = 2
 #: Largest frame copied by ``memoryview`` slice assignment, which holds the GIL
 #: while it copies (about 60 µs for 2 MiB); larger ones use ``numpy.copyto``.
 _MV_COPY_MAX = 2 << 20
-#: One wait of :meth:`Ring.read_wait` before it looks at the stream's health
+#: The first wait of a blocking read before it looks at the stream's health
 #: again: the heartbeat interval, so a dead broker is noticed as soon as before.
 _SLICE_S = L.HEARTBEAT_INTERVAL_MS / 1000
 #: The ``state`` words after which no frame comes (``StreamState.is_final``).
@@ -587,30 +587,7 @@ class Ring:
         do (and raising what they raise). The one call a capture's ``read()``
         makes per frame: a reader faster than the camera spends most frames here,
         and every layer it skips is saved on each of them."""
-        since = None
-        quick = self._slice_wait
-        w32 = self._w32
-        if (
-            quick is not None
-            and w32 is not None
-            and self._w64[_LAST_FRAME_W] <= self.cursor
-            and (timeout_s is None or timeout_s >= _SLICE_S)
-        ):
-            # The usual case: a live stream and a reader faster than the camera.
-            # One wait of a slice straight away, then a look; the checks of
-            # ``_wait_for`` (ended, broker gone, timeout) follow only when that
-            # brought nothing. The layers this skips were about a seventh of such
-            # a reader's CPU (``bench/reader_cost.py --against``). As there, the
-            # wake word is read before looking, so a frame published after the
-            # look has changed it and the futex returns at once.
-            word = w32[_WAKE_D]
-            if self._fence is not None:
-                self._fence()  # the wake word's load before the looks below
-            if self._w64[_LAST_FRAME_W] <= self.cursor and w32[_STATE_D] not in _FINAL_STATES:
-                since = time.monotonic()
-                futex_wait, timespec = quick
-                if futex_wait(word, timespec, None, 0) == -1 and not futex_retry(ctypes.get_errno()):
-                    self._slice_wait = None  # the waiter below finds out and says so
+        since = self._wait_once(timeout_s)
         got = self.read_into(out, sequential)
         if got is not None:
             return got
@@ -639,7 +616,8 @@ class Ring:
             m = self.try_latest(dst)
             if m is not None:
                 return m
-        return self._wait_for(timeout_s, lambda: self.try_latest(dst))
+        since = self._wait_once(timeout_s)
+        return self._wait_for(timeout_s, lambda: self.try_latest(dst), since)
 
     def next(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
         """Blocks until :meth:`try_next` has a frame (see :meth:`latest`)."""
@@ -647,7 +625,8 @@ class Ring:
             m = self.try_next(dst)
             if m is not None:
                 return m
-        return self._wait_for(timeout_s, lambda: self.try_next(dst))
+        since = self._wait_once(timeout_s)
+        return self._wait_for(timeout_s, lambda: self.try_next(dst), since)
 
     def view(self, sequential: bool, timeout_s: Optional[float]) -> Tuple[FrameMeta, np.ndarray, int]:
         """Zero-copy: waits for a frame like :meth:`latest`/:meth:`next` and returns
@@ -663,7 +642,12 @@ class Ring:
             meta, idx, seq = got
             return meta, self._slot_frames[idx], _stamp(idx, seq)
 
-        return self._wait_for(timeout_s, attempt)
+        if self._mm is not None:  # fast path: a frame is already there
+            got = attempt()
+            if got is not None:
+                return got
+        since = self._wait_once(timeout_s)
+        return self._wait_for(timeout_s, attempt, since)
 
     def still_valid(self, stamp: int) -> bool:
         """Whether the slot behind a :meth:`view` was not written since the view was taken."""
@@ -673,6 +657,35 @@ class Ring:
         if self._fence is not None:
             self._fence()  # the caller's loads from the view before this seq load
         return bool(self._w64[self._slot_w[idx] + _SEQ_W] == seq)
+
+    def _wait_once(self, timeout_s: Optional[float]) -> Optional[float]:
+        """The first wait of a blocking read, before it looks again: one futex
+        wait of a slice, straight away, when nothing new is there and the stream
+        has not ended. Returns when it began (``time.monotonic()``, for the read's
+        timeout), or ``None`` when it did not wait.
+
+        The usual case of every blocking read: a live stream and a reader faster
+        than the camera. The checks of :meth:`_wait_for` (ended, broker gone,
+        timeout) follow only when this wait brought nothing; the layers it skips
+        were about a seventh of a ``read()`` reader's CPU (``bench/reader_cost.py
+        --against``). As there, the wake word is read before looking, so a frame
+        published after the look has changed it and the futex returns at once.
+        Other waiters (Windows' events, the sleeping poll) leave it all to
+        :meth:`_wait_for`."""
+        quick = self._slice_wait
+        w32 = self._w32
+        if quick is None or w32 is None or (timeout_s is not None and timeout_s < _SLICE_S):
+            return None
+        word = w32[_WAKE_D]
+        if self._fence is not None:
+            self._fence()  # the wake word's load before the looks below
+        if self._w64[_LAST_FRAME_W] > self.cursor or w32[_STATE_D] in _FINAL_STATES:
+            return None
+        since = time.monotonic()
+        futex_wait, timespec = quick
+        if futex_wait(word, timespec, None, 0) == -1 and not futex_retry(ctypes.get_errno()):
+            self._slice_wait = None  # the general waiter finds out and says so
+        return since
 
     def _wait_for(
         self, timeout_s: Optional[float], attempt: Callable[[], Optional[T]], since: Optional[float] = None

@@ -261,8 +261,8 @@ def test_fences_sit_between_the_seqlock_loads(
         writer.publish(frame_bytes(n, 32))  # frame 5 lands in slot 1 again
     meta, view, stamp = r.view(False, 1.0)
     assert meta.number == 5 and view.tobytes() == frame_bytes(5, 32)
-    # The wake word's fence, then the seqlock read without a copy.
-    assert events == ["fence", "seq", "fence", "fence", "seq"]
+    # A frame already there: the seqlock read without a copy, and no wait.
+    assert events == ["seq", "fence", "fence", "seq"]
     events.clear()
     assert r.still_valid(stamp) and events == ["fence", "seq"]
     del view
@@ -390,12 +390,14 @@ def test_dead_writer_is_noticed_within_a_second(writer: RingWriter, blocking: Bl
     r.close()
 
 
-@pytest.mark.skipif(not futex_available(), reason="the slice wait of read_wait is the futex's; other waiters take the general path")
-def test_a_futex_wait_that_fails_leaves_read_wait_to_the_general_path(
-    writer: RingWriter, monkeypatch: pytest.MonkeyPatch
+@NEWEST
+@pytest.mark.skipif(not futex_available(), reason="the first wait is the futex's; other waiters take the general path")
+def test_a_futex_wait_that_fails_leaves_the_reads_to_the_general_path(
+    writer: RingWriter, blocking: Blocking
 ) -> None:
-    """``read_wait`` calls the futex itself for its first slice; a failure other
-    than "look again" makes it stop doing so, and the read still gets its frame."""
+    """A blocking read calls the futex itself for its first slice; a failure
+    other than "look again" makes it stop doing so, and the read still gets its
+    frame."""
     import ctypes
     import errno
 
@@ -410,8 +412,9 @@ def test_a_futex_wait_that_fails_leaves_read_wait_to_the_general_path(
 
     r._slice_wait = (refused, 0)
     threading.Timer(0.2, writer.publish, (frame_bytes(5, 32),)).start()
-    meta, got = r.read_wait(None, False, 5.0)
-    assert meta.number == 1 and got.tobytes() == frame_bytes(5, 32)
+    buf = r.new_array()
+    meta = blocking(r, buf, 5.0)
+    assert meta.number == 1 and buf.tobytes() == frame_bytes(5, 32)
     assert len(calls) == 1 and r._slice_wait is None
     r.close()
 
@@ -435,6 +438,14 @@ def test_zero_copy_view_is_validated(writer: RingWriter) -> None:
     for n in range(2, 6):  # lap the 4-slot ring
         writer.publish(frame_bytes(n, 32))
     assert not r.still_valid(stamp)
+    # Nothing new: the view waits for the next frame and wakes when it comes.
+    assert r.view(False, 1.0)[0].number == 5
+    threading.Timer(0.2, writer.publish, (frame_bytes(6, 32),)).start()
+    t0 = time.monotonic()
+    meta, later, _ = r.view(False, 5.0)
+    assert meta.number == 6 and later.tobytes() == frame_bytes(6, 32)
+    assert time.monotonic() - t0 < 1.0
+    del later
     # Closing with a view still alive neither fails nor unmaps under the view.
     r.close()
     assert view.shape == (4, 8) and len(view.tobytes()) == 32
