@@ -469,9 +469,14 @@ class Ring:
             and bool(dst.flags.c_contiguous)
         )
         if ok:
-            self._checked_dst = dst
-            self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
+            self._remember(dst)
         return ok
+
+    def _remember(self, dst: np.ndarray) -> None:
+        """``dst`` fits: the next reads into it skip the checks, and copy through
+        a byte view of it (made once)."""
+        self._checked_dst = dst
+        self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
 
     def _check_dst(self, dst: np.ndarray) -> None:
         if not self.fits(dst):
@@ -510,10 +515,8 @@ class Ring:
             return None
         dst = out
         if dst is None or (dst is not self._checked_dst and not self.fits(dst)):
-            # A new array fits by construction: remembered without the checks.
             dst = self.new_array()
-            self._checked_dst = dst
-            self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
+            self._remember(dst)  # a new array fits by construction
         got = self._read(sequential, dst)
         if got is None:
             return None
@@ -698,7 +701,6 @@ class Ring:
         if since is None:
             since = time.monotonic()
         deadline = None if timeout_s is None else since + max(timeout_s, 0.0)
-        slice_s = _SLICE_S
         while True:
             # The wake word is read before looking, so a frame published after the
             # look changes it and the wait below returns at once.
@@ -714,7 +716,7 @@ class Ring:
             age = self.heartbeat_age_s()
             if age > self.stale_after_s:
                 raise WriterGone(self.info.stream_id, age)
-            wait = slice_s
+            wait = _SLICE_S
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -728,7 +730,7 @@ class Ring:
     def wait_for_change(self, timeout_s: float) -> None:
         """Sleeps until the wake word changes or ``timeout_s`` passes (for callers
         that poll several rings)."""
-        self._waiter.wait(self.wake_word(), min(timeout_s, L.HEARTBEAT_INTERVAL_MS / 1000))
+        self._waiter.wait(self.wake_word(), min(timeout_s, _SLICE_S))
 
     # -- closing
 

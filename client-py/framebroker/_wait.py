@@ -102,7 +102,10 @@ class WordWaiter:
         :func:`futex_retry`). ``None`` when this waiter does not use the futex."""
         if not self.use_futex or _syscall is None:
             return None
-        return functools.partial(_syscall, _SYS_FUTEX_NR, self.address, FUTEX_WAIT), self._timespec(timeout_s)[1]
+        cached = self._timespec(timeout_s)
+        # Kept whatever the cache's bound: the caller holds only its address.
+        self._timespecs[timeout_s] = cached
+        return functools.partial(_syscall, _SYS_FUTEX_NR, self.address, FUTEX_WAIT), cached[1]
 
     def _timespec(self, timeout_s: float) -> "Tuple[_Timespec, int]":
         """The timespec of ``timeout_s`` and its address (kept for the slice and

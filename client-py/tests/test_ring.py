@@ -419,6 +419,26 @@ def test_a_futex_wait_that_fails_leaves_the_reads_to_the_general_path(
     r.close()
 
 
+@pytest.mark.skipif(not futex_available(), reason="only the futex waiter prepares a wait")
+def test_a_prepared_wait_keeps_its_timespec_however_full_the_cache() -> None:
+    """The caller of ``WordWaiter.prepared`` holds only the timespec's address:
+    the waiter must keep the object even after eight other timeouts filled its
+    cache, or the futex would read freed memory."""
+    import ctypes
+
+    from framebroker._wait import WordWaiter
+
+    word = ctypes.c_uint32(0)
+    waiter = WordWaiter(ctypes.addressof(word), lambda: word.value)
+    for k in range(8):
+        waiter.wait(1, 0.001 * (k + 1))  # the word is not 1: returns at once, timespec cached
+    call, timespec = waiter.prepared(0.05)
+    assert timespec in {address for _, address in waiter._timespecs.values()}
+    t0 = time.monotonic()
+    assert call(0, timespec, None, 0) == -1  # the word stays 0: ETIMEDOUT after 50 ms
+    assert 0.04 < time.monotonic() - t0 < 1.0
+
+
 def test_reading_a_closed_ring_says_so(writer: RingWriter) -> None:
     r = Ring(writer.name)
     r.close()
