@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from typing import Callable, Iterator
 
 import numpy as np
@@ -125,25 +126,53 @@ def test_late_reader_starts_at_the_newest_frame(writer: RingWriter) -> None:
     r.close()
 
 
-def test_looking_when_nothing_is_new_allocates_nothing(writer: RingWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_looking_when_nothing_is_new_allocates_nothing() -> None:
     """A reader looks several times per frame before it waits; a frame-sized
-    array per look cost a mmap/munmap pair each (a third of a Python reader's CPU)."""
+    array per look cost a mmap/munmap pair each (a third of a Python reader's
+    CPU). A look that finds a frame allocates that frame's array."""
+    size = 256 * 128  # 32 KiB: far above what a look needs for its small objects
+    w = RingWriter(unique_name(), 256, 128)
+    r = Ring(w.name)
+    tracemalloc.start()
+    try:
+
+        def most_held_above(base: int) -> int:
+            return tracemalloc.get_traced_memory()[1] - base
+
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        assert r.read_into(None) is None and r.read_into(None, sequential=True) is None
+        assert most_held_above(base) < size // 4, "no array for a look that finds nothing"
+        w.publish(frame_bytes(1, size))
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        got = r.read_into(None)
+        held = most_held_above(base)
+        assert got is not None and got[0].number == 1 and got[1].tobytes() == frame_bytes(1, size)
+        assert size <= held < 2 * size, "one array for the frame read"
+    finally:
+        tracemalloc.stop()
+        r.close()
+        w.close()
+
+
+def test_a_new_array_is_the_readers_own(writer: RingWriter) -> None:
+    """Without an array to fill, a read makes one the caller owns: writable,
+    C-contiguous, the frame's shape, and not the slot (the writer's next lap
+    leaves it alone)."""
     r = Ring(writer.name)
-    made = []
-    real_new = r.new_array
-
-    def counted() -> np.ndarray:
-        made.append(1)
-        return real_new()
-
-    monkeypatch.setattr(r, "new_array", counted)
-    assert r.read_into(None) is None and r.read_into(None, sequential=True) is None
-    assert made == [], "no array for a look that finds nothing"
     writer.publish(frame_bytes(1, 32))
     got = r.read_into(None)
-    assert got is not None and got[0].number == 1 and got[1].tobytes() == frame_bytes(1, 32)
-    assert made == [1]
-    assert r.read_into(None) is None and made == [1]
+    assert got is not None
+    frame = got[1]
+    assert frame.shape == r.new_array().shape and frame.dtype == np.uint8
+    assert frame.flags.writeable and frame.flags.c_contiguous and frame.flags.owndata
+    for n in range(2, 2 + writer.slots):  # every slot written again
+        writer.publish(frame_bytes(n, 32))
+    assert frame.tobytes() == frame_bytes(1, 32)
+    frame[...] = 7  # and writing it does not reach the ring
+    later = r.read_into(None)
+    assert later is not None and later[1].tobytes() == frame_bytes(1 + writer.slots, 32)
     r.close()
 
 
