@@ -202,8 +202,11 @@ class Fleet:
                     raise BenchError(f"consumer {i} exited ({self.procs[i].returncode}) before its first frame: "
                                      f"{self.stderr(i)[-500:]}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"only {sum(e.is_set() for e in self.ready)} of {len(self.ready)} "
-                                     f"consumers ready within {timeout:.0f} s")
+                    late = [k for k, e in enumerate(self.ready) if not e.is_set()]
+                    said = "; ".join(f"consumer {k} ({' '.join(map(str, self.procs[k].args[1:4]))}): "
+                                     f"{self.stderr(k)[-300:].strip() or 'nothing on stderr'}" for k in late)
+                    raise BenchError(f"only {len(self.ready) - len(late)} of {len(self.ready)} "
+                                     f"consumers ready within {timeout:.0f} s; {said}")
         if self.sync_start:
             for p in self.procs:
                 assert p.stdin is not None
