@@ -479,14 +479,9 @@ class Ring:
             and bool(dst.flags.c_contiguous)
         )
         if ok:
-            self._remember(dst)
+            self._checked_dst = dst
+            self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
         return ok
-
-    def _remember(self, dst: np.ndarray) -> None:
-        """``dst`` fits: the next reads into it skip the checks, and copy through
-        a byte view of it (made once)."""
-        self._checked_dst = dst
-        self._checked_mv = memoryview(dst).cast("B") if self._mv_copy else None
 
     def _check_dst(self, dst: np.ndarray) -> None:
         if not self.fits(dst):

@@ -150,6 +150,11 @@ def test_looking_when_nothing_is_new_allocates_nothing() -> None:
         held = most_held_above(base)
         assert got is not None and got[0].number == 1 and got[1].tobytes() == frame_bytes(1, size)
         assert size <= held < 2 * size, "one array for the frame read"
+        del got
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        assert r.read_into(None) is None
+        assert most_held_above(base) < size // 4, "nor for a look after a frame was read"
     finally:
         tracemalloc.stop()
         r.close()
