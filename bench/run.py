@@ -287,7 +287,7 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Di
         broker.add(sid, cam.url)
         broker.wait_live([sid])
         cmds = [[str(RELEASE / "fb-reader"), "--socket", broker.socket, "--stream", sid,
-                 "--mode", "latest", "--count", "100000000"]] * n
+                 "--mode", "latest", "--count", "100000000", "--bare"]] * n
         fleet = Fleet(cmds, None, sync_start=False)
     try:
         fleet.wait_ready(60 + 5 * n)

@@ -28,6 +28,11 @@ struct Args {
     /// Sleep this long after each frame (a slow consumer), ms.
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
+    /// Print a bare "f" line per frame instead of its record (no checksum, no
+    /// bars, no JSON): a program that only reads, as `bench/consumer.py` does
+    /// with cv2, for the CPU benchmark.
+    #[arg(long)]
+    bare: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         } else {
             reader.next_into(&mut buf, Duration::from_secs(10))?
         };
+        if a.bare {
+            writeln!(out, "f")?; // stdout is line-buffered: one write per frame
+            continue;
+        }
         let age_ns = monotonic_ns().saturating_sub(meta.mono_ns);
         let rec = ReadRecord {
             number: meta.number,
