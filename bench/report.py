@@ -419,6 +419,36 @@ def other_decoder_line(rows: List[Dict[str, Any]], sfx: str, decoder: str, base:
             + goal_sentence(rows, met, missed, None, sfx))
 
 
+def section_parity(par: Dict[str, Any], out: List[str]) -> None:
+    """Section 1b: one reader against cv2 on both cameras, in paired rounds."""
+    n, cams = par["rounds"], sorted({c["camera"] for c in par["cells"]})
+    out.append("## 1b. One reader against one `cv2.VideoCapture`, on both cameras\n")
+    out.append(
+        "The goal of one program reading a camera through framebroker: it costs no more CPU than the same "
+        "program with `cv2.VideoCapture` (readers + broker + decoder against the cv2 process). Section 1 measures "
+        "each configuration in a block of consecutive windows, so a drift of the shared machine's speed during "
+        f"the run weighs on one more than another. Here every way runs once per round, {n} rounds of one "
+        f"{par['window_s']:g} s window after {par['warmup_s']:g} s of warm-up, and each round starts with the "
+        "next way; each ratio is cv2 / ours of one round. Cameras: " + ", ".join(f"`{c}`" for c in cams)
+        + " (see section 1).\n")
+    out.append("| camera | size | cv2: CPU % | ours | CPU % (readers / broker / decoder) | cv2 / ours, per round "
+               "| rounds ours ≤ cv2 | cv2 / ours of the sums |")
+    out.append("|---|---|---|---|---|---|---:|---:|")
+    names = {"py": "Python", "rust": "Rust"}
+    for c in par["cells"]:
+        first = True
+        for way, r in c["ratios"].items():
+            w = c["ways"][way]
+            kind, _, dec = way.partition("_")
+            split = " / ".join(f"{med(w[k]):.1f}" for k in ("readers_pct", "broker_pct", "ffmpeg_pct"))
+            head = [c["camera"], c["size"], fmt(c["ways"]["cv2"]["total_pct"])] if first else ["", "", ""]
+            first = False
+            out.append("| " + " | ".join(head + [
+                f"{names.get(kind, kind)}" + (f" via {dec}" if dec else ""), f"{fmt(w['total_pct'])} ({split})",
+                fmt(r, 2), f"{c['rounds_no_dearer'][way]} of {n}", f"{c['ratio_of_sums'][way]:.2f}"]) + " |")
+    out.append("")
+
+
 def section_age(a: Dict[str, Any], out: List[str]) -> None:
     out.append("## 2. How old is the frame a slow program gets?\n")
     out.append(
@@ -677,6 +707,8 @@ def write(res: Dict[str, Any], results_path: Path) -> None:
     if "cpu" in s and "rows" in s["cpu"]:
         plot_cpu(s["cpu"], cores)
         section_cpu(s["cpu"], cores, out, res.get("camera", "cheap"), s.get("copy"))
+    if "parity" in s and "cells" in s["parity"]:
+        section_parity(s["parity"], out)
     if "age" in s and "cv2" in s["age"]:
         plot_age(s["age"])
         section_age(s["age"], out)
@@ -696,11 +728,11 @@ def write(res: Dict[str, Any], results_path: Path) -> None:
         section_memory(s["memory"], out)
     out.append("## Running it yourself\n")
     out.append("```sh\n.venv/bin/pip install psutil matplotlib      # once\n"
-               ".venv/bin/python bench/run.py                   # everything, ~30 min on 2 cores\n"
+               ".venv/bin/python bench/run.py                   # everything, ~45 min on 2 cores\n"
                ".venv/bin/python bench/run.py --only cpu,age    # some sections\n"
                ".venv/bin/python bench/run.py --quick --no-report   # ~2 min smoke test (CI)\n"
                ".venv/bin/python bench/run.py --report-only bench/results/<file>.json   # redo this page\n```\n")
-    out.append("Sections: `cpu`, `age`, `latency`, `copy`, `gateway`, `scale`, `memory` (`--memory-minutes`, default 10). "
+    out.append("Sections: `cpu`, `parity`, `age`, `latency`, `copy`, `gateway`, `scale`, `memory` (`--memory-minutes`, default 10). "
                "The parts can be run alone too: `target/release/fb-bench`, `target/release/gateway-bench`, "
                "`client-py/bench/bench_read.py` (each with `--help`).\n")
     DOCS.mkdir(parents=True, exist_ok=True)

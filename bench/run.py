@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """framebroker benchmark suite: one command, every measurement of issue #6.
 
-    .venv/bin/python bench/run.py [--quick] [--only cpu,age,latency,copy,gateway,scale,memory]
+    .venv/bin/python bench/run.py [--quick] [--only cpu,parity,age,latency,copy,gateway,scale,memory]
                                   [--memory-minutes 10] [--no-build] [--no-report]
                                   [--decoders ffmpeg,libav]
     .venv/bin/python bench/run.py --report-only bench/results/<file>.json
@@ -15,6 +15,10 @@ Sections:
   cpu      host CPU of N consumers of one camera: N x cv2.VideoCapture, N x our
            Python VideoCapture (+ broker + ffmpeg), N x Rust readers (+ broker + ffmpeg);
            ours once per --decoders entry (`framebroker serve --decoder ffmpeg|libav`)
+  parity   one reader (N = 1) against one cv2.VideoCapture on both cameras (like-camera and
+           cheap) at 640x480 and 1080p, each way once per round for 6 rounds, the order
+           rotating: the ratio cv2/ours of ways measured seconds apart (through libav
+           when --decoders has it, else the decoder given)
   age      frame age at read time for a consumer slower than the camera (cv2 vs ours)
   latency  publish->read latency with 1, 8, 64 reader processes (fb-bench)
   copy     read cost per frame: Rust copy / zero-copy (fb-bench), Python read() (bench_read.py)
@@ -46,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procs  # noqa: E402
 from procs import RELEASE, REPO, BenchError, Broker, Camera, Fleet  # noqa: E402
 
-SECTIONS = ["cpu", "age", "latency", "copy", "gateway", "scale", "memory"]
+SECTIONS = ["cpu", "parity", "age", "latency", "copy", "gateway", "scale", "memory"]
 #: ``framebroker serve --decoder`` values the cpu section compares, in this order.
 DECODERS = ["ffmpeg", "libav"]
 #: The executable each decoder runs under the broker for an RTSP camera.
@@ -91,6 +95,7 @@ def plan(quick: bool, memory_minutes: float) -> Dict[str, Any]:
         return {
             "reps": 2,
             "cpu": {"sizes": [(320, 240, 15)], "n": [1, 2], "warmup": 0.5, "window": 1.0},
+            "parity": {"cameras": ["cheap"], "sizes": [(320, 240, 15)], "rounds": 2, "warmup": 0.5, "window": 1.0},
             "age": {"size": (640, 480, 30), "work_ms": 100, "seconds": 4.0, "keepup_seconds": 2.0},
             "latency": {"readers": "1,8", "fb_args": ["--quick", "--reps", "1"]},
             "copy": {"fb_args": ["--quick", "--reps", "1"], "py": ["--frames", "5", "--reps", "2", "--sizes", "640x480"]},
@@ -103,6 +108,8 @@ def plan(quick: bool, memory_minutes: float) -> Dict[str, Any]:
     return {
         "reps": 3,
         "cpu": {"sizes": [(640, 480, 30), (1920, 1080, 30)], "n": [1, 2, 4, 8, 16], "warmup": 2.0, "window": 5.0},
+        "parity": {"cameras": ["like-camera", "cheap"], "sizes": [(640, 480, 30), (1920, 1080, 30)], "rounds": 6,
+                   "warmup": 2.0, "window": 5.0},
         "age": {"size": (640, 480, 30), "work_ms": 100, "seconds": 60.0, "keepup_seconds": 10.0},
         "latency": {"readers": "1,8,64", "fb_args": ["--reps", "3"]},
         "copy": {"fb_args": ["--reps", "3"], "py": ["--frames", "60", "--reps", "3"]},
@@ -325,6 +332,85 @@ def check_decoder(broker: Broker, decoder: str) -> List[str]:
         raise BenchError(f"cpu: --decoder {decoder} runs {names or 'nothing'} under the broker, "
                          f"not {DECODER_EXE[decoder]}")
     return names
+
+
+# ---------------------------------------------------------------------------
+# 1b. One reader against cv2, in paired rounds, on both cameras
+# ---------------------------------------------------------------------------
+
+#: The test camera's arguments for each ``--camera`` choice.
+CAMERA_ARGS = {"like-camera": ["--like-camera"], "cheap": []}
+
+
+def parity_key(kind: str, decoder: Optional[str]) -> str:
+    return kind if decoder is None else f"{kind}_{decoder}"
+
+
+def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
+    """N = 1 on each camera at each size, in one run: cv2, then our Python and
+    Rust reader through each decoder, one window each, in rounds.
+
+    Section 1 measures each way in a block of consecutive windows, so a machine
+    whose speed drifts during the run (a shared one does, by 10 % within an
+    hour) weighs on one way more than another. Here each round runs every way
+    once and the next round starts with the next way, so drift falls on all of
+    them alike, and each ratio is cv2 / ours of one round: ways measured a few
+    seconds apart."""
+    cfg = p["parity"]
+    # Through the broker's default decoder (`serve --decoder auto` runs libav
+    # when it is built) when --decoders has it: the one a user gets.
+    decoders = ["libav"] if "libav" in p["decoders"] else p["decoders"][:1]
+    ways: List[Tuple[str, Optional[str]]] = [("cv2", None)] + [(k, d) for d in decoders for k in ("py", "rust")]
+    cells = []
+    for camera in cfg["cameras"]:
+        for (w, h, fps) in cfg["sizes"]:
+            size = f"{w}x{h}@{fps}"
+            cam = Camera(w, h, fps, *CAMERA_ARGS[camera])
+            brokers: Dict[str, Broker] = {}
+            try:
+                for d in decoders:
+                    brokers[d] = Broker("--idle-grace-ms", "3000", "--decoder", d)
+                wins: Dict[str, List[Dict[str, Any]]] = {parity_key(k, d): [] for k, d in ways}
+                for r in range(cfg["rounds"]):
+                    first = r % len(ways)
+                    for kind, d in ways[first:] + ways[:first]:
+                        log(f"parity {camera} {size}: round {r + 1}/{cfg['rounds']}, {parity_key(kind, d)}")
+                        wait_idle(brokers)
+                        got = cpu_config(kind, 1, cam, brokers[d] if d else None, cfg, 1, d)
+                        wins[parity_key(kind, d)].append(got["windows"][0])
+            finally:
+                for b in brokers.values():
+                    b.close()
+                cam.close()
+            cell = parity_cell(camera, size, wins)
+            cells.append(cell)
+            log(f"   {camera} {size}: cv2 {fmt(cell['ways']['cv2']['total_pct'])} %  " + "  ".join(
+                f"{k} {fmt(cell['ways'][k]['total_pct'])} % (cv2/ours {fmt(cell['ratios'][k], 2)}, "
+                f"{cell['rounds_no_dearer'][k]}/{cfg['rounds']} rounds)" for k in cell["ratios"]))
+    return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "rounds": cfg["rounds"],
+            "decoders": decoders, "cells": cells}
+
+
+def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """One camera and size: each way's figures over the rounds, and per way of
+    ours the ratios cv2 / ours of each round (median [min–max]), how many
+    rounds ours cost no more than cv2, and the ratio of the sums."""
+    keys = ["total_pct", "readers_pct", "broker_pct", "ffmpeg_pct", "fps_min"]
+    cell: Dict[str, Any] = {"camera": camera, "size": size, "ways": {}, "ratios": {},
+                            "rounds_no_dearer": {}, "ratio_of_sums": {}}
+    for way, ws in wins.items():
+        cell["ways"][way] = {k: mmm([x.get(k, 0.0) for x in ws]) for k in keys}
+        cell["ways"][way]["windows"] = ws
+    cv2 = [x["total_pct"] for x in wins["cv2"]]
+    for way, ws in wins.items():
+        if way == "cv2":
+            continue
+        ours = [x["total_pct"] for x in ws]
+        ratios = [a / b for a, b in zip(cv2, ours) if b > 0]
+        cell["ratios"][way] = mmm(ratios)
+        cell["rounds_no_dearer"][way] = sum(1 for x in ratios if x >= 1.0)
+        cell["ratio_of_sums"][way] = sum(cv2) / sum(ours) if sum(ours) > 0 else None
+    return cell
 
 
 # ---------------------------------------------------------------------------
@@ -588,6 +674,21 @@ def print_cpu(cpu: Dict[str, Any]) -> None:
         P(f"   {f['size']:<14}the broker's ffmpeg alone, output thrown away: {fmt(f['ffmpeg_null_pct'])} %")
 
 
+def print_parity(par: Dict[str, Any]) -> None:
+    """Section 1b: one line per camera and size, each way of ours beside cv2."""
+    P = print
+    P(f"\n1b. One reader against cv2 (N = 1), {par['rounds']} rounds of one {par['window_s']:.0f} s window per way, "
+      "order rotating; % of one core, median [min–max] over the rounds")
+    P("    cv2/ours: median [min–max] of the rounds' ratios; no dearer: rounds where ours cost <= cv2")
+    for c in par["cells"]:
+        P(f"   {c['camera']:<12}{c['size']:<14}cv2 {fmt(c['ways']['cv2']['total_pct'])}")
+        for way, r in c["ratios"].items():
+            w = c["ways"][way]
+            split = "/".join(f"{med(w[k]):.1f}" for k in ("readers_pct", "broker_pct", "ffmpeg_pct"))
+            P(f"   {'':<26}{way:<12}{fmt(w['total_pct']):<20}({split})  cv2/ours {fmt(r, 2):<18}"
+              f"no dearer {c['rounds_no_dearer'][way]}/{par['rounds']}  of the sums {c['ratio_of_sums'][way]:.2f}")
+
+
 def print_table(res: Dict[str, Any]) -> None:
     P = print
     P(f"\nframebroker benchmarks — {res['date']} — {'quick' if res['quick'] else 'full'} run; "
@@ -597,6 +698,8 @@ def print_table(res: Dict[str, Any]) -> None:
     s = res["sections"]
     if "cpu" in s and "rows" in s["cpu"]:
         print_cpu(s["cpu"])
+    if "parity" in s and "cells" in s["parity"]:
+        print_parity(s["parity"])
     if "age" in s and "cv2" in s["age"]:
         a = s["age"]
         P(f"\n2. Frame age at read time, {a['size']} camera, {a['work_ms']} ms of work per frame, {a['seconds']:.0f} s")
@@ -688,6 +791,8 @@ def main() -> int:
                          f"({', '.join(DECODERS)}; default ffmpeg): our readers are measured through each, cv2 "
                          "once; the first one's figures keep the plain keys (py, rust, ...), the others' are "
                          "suffixed (py_libav, ...)")
+    ap.add_argument("--parity-rounds", type=int, default=None,
+                    help="rounds of the parity section (default 6, --quick 2)")
     ap.add_argument("--cpu-n", default="",
                     help="comma-separated N of the cpu section (default 1,2,4,8,16; --quick 1,2), e.g. 1 for a "
                          "before/after of one reader")
@@ -731,6 +836,10 @@ def main() -> int:
             ap.error("--cpu-n takes numbers, e.g. 1,2,4")
         if any(n < 1 or n > 64 for n in p["cpu"]["n"]):
             ap.error("--cpu-n: each N in 1..64")
+    if a.parity_rounds is not None:
+        if not 1 <= a.parity_rounds <= 50:
+            ap.error("--parity-rounds must be in 1..50")
+        p["parity"]["rounds"] = a.parity_rounds
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
     res: Dict[str, Any] = {
@@ -745,6 +854,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fb-bench-out-"))
     runners: Dict[str, Callable[[], Dict[str, Any]]] = {
         "cpu": lambda: bench_cpu(p),
+        "parity": lambda: bench_parity(p),
         "age": lambda: bench_age(p),
         "latency": lambda: bench_latency(p, tmp),
         "copy": lambda: bench_copy(p, tmp),
