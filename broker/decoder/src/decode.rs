@@ -3,8 +3,9 @@
 //!
 //! It mirrors what the broker asks of ffmpeg for a network source
 //! (`-rtsp_transport`, `-timeout`, `-analyzeduration 500000 -probesize 500000
-//! -fflags nobuffer -flags low_delay`, `threads=auto`, `-copyts`), so the frames,
-//! their timestamps and the log lines the broker classifies are the same.
+//! -fflags nobuffer -flags low_delay`, `-copyts`), so the frames,
+//! their timestamps and the log lines the broker classifies are the same. Its
+//! threads differ on small pictures (`framebroker_decoder::decode_threads`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -239,14 +240,19 @@ fn run(args: &Args, url: &str) -> Result<(), String> {
     // Decode straight into the shared frame pool where it can hold the frames.
     let pool = Pool::leak();
     // SAFETY: the context is not open yet; `opaque` gets a pool that lives for
-    // the rest of the process, which is what `pool::get_buffer2` relies on.
-    unsafe {
+    // the rest of the process, which is what `pool::get_buffer2` relies on. The
+    // size was copied from the stream's parameters (0 when unknown).
+    let (width, height) = unsafe {
         let c = ctx.as_mut_ptr();
         (*c).opaque = (pool as *const Pool).cast_mut().cast();
         (*c).get_buffer2 = Some(crate::pool::get_buffer2);
-    }
+        ((*c).width, (*c).height)
+    };
     let mut copts = ff::Dictionary::new();
-    copts.set("threads", "auto");
+    copts.set(
+        "threads",
+        framebroker_decoder::decode_threads(width, height),
+    );
     copts.set("flags", "low_delay");
     let mut decoder = ctx
         .decoder()

@@ -297,6 +297,25 @@ impl Message {
     }
 }
 
+/// The largest picture decoded on one thread: a camera's VGA substream, the
+/// usual one for computer vision.
+pub const ONE_THREAD_MAX_PIXELS: i64 = 640 * 480;
+
+/// libavcodec's `threads` for a picture of this size. With `low_delay` the
+/// threads are slice threads, woken for every frame; on a picture of up to
+/// 640x480 a keyframe decodes in about 2 ms on one thread (a 15th of a 30 fps
+/// frame period), so the workers only add their wake-ups. Above it, or when
+/// the size is not known yet, `auto` (cores + 1) keeps the keyframes of large
+/// pictures short on slow cores (docs/BENCHMARKS.md, "The decoder's threads").
+pub fn decode_threads(width: i32, height: i32) -> &'static str {
+    let pixels = i64::from(width) * i64::from(height);
+    if width > 0 && height > 0 && pixels <= ONE_THREAD_MAX_PIXELS {
+        "1"
+    } else {
+        "auto"
+    }
+}
+
 /// ffmpeg's names for libavutil's colourspace codes, as its log prints them
 /// (`None`: unspecified).
 pub fn colorspace_name(code: u32) -> Option<&'static str> {
@@ -332,6 +351,19 @@ pub fn range_name(code: u32) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pictures_up_to_640x480_decode_on_one_thread() {
+        use super::decode_threads;
+        assert_eq!(decode_threads(640, 480), "1");
+        assert_eq!(decode_threads(320, 240), "1");
+        assert_eq!(decode_threads(480, 640), "1", "a portrait VGA picture too");
+        assert_eq!(decode_threads(642, 480), "auto");
+        assert_eq!(decode_threads(1920, 1080), "auto");
+        assert_eq!(decode_threads(0, 0), "auto", "size not known yet");
+        assert_eq!(decode_threads(-1, 480), "auto");
+        assert_eq!(decode_threads(i32::MAX, i32::MAX), "auto");
+    }
+
     use super::*;
 
     #[test]
