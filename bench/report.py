@@ -431,9 +431,9 @@ def section_parity(par: Dict[str, Any], out: List[str]) -> None:
         f"{par['window_s']:g} s window after {par['warmup_s']:g} s of warm-up, and each round starts with the "
         "next way; each ratio is cv2 / ours of one round. Cameras: " + ", ".join(f"`{c}`" for c in cams)
         + " (see section 1).\n")
-    out.append("| camera | size | cv2: CPU % | ours | CPU % (readers / broker / decoder) | cv2 / ours, per round "
-               "| rounds ours ≤ cv2 | cv2 / ours of the sums |")
-    out.append("|---|---|---|---|---|---|---:|---:|")
+    out.append("| camera | size | cv2: CPU % (fps) | ours | CPU % (readers / broker / decoder) | fps "
+               "| cv2 / ours, per round | rounds ours ≤ cv2 | cv2 / ours of the sums |")
+    out.append("|---|---|---|---|---|---:|---|---:|---:|")
     names = {"py": "Python", "rust": "Rust"}
     for c in par["cells"]:
         first = True
@@ -441,11 +441,13 @@ def section_parity(par: Dict[str, Any], out: List[str]) -> None:
             w = c["ways"][way]
             kind, _, dec = way.partition("_")
             split = " / ".join(f"{med(w[k]):.1f}" for k in ("readers_pct", "broker_pct", "ffmpeg_pct"))
-            head = [c["camera"], c["size"], fmt(c["ways"]["cv2"]["total_pct"])] if first else ["", "", ""]
+            cv = c["ways"]["cv2"]
+            head = ([c["camera"], c["size"], f"{fmt(cv['total_pct'])} ({med(cv['fps_min']):.1f})"] if first
+                    else ["", "", ""])
             first = False
             out.append("| " + " | ".join(head + [
                 f"{names.get(kind, kind)}" + (f" via {dec}" if dec else ""), f"{fmt(w['total_pct'])} ({split})",
-                fmt(r, 2), f"{c['rounds_no_dearer'][way]} of {n}", f"{c['ratio_of_sums'][way]:.2f}"]) + " |")
+                f"{med(w['fps_min']):.1f}", fmt(r, 2), f"{c['rounds_no_dearer'][way]} of {n}", f"{c['ratio_of_sums'][way]:.2f}"]) + " |")
     out.append("")
 
 

@@ -681,12 +681,14 @@ def print_parity(par: Dict[str, Any]) -> None:
       "order rotating; % of one core, median [min–max] over the rounds")
     P("    cv2/ours: median [min–max] of the rounds' ratios; no dearer: rounds where ours cost <= cv2")
     for c in par["cells"]:
-        P(f"   {c['camera']:<12}{c['size']:<14}cv2 {fmt(c['ways']['cv2']['total_pct'])}")
+        cv = c["ways"]["cv2"]
+        P(f"   {c['camera']:<12}{c['size']:<14}cv2 {fmt(cv['total_pct'])}  fps {med(cv['fps_min']):.1f}")
         for way, r in c["ratios"].items():
             w = c["ways"][way]
             split = "/".join(f"{med(w[k]):.1f}" for k in ("readers_pct", "broker_pct", "ffmpeg_pct"))
             P(f"   {'':<26}{way:<12}{fmt(w['total_pct']):<20}({split})  cv2/ours {fmt(r, 2):<18}"
-              f"no dearer {c['rounds_no_dearer'][way]}/{par['rounds']}  of the sums {c['ratio_of_sums'][way]:.2f}")
+              f"no dearer {c['rounds_no_dearer'][way]}/{par['rounds']}  of the sums {c['ratio_of_sums'][way]:.2f}  "
+              f"fps {med(w['fps_min']):.1f}")
 
 
 def print_table(res: Dict[str, Any]) -> None:
@@ -827,7 +829,7 @@ def main() -> int:
             raise SystemExit(f"bench: {RELEASE / b} is missing (run without --no-build)")
 
     p = plan(a.quick, a.memory_minutes)
-    p["camera_args"] = ["--like-camera"] if a.camera == "like-camera" else []
+    p["camera_args"] = CAMERA_ARGS[a.camera]
     p["decoders"] = decoders
     if a.cpu_n:
         try:
