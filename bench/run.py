@@ -342,13 +342,9 @@ def check_decoder(broker: Broker, decoder: str) -> List[str]:
 CAMERA_ARGS = {"like-camera": ["--like-camera"], "cheap": []}
 
 
-def parity_key(kind: str, decoder: Optional[str]) -> str:
-    return kind if decoder is None else f"{kind}_{decoder}"
-
-
 def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
-    """N = 1 on each camera at each size, in one run: cv2, then our Python and
-    Rust reader through each decoder, one window each, in rounds.
+    """N = 1 on each camera at each size, in one run: cv2, our Python reader
+    and our Rust reader, one window each, in rounds.
 
     Section 1 measures each way in a block of consecutive windows, so a machine
     whose speed drifts during the run (a shared one does, by 10 % within an
@@ -359,28 +355,29 @@ def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
     cfg = p["parity"]
     # Through the broker's default decoder (`serve --decoder auto` runs libav
     # when it is built) when --decoders has it: the one a user gets.
-    decoders = ["libav"] if "libav" in p["decoders"] else p["decoders"][:1]
-    ways: List[Tuple[str, Optional[str]]] = [("cv2", None)] + [(k, d) for d in decoders for k in ("py", "rust")]
+    dec = "libav" if "libav" in p["decoders"] else p["decoders"][0]
+    ways = ["cv2", f"py_{dec}", f"rust_{dec}"]
     cells = []
     for camera in cfg["cameras"]:
         for (w, h, fps) in cfg["sizes"]:
             size = f"{w}x{h}@{fps}"
             cam = Camera(w, h, fps, *CAMERA_ARGS[camera])
-            brokers: Dict[str, Broker] = {}
+            broker: Optional[Broker] = None
             try:
-                for d in decoders:
-                    brokers[d] = Broker("--idle-grace-ms", "3000", "--decoder", d)
-                wins: Dict[str, List[Dict[str, Any]]] = {parity_key(k, d): [] for k, d in ways}
+                broker = Broker("--idle-grace-ms", "3000", "--decoder", dec)
+                wins: Dict[str, List[Dict[str, Any]]] = {way: [] for way in ways}
                 for r in range(cfg["rounds"]):
                     first = r % len(ways)
-                    for kind, d in ways[first:] + ways[:first]:
-                        log(f"parity {camera} {size}: round {r + 1}/{cfg['rounds']}, {parity_key(kind, d)}")
-                        wait_idle(brokers)
-                        got = cpu_config(kind, 1, cam, brokers[d] if d else None, cfg, 1, d)
-                        wins[parity_key(kind, d)].append(got["windows"][0])
+                    for way in ways[first:] + ways[:first]:
+                        log(f"parity {camera} {size}: round {r + 1}/{cfg['rounds']}, {way}")
+                        broker.wait_no_ffmpeg()  # nothing of the way before still decoding
+                        kind = way.partition("_")[0]
+                        got = cpu_config(kind, 1, cam, None if kind == "cv2" else broker, cfg, 1,
+                                         None if kind == "cv2" else dec)
+                        wins[way].append(got["windows"][0])
             finally:
-                for b in brokers.values():
-                    b.close()
+                if broker is not None:
+                    broker.close()
                 cam.close()
             cell = parity_cell(camera, size, wins)
             cells.append(cell)
@@ -388,7 +385,7 @@ def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
                 f"{k} {fmt(cell['ways'][k]['total_pct'])} % (cv2/ours {fmt(cell['ratios'][k], 2)}, "
                 f"{cell['rounds_no_dearer'][k]}/{cfg['rounds']} rounds)" for k in cell["ratios"]))
     return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "rounds": cfg["rounds"],
-            "decoders": decoders, "cells": cells}
+            "decoders": [dec], "cells": cells}
 
 
 def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:

@@ -299,11 +299,11 @@ impl Message {
 
 /// The largest picture decoded on one thread: a camera's VGA substream, the
 /// usual one for computer vision.
-pub const ONE_THREAD_MAX_PIXELS: i64 = 640 * 480;
+const ONE_THREAD_MAX_PIXELS: i64 = 640 * 480;
 
 /// libavcodec's `threads` for a picture of this size. With `low_delay` the
 /// threads are slice threads, woken for every frame; on a picture of up to
-/// 640x480 a keyframe decodes in about 2 ms on one thread (a 15th of a 30 fps
+/// 640x480 a keyframe decodes in about 2 ms on one thread (a 16th of a 30 fps
 /// frame period), so the workers only add their wake-ups. Above it, or when
 /// the size is not known yet, `auto` (cores + 1) keeps the keyframes of large
 /// pictures short on slow cores (docs/BENCHMARKS.md, "The decoder's threads").
