@@ -372,8 +372,8 @@ def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
                         log(f"parity {camera} {size}: round {r + 1}/{cfg['rounds']}, {way}")
                         broker.wait_no_ffmpeg()  # nothing of the way before still decoding
                         kind = way.partition("_")[0]
-                        got = cpu_config(kind, 1, cam, None if kind == "cv2" else broker, cfg, 1,
-                                         None if kind == "cv2" else dec)
+                        ours = (None, None) if kind == "cv2" else (broker, dec)
+                        got = cpu_config(kind, 1, cam, ours[0], cfg, 1, ours[1])
                         wins[way].append(got["windows"][0])
             finally:
                 if broker is not None:
