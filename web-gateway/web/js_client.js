@@ -385,7 +385,14 @@
         if (this.errorCallback) this.errorCallback('WebSocket error: Connection failed');
       };
       ws.onclose = (event) => {
-        if (this.ws === ws) this.ws = null;
+        if (this.ws !== ws) {
+          // A socket disconnect() already let go of, closing late: the callback
+          // hears of it (as the original's did), but the state, the heartbeat
+          // and the reconnecting belong to the socket that replaced it, if any.
+          if (this.disconnectCallback) this.disconnectCallback(event);
+          return;
+        }
+        this.ws = null;
         this.isConnected = false;
         this.stopHeartbeat();
         const reason = event.reason || `code ${event.code}`;

@@ -250,14 +250,30 @@ try {
     assert.match(await ex.textContent(li), /Running: Yes, Clients: \d+, Frames: [\d,]+/);
     // Someone else watches: Stop is refused with the count...
     const w = await watcher(context, open.base, `${open.base.replace(/^http/, 'ws')}/ws/${id}`);
+    // The page closes its own socket before it asks to stop, and that socket's
+    // close event may come before or after the answer: either way the answer is
+    // what the status line keeps. The close is held back here for 500 ms, so that
+    // its event comes after the answer, the order that once lost the answer.
+    const ownSocketClosed = () => ex.evaluate(() => {
+      const ws = client.ws;
+      const close = ws.close.bind(ws);
+      ws.close = (...args) => setTimeout(() => close(...args), 500);
+      window.ownSocketClosed = new Promise((done) => ws.addEventListener('close', () => done(true)));
+    });
+    await ownSocketClosed();
     await ex.click('#stopBtn');
     await ex.waitForFunction(() => /Cannot stop - \d+ clients connected/.test(document.querySelector('#status').textContent), null, { timeout: 10000 });
     assert.match(await ex.textContent('#error'), /still watching/);
+    await ex.evaluate(() => window.ownSocketClosed);
+    assert.match(await ex.textContent('#status'), /Cannot stop - \d+ clients connected/);
     // ...Force stops it for everybody.
     await ex.click('#startBtn');
     await ex.waitForFunction(() => !document.querySelector('#forceStopBtn').disabled, null, { timeout: 20000 });
+    await ownSocketClosed();
     await ex.click('#forceStopBtn');
     await ex.waitForFunction(() => /Stream force-stopped/.test(document.querySelector('#status').textContent), null, { timeout: 10000 });
+    await ex.evaluate(() => window.ownSocketClosed);
+    assert.match(await ex.textContent('#status'), /Stream force-stopped/);
     assert.equal(await w.closedWith(), 1000);
     assert.equal((await fetch(`${open.base}/api/streams/${id}/stats`)).status, 404);
     await ex.screenshot({ path: path.join(artifacts, 'client-example-file.png'), fullPage: true });
