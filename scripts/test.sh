@@ -36,7 +36,8 @@ step() {
     now=$(date +%s)
     [ -z "$step_name" ] || timings+=("$(printf '%6d s  %s' $((now - step_start)) "${step_name:0:70}")")
     step_name="$*" step_start=$now
-    printf '\n==> %s\n' "$*"
+    # The time so far on every step's line: a failed run prints no summary.
+    printf '\n==> [%5d s] %s\n' $((now - start)) "$*"
 }
 
 step "setup"
