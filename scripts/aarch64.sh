@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The aarch64 (ARM64 Linux) stage of scripts/test.sh, under qemu-user on an x86-64
 # host (packages and Rust target: scripts/setup.sh --test):
-#   1. cross-builds the whole workspace for aarch64-unknown-linux-gnu (its own
-#      target dir, target/aarch64);
+#   1. cross-builds the workspace's libraries and programs for
+#      aarch64-unknown-linux-gnu (its own target dir, target/aarch64);
 #   2. runs the proto and client-rs tests there under qemu-aarch64 (cargo's runner);
 #   3. runs the Python ring tests on Debian's arm64 CPython with numpy under qemu
 #      (a sysroot of .debs and aarch64 wheels in target/aarch64/python, made once);
@@ -25,7 +25,10 @@ t0=$(date +%s)
 part() { printf -- '--> aarch64: %s (%s s so far)\n' "$*" "$(( $(date +%s) - t0 ))"; }
 
 part "cross-build of the workspace"
-cargo build --workspace --bins --tests --locked --target "$TARGET"
+# Every library and program; of the tests, those run below (the proto and
+# client-rs suites): the others are built and run on x86-64, and building
+# their binaries here took CI a minute for nothing run.
+cargo build --workspace --bins --locked --target "$TARGET"
 
 part "proto and client-rs tests under qemu-aarch64"
 cargo test --locked --target "$TARGET" -p framebroker-proto -p framebroker-client

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the control protocol (proto/fuzz, cargo-fuzz + libFuzzer) for a bounded
 # time: scripts/fuzz.sh [SECONDS]   (default 30 per target; longer by hand).
+#       scripts/fuzz.sh --build-only (installs and builds, fuzzes nothing: what
+#                                     scripts/test.sh runs ahead, in the background)
 #
 #   control_decode  arbitrary bytes through the frame decoder: never panics, and
 #                   whatever decodes re-encodes to the same bytes and value;
@@ -15,6 +17,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+BUILD_ONLY=0
+if [ "${1:-}" = --build-only ]; then BUILD_ONLY=1; set -- 30; fi
 SECONDS_PER_TARGET="${1:-30}"
 case "$SECONDS_PER_TARGET" in
     '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
@@ -82,22 +86,33 @@ EOF
 
 echo "==> building the fuzz targets (nightly, sanitizer: address)"
 cargo +nightly fuzz build --fuzz-dir "$FUZZ_DIR"
+[ "$BUILD_ONLY" = 0 ] || exit 0
 
-status=0
-summary=()
+# The targets fuzz side by side (libFuzzer runs one process each), each into
+# its own log; the results are read once both are done.
+declare -A pids logs starts
 for t in "${TARGETS[@]}"; do
-    log="$(mktemp)"
+    logs[$t]="$(mktemp)"
     echo "==> fuzzing $t for ${SECONDS_PER_TARGET} s"
-    start=$(date +%s)
+    starts[$t]=$(date +%s)
     extra=()
     # The broker joins stopped streams' threads on detached reaper threads that
     # can outlive an input; LeakSanitizer then reports what they still hold
     # (the segment Arc, the stream id) as leaks. No leak checks for `session`.
     if [ "$t" = session ]; then extra=(-detect_leaks=0); fi
     # -timeout: one input taking this long is a hang (reported as a failure).
-    if cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" "$t" -- \
+    cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" "$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=30 -print_final_stats=1 \
-        "${extra[@]}" >"$log" 2>&1; then
+        "${extra[@]}" >"${logs[$t]}" 2>&1 &
+    pids[$t]=$!
+done
+
+status=0
+summary=()
+for t in "${TARGETS[@]}"; do
+    log="${logs[$t]}"
+    start="${starts[$t]}"
+    if wait "${pids[$t]}"; then
         result="ok"
     else
         status=1

@@ -6,7 +6,8 @@
 #      with the real broker, its decoder, ffmpeg and RTSP test camera), and the
 #      end-to-end suites once more with ffmpeg decoding (`--decoder ffmpeg`),
 #   3. the loom models of the seqlock and of the Windows wake-up, miri on the
-#      in-process ring, and a bounded fuzzing run of the control protocol,
+#      in-process ring, and a bounded fuzzing run of the control protocol (its
+#      targets built in the background during the waiting steps of 4-6),
 #   4. the web page in headless Chromium, then the Python tests (client and
 #      gateway clients; real broker, real OpenCV 4.x and 5.x), and the client's
 #      unit suites on the Windows CPython under Wine (named pipe, mappings, events),
@@ -88,8 +89,17 @@ else
     [ "${FRAMEBROKER_REQUIRE_MIRI:-0}" = 1 ] && exit 1
 fi
 
-step "fuzzing the control protocol (bounded; longer by hand: scripts/fuzz.sh 600)"
-bash scripts/fuzz.sh "${FRAMEBROKER_FUZZ_SECS:-20}"
+step "fuzz targets: built in the background (nice 19) while the next steps mostly wait"
+# The nightly sanitizer build of the fuzz targets is the longest compile of the
+# run (about 190 s on 2 cores), and the browser, Python, deployment and README
+# steps below spend most of their time waiting on real cameras and sockets: the
+# build takes their idle CPU at the lowest priority, and is waited for (its
+# failure fails the run) just before the fuzzing.
+fuzz_log="$ROOT/target/fuzz-build.log"
+mkdir -p "$ROOT/target"
+nice -n 19 bash scripts/fuzz.sh --build-only >"$fuzz_log" 2>&1 &
+fuzz_build=$!
+trap '[ -z "${fuzz_build:-}" ] || { pkill -P "$fuzz_build" 2>/dev/null; kill "$fuzz_build" 2>/dev/null; } || true' EXIT
 
 step "gateway API against its OpenAPI document (schemathesis)"
 bash web-gateway/tests/schemathesis/run.sh
@@ -117,6 +127,16 @@ FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
 step "README examples: every block of \"## Use it\" run against a real broker, gateway and camera"
 FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/readme
+
+step "fuzzing the control protocol (bounded; longer by hand: scripts/fuzz.sh 600)"
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_log"
+    echo "building the fuzz targets failed (log above, and in $fuzz_log)" >&2
+    exit 1
+fi
+fuzz_build=""
+tail -n 3 "$fuzz_log"
+bash scripts/fuzz.sh "${FRAMEBROKER_FUZZ_SECS:-20}"
 
 step "aarch64 under qemu-user: cross-build, proto/client-rs tests, Python ring tests, cross-process run"
 bash scripts/aarch64.sh
