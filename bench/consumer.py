@@ -33,6 +33,8 @@ import stamp  # noqa: E402
 #: the consumer gives that session up and opens another (OpenCV's own default
 #: is 30 s each, half of the runner's whole wait for "ready").
 CV2_TIMEOUT_MS = 12000
+#: How long a consumer tries for its first frame (the runner waits 60 s).
+FIRST_FRAME_S = 55.0
 
 
 def open_capture(a: argparse.Namespace) -> Any:
@@ -87,9 +89,9 @@ def main() -> int:
     if not (0 < a.duration <= 86400 and 0 <= a.work_ms <= 10000):
         ap.error("--duration must be in (0, 86400] and --work-ms in [0, 10000]")
 
-    cap = first_frame(a, 55.0)
+    cap = first_frame(a, FIRST_FRAME_S)
     if cap is None:
-        print(f"no first frame from {a.url} with {a.api} within 55 s", file=sys.stderr)
+        print(f"no first frame from {a.url} with {a.api} within {FIRST_FRAME_S:.0f} s", file=sys.stderr)
         return 2
     print("ready", flush=True)
     if not sys.stdin.readline():

@@ -90,11 +90,11 @@ cargo +nightly fuzz build --fuzz-dir "$FUZZ_DIR"
 
 # The targets fuzz side by side (libFuzzer runs one process each), each into
 # its own log; the results are read once both are done.
-declare -A pids logs starts
+declare -A pids logs
+start=$(date +%s)
 for t in "${TARGETS[@]}"; do
     logs[$t]="$(mktemp)"
     echo "==> fuzzing $t for ${SECONDS_PER_TARGET} s"
-    starts[$t]=$(date +%s)
     extra=()
     # The broker joins stopped streams' threads on detached reaper threads that
     # can outlive an input; LeakSanitizer then reports what they still hold
@@ -111,7 +111,6 @@ status=0
 summary=()
 for t in "${TARGETS[@]}"; do
     log="${logs[$t]}"
-    start="${starts[$t]}"
     if wait "${pids[$t]}"; then
         result="ok"
     else

@@ -6,8 +6,8 @@
 #      with the real broker, its decoder, ffmpeg and RTSP test camera), and the
 #      end-to-end suites once more with ffmpeg decoding (`--decoder ffmpeg`),
 #   3. the loom models of the seqlock and of the Windows wake-up, miri on the
-#      in-process ring, and a bounded fuzzing run of the control protocol (its
-#      targets built in the background during the waiting steps of 4-6),
+#      in-process ring, and (run after 6, its targets built in the background
+#      during the waiting steps 4-6) a bounded fuzzing run of the control protocol,
 #   4. the web page in headless Chromium, then the Python tests (client and
 #      gateway clients; real broker, real OpenCV 4.x and 5.x), and the client's
 #      unit suites on the Windows CPython under Wine (named pipe, mappings, events),
