@@ -1029,7 +1029,8 @@ impl Broker {
         }
     }
 
-    /// Runs the ticker on its own thread (every heartbeat interval).
+    /// Runs the ticker on its own thread, every heartbeat interval (its period
+    /// is the one bound on a heartbeat's age while the broker lives).
     pub fn spawn_ticker(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let broker = Arc::downgrade(self);
         std::thread::Builder::new()

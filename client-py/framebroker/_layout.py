@@ -33,9 +33,12 @@ FLAG_CHECKSUM = 1
 #: ``pts_ns`` of a slot whose frame has no known presentation time (``i64::MIN``).
 PTS_UNKNOWN = -(1 << 63)
 #: The writer refreshes ``heartbeat_ns`` at least this often.
-HEARTBEAT_INTERVAL_MS = 100
+HEARTBEAT_INTERVAL_MS = 250
 #: A heartbeat older than this means the writer (the broker) is gone.
 HEARTBEAT_STALE_MS = 800
+#: The longest a reader sleeps on the wake word before it looks at the stream's
+#: state and heartbeat again.
+READER_SLICE_MS = 100
 
 # Header fields (byte offsets from the start of the segment).
 MAGIC_OFF = 0

@@ -89,8 +89,8 @@ _MEMORY_ORDER_ACQUIRE = 2
 #: while it copies (about 60 µs for 2 MiB); larger ones use ``numpy.copyto``.
 _MV_COPY_MAX = 2 << 20
 #: The first wait of a blocking read before it looks at the stream's health
-#: again: the heartbeat interval, so a dead broker is noticed as soon as before.
-_SLICE_S = L.HEARTBEAT_INTERVAL_MS / 1000
+#: again: the reader's slice, so a dead broker is noticed as soon as before.
+_SLICE_S = L.READER_SLICE_MS / 1000
 #: The ``state`` words after which no frame comes (``StreamState.is_final``).
 _FINAL_STATES = frozenset(int(s) for s in StreamState if s.is_final)
 _WAKE_D = L.WAKE_OFF // 4
@@ -735,7 +735,7 @@ class Ring:
                         self.info.stream_id, f"no new frame within {timeout_s * 1000:.0f} ms"  # type: ignore[operator]
                     )
                 wait = min(wait, left)
-            # Wake at least every heartbeat interval to notice a dead broker in time.
+            # Wake at least every slice to notice a dead broker in time.
             self._waiter.wait(word, wait)
 
     def wait_for_change(self, timeout_s: float) -> None:

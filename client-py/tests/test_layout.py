@@ -40,6 +40,7 @@ def test_scalars(rust: Dict[str, Any]) -> None:
     assert L.FLAG_CHECKSUM == rust["flag_checksum"]
     assert L.HEARTBEAT_INTERVAL_MS == rust["heartbeat_interval_ms"]
     assert L.HEARTBEAT_STALE_MS == rust["heartbeat_stale_ms"]
+    assert L.READER_SLICE_MS == rust["reader_slice_ms"]
     assert L.slot_stride(640 * 480 * 3) == rust["slot_stride_640x480_bgr24"]
 
 

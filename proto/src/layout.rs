@@ -255,7 +255,7 @@ pub struct Header {
     /// Number of the newest published frame; 0 until the first. Frames count from 1.
     pub last_frame: AtomicU64,
     /// The writer's CLOCK_MONOTONIC in ns, refreshed at least every
-    /// [`HEARTBEAT_INTERVAL_MS`] even when no frames arrive.
+    /// [`HEARTBEAT_INTERVAL_MS`], with or without frames.
     pub heartbeat_ns: AtomicU64,
     /// [`StreamState`] as a number.
     pub state: AtomicU32,
@@ -270,10 +270,19 @@ pub struct Header {
     pub _reserved2: [u8; 24],
 }
 
-/// How often the writer refreshes `heartbeat_ns`.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// How often the writer refreshes `heartbeat_ns`. The broker's ticker wakes
+/// this often whatever its streams do, so with one camera each of its wake-ups
+/// is a visible part of the broker's CPU (250 instead of 100 ms: 0.06 % of a
+/// core less at 640x480@30, `proto/doc/decisions.md`, 17). More than three
+/// intervals still fit under [`HEARTBEAT_STALE_MS`], for a ticker delayed by load.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
 /// A heartbeat older than this means the writer is gone.
 pub const HEARTBEAT_STALE_MS: u64 = 800;
+/// The longest a reader sleeps on the wake word before it looks at the
+/// stream's state and heartbeat again: a reader notices a dead writer at most
+/// this long after the heartbeat went stale. Not a poll for frames, which wake
+/// it; on Windows also the bound of the rare late wake-up of decision 13.
+pub const READER_SLICE_MS: u64 = 100;
 
 /// The header at the start of every slot; the payload follows at +64.
 #[repr(C, align(64))]

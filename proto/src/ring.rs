@@ -866,8 +866,8 @@ impl<R: Region> RingReader<R> {
                     after: timeout,
                 });
             }
-            // Wake at least every heartbeat interval to notice a dead writer in time.
-            let slice = (deadline - now).min(Duration::from_millis(layout::HEARTBEAT_INTERVAL_MS));
+            // Wake at least every slice to notice a dead writer in time.
+            let slice = (deadline - now).min(Duration::from_millis(layout::READER_SLICE_MS));
             self.mem.wait_wake(&self.header().wake, word, slice);
         }
     }

@@ -310,6 +310,7 @@ fn layout_constants_match_golden() {
             "pts_unknown": layout::PTS_UNKNOWN,
             "heartbeat_interval_ms": layout::HEARTBEAT_INTERVAL_MS,
             "heartbeat_stale_ms": layout::HEARTBEAT_STALE_MS,
+            "reader_slice_ms": layout::READER_SLICE_MS,
             "slot_stride_640x480_bgr24": layout::slot_stride(921_600),
             "offsets": offs,
             "pixel_formats": formats,

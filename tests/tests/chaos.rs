@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use framebroker_client::{StartRequest, StreamState};
+use framebroker_proto::layout;
 use framebroker_tests::{wait_for, Broker, Camera};
 
 /// Reads frames for `d` and returns how many arrived.
@@ -42,14 +43,26 @@ fn a_frozen_camera_is_detected_by_the_stall_timeout_and_recovers() {
 
     cam.freeze();
     let t = Instant::now();
+    // No frame comes now: only the broker's ticker keeps the heartbeat fresh,
+    // and a reader must never take the live broker for a dead one.
+    let mut oldest_heartbeat = Duration::ZERO;
     let noticed = wait_for(Duration::from_secs(15), || {
+        oldest_heartbeat = oldest_heartbeat.max(r.heartbeat_age());
         (r.state() == StreamState::Reconnecting).then(|| t.elapsed())
     });
     let noticed = noticed.expect("a frozen camera must be noticed");
-    eprintln!("frozen camera noticed after {noticed:?} (stall timeout 1.5 s)");
+    eprintln!(
+        "frozen camera noticed after {noticed:?} (stall timeout 1.5 s); \
+         oldest heartbeat seen meanwhile {oldest_heartbeat:?} (refreshed every {} ms)",
+        layout::HEARTBEAT_INTERVAL_MS
+    );
     assert!(
         noticed >= Duration::from_millis(1000),
         "not before the stall timeout: {noticed:?}"
+    );
+    assert!(
+        oldest_heartbeat < Duration::from_millis(layout::HEARTBEAT_STALE_MS),
+        "the heartbeat of a live broker went stale without frames: {oldest_heartbeat:?}"
     );
     let stats = c.stats("cam").unwrap();
     let reason = stats.last_error.unwrap_or_default();
