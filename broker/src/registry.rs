@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use framebroker_proto::config::Mode;
@@ -1036,7 +1036,7 @@ impl Broker {
         std::thread::Builder::new()
             .name("ticker".into())
             .spawn(move || {
-                let mut rates: HashMap<usize, VecDeque<(Duration, u64)>> = HashMap::new();
+                let mut rates = Rates::new();
                 while let Some(b) = broker.upgrade() {
                     b.tick(&mut rates);
                     drop(b);
@@ -1049,7 +1049,7 @@ impl Broker {
     /// Once per heartbeat interval: heartbeats, rates and the stall policy
     /// ([`StreamHandle::kill_if_stalled`]) for every output, and the idle policy
     /// ([`StreamHandle::idle`]) for every id.
-    fn tick(&self, rates: &mut HashMap<usize, VecDeque<(Duration, u64)>>) {
+    fn tick(&self, rates: &mut Rates) {
         // Every output of every decode once (a decode whose main id was stopped
         // still writes for its other ids), and every registered id.
         let (handles, ids) = {
@@ -1074,7 +1074,9 @@ impl Broker {
                 r.heartbeat();
             }
             let live = h.status().state == StreamState::Live;
-            let samples = rates.entry(Arc::as_ptr(h) as usize).or_default();
+            let (_, samples) = rates
+                .entry(Arc::as_ptr(h) as usize)
+                .or_insert_with(|| (Arc::downgrade(h), VecDeque::new()));
             let frames = h.frames_written.load(Ordering::Relaxed);
             if let Some(fps) = measure_fps(samples, now, frames, live) {
                 h.status().fps = fps;
@@ -1107,10 +1109,17 @@ impl Broker {
     }
 }
 
+/// Each output's rate samples, by the address of its handle. The entry holds a
+/// `Weak` of the handle, which keeps that address from being given to another
+/// handle (a stream stopped and started again between two ticks) while the
+/// samples are there: the new one would inherit a count it never wrote.
+type Rates = HashMap<usize, (Weak<StreamHandle>, VecDeque<(Duration, u64)>)>;
+
 /// The rate over the last two seconds of being live, from `(time, frames
 /// written)` samples, one added per call (a window that reached back into a
 /// start-up or a reconnect would under-report). `Some(0.0)` when not live;
-/// `None` until the window spans half a second.
+/// `None` until the window spans half a second. A count lower than the last
+/// one starts a new window.
 fn measure_fps(
     samples: &mut VecDeque<(Duration, u64)>,
     now: Duration,
@@ -1120,6 +1129,9 @@ fn measure_fps(
     if !live {
         samples.clear();
         return Some(0.0);
+    }
+    if samples.back().is_some_and(|&(_, last)| frames < last) {
+        samples.clear();
     }
     samples.push_back((now, frames));
     while samples.len() > 2 && now.saturating_sub(samples[0].0) > Duration::from_secs(2) {
@@ -1534,6 +1546,13 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(measure_fps(&mut s, ms(3100), 120, false), Some(0.0));
         assert!(s.is_empty(), "a reconnect starts a new window");
+        assert_eq!(measure_fps(&mut s, ms(4000), 500, true), None);
+        assert_eq!(
+            measure_fps(&mut s, ms(4600), 10, true),
+            None,
+            "a count that went back starts a new window"
+        );
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
