@@ -5,7 +5,8 @@
 #      aarch64-unknown-linux-gnu (its own target dir, target/aarch64);
 #   2. runs the proto and client-rs tests there under qemu-aarch64 (cargo's runner);
 #   3. runs the Python ring tests on Debian's arm64 CPython with numpy under qemu
-#      (a sysroot of .debs and aarch64 wheels in target/aarch64/python, made once);
+#      (a sysroot of .debs and aarch64 wheels in target/aarch64/python, made once),
+#      on the pure-Python paths and on the client's compiled read path;
 #   4. one cross-process run: the aarch64 broker with the host's ffmpeg on testsrc,
 #      an aarch64 and an x86-64 Rust reader, byte-identical frames
 #      (tests/aarch64/cross_process.py).
@@ -37,7 +38,7 @@ cargo test --locked --target "$TARGET" -p framebroker-proto -p framebroker-clien
 # its shared libraries, unpacked into a sysroot; numpy and pytest as aarch64 wheels.
 PY_DEBS=(libc6 libgcc-s1 libstdc++6 libatomic1 libffi8 zlib1g libexpat1 libssl3
          libbz2-1.0 liblzma5 libcrypt1 libuuid1 python3.11-minimal libpython3.11-minimal
-         libpython3.11-stdlib)
+         libpython3.11-stdlib libpython3.11-dev)
 make_pyroot() {
     local stamp="$PYROOT/.made" want="${PY_DEBS[*]} numpy pytest"
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
@@ -61,7 +62,14 @@ make_pyroot() {
 part "Python ring tests on arm64 CPython under qemu-aarch64"
 make_pyroot
 PYTHONPATH="$PYROOT/site" "$PYROOT/python3" -c 'import platform, numpy; assert platform.machine() == "aarch64"; print("python", platform.python_version(), platform.machine(), "numpy", numpy.__version__)'
-PYTHONPATH="$ROOT/client-py:$PYROOT/site" "$PYROOT/python3" -m pytest -q -p no:cacheprovider \
+# The client's compiled read path for that interpreter, cross-compiled as a
+# native `pip install` on a board would build it (its headers from
+# libpython3.11-dev), next to the package (ignored by git), so the ring tests
+# run it too (FRAMEBROKER_TEST_COMPILED: its tests fail rather than skip).
+aarch64-linux-gnu-gcc -O2 -std=c11 -Wall -Wextra -Werror -shared -fPIC \
+    -I"$PYROOT/root/usr/include/python3.11" -I"$PYROOT/root/usr/include" \
+    client-py/framebroker/_fastring.c -o client-py/framebroker/_fastring.cpython-311-aarch64-linux-gnu.so
+PYTHONPATH="$ROOT/client-py:$PYROOT/site" FRAMEBROKER_TEST_COMPILED=required "$PYROOT/python3" -m pytest -q -p no:cacheprovider \
     client-py/tests/test_ring.py client-py/tests/test_layout.py
 
 part "cross-process: aarch64 broker, aarch64 and x86-64 readers"

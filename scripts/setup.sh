@@ -119,7 +119,10 @@ make_venv() {  # make_venv DIR OPENCV_REQUIREMENT
     fi
     if [ -f client-py/pyproject.toml ]; then
         local stamp="$venv/.client-py.installed"
-        if [ ! -f "$stamp" ] || [ client-py/pyproject.toml -nt "$stamp" ]; then
+        # Again when the compiled read path's source changed: the editable install
+        # builds framebroker/_fastring*.so next to it and only then.
+        if [ ! -f "$stamp" ] || [ client-py/pyproject.toml -nt "$stamp" ] \
+            || [ client-py/framebroker/_fastring.c -nt "$stamp" ]; then
             say "pip install -e client-py into $(basename "$venv")"
             "$py" -m pip install -q -e client-py 2>&1 | grep -v -i -e warning -e '^ *$' -e '!!' -e '\*\*\*' || true
             touch "$stamp"

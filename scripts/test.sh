@@ -109,7 +109,8 @@ step "web page in headless Chromium (gateway, JS client, React component)"
 
 for venv in .venv-cv4 .venv; do  # the oldest supported OpenCV first
     step "Python tests ($venv: OpenCV $($venv/bin/python -c 'import cv2; print(cv2.__version__)')): client, gateway clients"
-    FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 \
+    # FRAMEBROKER_TEST_COMPILED: here the compiled read path must have been built.
+    FRAMEBROKER_BIN="$ROOT/target/debug/framebroker" FRAMEBROKER_REQUIRE_E2E=1 FRAMEBROKER_TEST_COMPILED=required \
         $venv/bin/python -m pytest -q -p no:cacheprovider client-py/tests \
         web-gateway/tests/browser/test_python_clients.py \
         web-gateway/tests/browser/test_original_clients.py

@@ -36,6 +36,15 @@ up to :data:`_MV_COPY_MAX` bytes are copied by ``memoryview`` slice assignment
 (a plain ``memcpy``, far less set-up than ``numpy.copyto``); larger frames go
 through ``numpy.copyto``, which releases the GIL while it copies so other
 threads are not held up for the whole copy.
+
+Where the package was built with its C extension (``_fastring.c``: Linux, a C
+compiler at install), the reads that copy a frame, and a blocking read's first
+wait, run compiled instead: the same looks, loads and copy, with C11 atomics
+for the ordering, and without the interpreter between the wake-up and the copy
+(proto/doc/decisions.md, "A compiled read path for Python"). Zero-copy views and
+everything past a blocking read's first slice stay here. The pure path is the
+reference; ``FRAMEBROKER_READ_PATH=python`` takes it where the compiled one is
+built (the ring tests run every test on both).
 """
 
 from __future__ import annotations
@@ -71,6 +80,11 @@ from ._platform import WINDOWS, machine
 if WINDOWS:
     from . import _win32
 
+try:  # the compiled read path, when the package was built with it
+    from . import _fastring
+except ImportError:
+    _fastring = None  # type: ignore[assignment]
+
 log = logging.getLogger("framebroker.ring")
 
 #: Where POSIX shared memory is visible as files on Linux.
@@ -91,6 +105,10 @@ _MV_COPY_MAX = 2 << 20
 #: The first wait of a blocking read before it looks at the stream's health
 #: again: the reader's slice, so a dead broker is noticed as soon as before.
 _SLICE_S = L.READER_SLICE_MS / 1000
+_SLICE_NS = L.READER_SLICE_MS * 1_000_000
+#: Environment variable choosing the read path: ``auto`` (the default: compiled
+#: where the package was built with it) or ``python``.
+READ_PATH_ENV = "FRAMEBROKER_READ_PATH"
 #: The ``state`` words after which no frame comes (``StreamState.is_final``).
 _FINAL_STATES = frozenset(int(s) for s in StreamState if s.is_final)
 _WAKE_D = L.WAKE_OFF // 4
@@ -182,6 +200,8 @@ _new_meta = tuple.__new__
 #: of 1,130-1,230 at 1080p in two (``bench/reader_cost.py --ways "read()"
 #: --against REV``). Never written: only its identity is used.
 _NEW_ARRAY = np.empty(0, np.uint8)
+#: What a read raises with when the writer laps it every time.
+_CONTENDED = "the writer kept overwriting the frame being read"
 
 
 def segment_path(name: str) -> str:
@@ -225,6 +245,15 @@ def read_fence() -> Optional[Callable[[], None]]:
         ) from None
 
 
+def compiled_read_path() -> bool:
+    """Whether rings opened now read through the compiled path: built, and not
+    turned off with ``$FRAMEBROKER_READ_PATH=python``."""
+    mode = os.environ.get(READ_PATH_ENV, "").strip().lower() or "auto"
+    if mode not in ("auto", "python"):
+        raise FrameBrokerError(f"{READ_PATH_ENV}={mode!r}: expected 'auto' or 'python'")
+    return mode == "auto" and _fastring is not None
+
+
 class Ring:
     """One reader of one segment. Not thread-safe; never writes to the segment.
 
@@ -252,6 +281,8 @@ class Ring:
         self.stale_after_s = stale_after_s
         self.verify_checksum = verify_checksum
         self._mm: Optional[mmap.mmap] = None
+        #: The compiled read path over this ring's slots (``None``: pure Python).
+        self._fast: "Optional[_fastring.Slots]" = None
         self._mm = self._map(segment, trusted_owner)
         try:
             self.info = self._check_header(segment, self._mm)
@@ -262,11 +293,41 @@ class Ring:
         self._waiter = self._open_waiter(use_futex)
         #: The futex wait of one slice, ready to call (``None``: other waiters).
         self._slice_wait = self._waiter.prepared(_SLICE_S) if isinstance(self._waiter, WordWaiter) else None
+        if compiled_read_path():
+            self._fast = self._open_fast(self._mm)
         last = self.last_frame()
         #: Number of the last frame this reader returned (0: none).
         self.cursor = max(last - 1, 0)
 
     # -- opening
+
+    def _open_fast(self, mm: mmap.mmap) -> "_fastring.Slots":
+        """The compiled read path over this mapping, told every offset it reads
+        (it checks each against the mapping's length). It holds a buffer export
+        on the mapping for as long as it lives, like a view."""
+        i = self.info
+        headers = [L.HEADER_PAGE + k * i.slot_stride for k in range(i.slot_count)]
+        return _fastring.Slots(
+            mm,
+            headers,
+            [h + L.SLOT_HEADER for h in headers],
+            i.frame_bytes,
+            L.WAKE_OFF,
+            L.LAST_FRAME_OFF,
+            L.STATE_OFF,
+            _FINAL_STATES,
+            (
+                L.SLOT_SEQ_OFF,
+                L.SLOT_FRAME_OFF,
+                L.SLOT_WALL_NS_OFF,
+                L.SLOT_MONO_NS_OFF,
+                L.SLOT_LEN_OFF,
+                L.SLOT_CHECKSUM_OFF,
+                L.SLOT_PTS_NS_OFF,
+                L.SLOT_STREAM_NS_OFF,
+            ),
+            _RETRIES,
+        )
 
     def _open_waiter(self, use_futex: Optional[bool]) -> "WordWaiter | _win32.EventWaiter":
         """What sleeps until the wake word changes: the futex on the word (or the
@@ -545,6 +606,11 @@ class Ring:
         of the slot's frame number, payload and metadata, and (2) keeps those
         before the second ``seq`` load: the reader's side of the protocol's
         Acquire pairs (``proto/doc/decisions.md``, "Seqlock reads from Python")."""
+        fast = self._fast
+        if fast is not None and dst is not None:
+            if dst is _NEW_ARRAY:
+                dst = np.empty(self._shape, np.uint8)
+            return self._fast_read(fast.read(self.cursor, sequential, dst), dst)
         w = self._w64
         fence = self._fence
         slots = self._slots
@@ -581,18 +647,32 @@ class Ring:
                 fence()  # (2): pairs with the writer's Release fence after the odd seq
             if w[o + _SEQ_W] != s1:
                 continue  # overwritten during the copy
-            # The stream clock: both unknown when either is (a call costs more than the test).
-            if sns == 0 or pts == _PTS_UNKNOWN_U64:
-                pts = sns = None
-            elif pts > _I64_MAX:
-                pts -= 1 << 64
-            fb = self._frame_bytes
-            meta = _new_meta(
-                FrameMeta, (want, wall, mono, ln if ln < fb else fb, want - cursor - 1, crc, pts, sns)
-            )
-            self.cursor = want
-            return meta, idx, s1, frame
-        raise Contended(self.info.stream_id, "the writer kept overwriting the frame being read")
+            return self._meta(want, wall, mono, ln, crc, pts, sns), idx, s1, frame
+        raise Contended(self.info.stream_id, _CONTENDED)
+
+    def _meta(self, want: int, wall: int, mono: int, ln: int, crc: int, pts: int, sns: int) -> FrameMeta:
+        """The metadata of frame ``want`` from its slot's words, as read on either
+        path; the cursor moves to it."""
+        # The stream clock: both unknown when either is (a call costs more than the test).
+        if sns == 0 or pts == _PTS_UNKNOWN_U64:
+            pts = sns = None  # type: ignore[assignment]
+        elif pts > _I64_MAX:
+            pts -= 1 << 64
+        fb = self._frame_bytes
+        missed = want - self.cursor - 1
+        self.cursor = want
+        return _new_meta(FrameMeta, (want, wall, mono, ln if ln < fb else fb, missed, crc, pts, sns))  # type: ignore[no-any-return]
+
+    def _fast_read(
+        self, got: "Optional[Tuple[int, ...] | bool]", dst: np.ndarray
+    ) -> Optional[Tuple[FrameMeta, int, int, np.ndarray]]:
+        """What :meth:`_read` returns, from what the compiled path returned."""
+        if got is None:
+            return None
+        if got is False:
+            raise Contended(self.info.stream_id, _CONTENDED)
+        want, idx, s1, wall, mono, ln, crc, pts, sns = got  # type: ignore[misc]
+        return self._meta(want, wall, mono, ln, crc, pts, sns), idx, s1, dst
 
     def read_wait(
         self, out: Optional[np.ndarray], sequential: bool, timeout_s: Optional[float]
@@ -601,6 +681,27 @@ class Ring:
         do (and raising what they raise). The one call a capture's ``read()``
         makes per frame: a reader faster than the camera spends most frames here,
         and every layer it skips is saved on each of them."""
+        fast = self._fast
+        if fast is not None and self._slice_wait is not None and (timeout_s is None or timeout_s >= _SLICE_S):
+            # The compiled path: look, wait a slice, look again, in one call.
+            if out is None or (out is not self._checked_dst and not self.fits(out)):
+                out = np.empty(self._shape, np.uint8)
+            since = time.monotonic()
+            try:
+                got = fast.wait_read(self.cursor, sequential, out, _SLICE_NS)
+            except OSError as e:
+                log.debug("futex wait on %s failed (%s); waiting in Python from now on", self.name, e)
+                self._slice_wait = None  # the general waiter finds out and says so
+                got = None
+            if got:
+                want, _, _, wall, mono, ln, crc, pts, sns = got
+                meta = self._meta(want, wall, mono, ln, crc, pts, sns)
+                if self.verify_checksum:
+                    self._verify(meta, out)
+                return meta, out
+            if got is False:
+                raise Contended(self.info.stream_id, _CONTENDED)
+            return self._wait_for(timeout_s, lambda: self.read_into(out, sequential), since)
         since = self._wait_once(timeout_s)
         got = self.read_into(out, sequential)
         if got is not None:
@@ -750,6 +851,7 @@ class Ring:
         alive keep the mapping until they are garbage-collected."""
         mm, self._mm = self._mm, None
         self._slice_wait = None  # it waits on an address inside the mapping
+        self._fast = None  # its export on the mapping goes with it (or with a read still running)
         close_waiter = getattr(getattr(self, "_waiter", None), "close", None)
         if close_waiter is not None:
             close_waiter()  # the wake events' handles (Windows)

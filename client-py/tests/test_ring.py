@@ -17,7 +17,7 @@ import pytest
 
 from framebroker import _layout as L
 from framebroker import _ring
-from framebroker._errors import ChecksumMismatch, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
+from framebroker._errors import ChecksumMismatch, Contended, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
 from framebroker._layout import PixelFormat, StreamState
 from framebroker._platform import WINDOWS
 from framebroker._ring import FrameMeta, Ring
@@ -46,17 +46,42 @@ def unique_name() -> str:
     return f"/fbpytest-{os.getpid()}-{next(_counter)}"
 
 
-@pytest.fixture(autouse=True, params=["auto", "always"], ids=["own-order", "fenced"])
-def fence_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs twice: on this machine's own read path (no fence on
-    x86-64) and on the fenced path that aarch64 and every CPU that may reorder
-    loads takes, forced with ``FRAMEBROKER_RING_FENCE=always``. (This runs the
-    fenced code; no x86 host, emulated or not, can show a reordering: that the
-    fences sit where the protocol needs them rests on proto/doc/decisions.md.)"""
-    if WINDOWS and request.param == "always":
+#: Set to ``required`` where the compiled read path must have been built (CI on
+#: Linux): its tests then fail instead of being skipped when it is missing.
+COMPILED_ENV = "FRAMEBROKER_TEST_COMPILED"
+
+
+def compiled_or_skip() -> None:
+    if _ring._fastring is None:
+        if os.environ.get(COMPILED_ENV) == "required":
+            pytest.fail(f"{COMPILED_ENV}=required, but framebroker._fastring was not built")
+        pytest.skip(
+            "the compiled read path is not built in this install (Windows, or no C compiler when it "
+            "was installed); the pure-Python paths below are the ones that run here"
+        )
+
+
+@pytest.fixture(
+    autouse=True,
+    params=[("auto", "auto"), ("python", "auto"), ("python", "always")],
+    ids=["compiled", "own-order", "fenced"],
+)
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs three times: on the compiled read path (C11
+    atomics), on the pure-Python path in this machine's own order (no fence on
+    x86-64), and on the fenced pure-Python path that aarch64 and every CPU that
+    may reorder loads takes, forced with ``FRAMEBROKER_RING_FENCE=always``.
+    (This runs the fenced code; no x86 host, emulated or not, can show a
+    reordering: that the fences sit where the protocol needs them rests on
+    proto/doc/decisions.md.)"""
+    path, fence = request.param
+    if path == "auto":
+        compiled_or_skip()
+    if WINDOWS and fence == "always":
         pytest.skip(_NO_LIBATOMIC)
-    monkeypatch.setenv(_ring.FENCE_ENV, request.param)
-    return request.param  # type: ignore[no-any-return]
+    monkeypatch.setenv(_ring.READ_PATH_ENV, path)
+    monkeypatch.setenv(_ring.FENCE_ENV, fence)
+    return "compiled" if path == "auto" else fence
 
 
 @pytest.fixture
@@ -203,8 +228,13 @@ def test_a_slot_being_written_is_not_read(writer: RingWriter) -> None:
 
 @pytest.mark.parametrize("copy", ["memoryview", "numpy"])
 def test_a_copy_torn_by_the_writer_is_retried(
-    writer: RingWriter, monkeypatch: pytest.MonkeyPatch, copy: str
+    writer: RingWriter, monkeypatch: pytest.MonkeyPatch, copy: str, read_path: str
 ) -> None:
+    if read_path == "compiled":
+        pytest.skip(
+            "laps the ring from inside the pure path's copy, which the compiled path has not; "
+            "test_a_writer_in_another_process_never_hands_over_a_torn_frame laps it for real"
+        )
     writer.publish(frame_bytes(1, 32))
     if copy == "numpy":  # the copy of large frames
         monkeypatch.setattr(_ring, "_MV_COPY_MAX", 0)
@@ -250,6 +280,7 @@ def test_fences_sit_between_the_seqlock_loads(
     sequence load (before the copy) and after the copy and metadata loads
     (before the second sequence load); a wait, a view and its validation too."""
     monkeypatch.setenv(_ring.FENCE_ENV, "always")
+    monkeypatch.setenv(_ring.READ_PATH_ENV, "python")  # the fences of the pure path
     if copy == "numpy":
         monkeypatch.setattr(_ring, "_MV_COPY_MAX", 0)
     writer.start_heartbeat()
@@ -445,6 +476,7 @@ def test_a_futex_wait_that_fails_leaves_the_reads_to_the_general_path(
         return -1
 
     r._slice_wait = (refused, 0)
+    r._fast = None  # the pure path's prepared wait (the compiled one calls the futex itself)
     threading.Timer(0.2, writer.publish, (frame_bytes(5, 32),)).start()
     buf = r.new_array()
     meta = blocking(r, buf, 5.0)
@@ -623,4 +655,54 @@ def test_bgr_frames_have_opencv_shape() -> None:
             r.try_latest(np.empty((4, 6), np.uint8))
         r.close()
     finally:
+        w.close()
+
+
+@linux_files
+@pytest.mark.parametrize("sequential", [False, True], ids=["latest", "in-order"])
+def test_a_writer_in_another_process_never_hands_over_a_torn_frame(read_path: str, sequential: bool) -> None:
+    """A writer process publishes large frames flat out into a ring of the fewest slots,
+    each frame one byte value throughout; the reader must only ever hand over
+    whole frames, with their own numbers. On the compiled path the writer must
+    also be seen lapping the reader's copy at least once, so the retry ran."""
+    w = RingWriter(unique_name(), 1024, 1024, PixelFormat.GRAY, L.MIN_SLOTS)
+    stop = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer: a real second process, as the broker is
+        try:
+            os.close(stop[1])
+            os.set_blocking(stop[0], False)
+            for _ in range(100_000):  # bounded; normally stopped long before
+                try:
+                    if os.read(stop[0], 1) == b"":
+                        break
+                except BlockingIOError:
+                    pass
+                odd = w.begin()
+                w.payload(w.next_frame)[...] = w.next_frame & 0xFF
+                w.commit(odd)
+        finally:
+            os._exit(0)
+    os.close(stop[0])
+    try:
+        r = Ring(w.name)
+        assert (r._fast is not None) == (read_path == "compiled")
+        buf = r.new_array()
+        frames = 0
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and (frames < 300 or (r._fast is not None and r._fast.lapped < 3)):
+            try:
+                m = r.read_wait(buf, sequential, 1.0)[0]
+            except Contended:
+                continue  # lapped on every attempt: refused, never handed over torn
+            flat = buf.reshape(-1)
+            assert flat[0] == flat[-1] == m.number & 0xFF and flat.min() == flat.max(), f"frame {m.number} is torn"
+            frames += 1
+        assert frames >= 300
+        if r._fast is not None:
+            assert r._fast.lapped >= 3, "the writer never lapped a copy: the retry was not exercised"
+        r.close()
+    finally:
+        os.close(stop[1])
+        os.waitpid(pid, 0)
         w.close()

@@ -37,7 +37,7 @@ def test_the_deploy_docs_name_files_that_exist_and_this_version() -> None:
     v = workspace_version()
     for tag in re.findall(r"framebroker:(\d[\w.]*)", text):
         assert tag == v, f"image tag {tag} in docs/DEPLOY.md, version is {v}"
-    for wheel in re.findall(r"framebroker-(\d[\w.]*?)-py3", text):
+    for wheel in re.findall(r"framebroker-(\d[\w.]*?)-(?:py3|cp3|\*)", text):
         assert wheel == v, wheel
     for unit in ["framebroker.service", "framebroker-gateway.service"]:
         assert f"deploy/systemd/{unit}" in text

@@ -23,6 +23,8 @@ READER = textwrap.dedent(
     """
     import sys, framebroker
     assert framebroker.__file__.startswith(sys.prefix), framebroker.__file__  # the wheel, not the tree
+    from framebroker import _ring
+    assert _ring.compiled_read_path(), "the wheel's compiled read path does not load"
     cap = framebroker.VideoCapture("framebroker://t")
     numbers, shapes = [], set()
     for _ in range(100):  # read() blocks for a frame; a failed one is retried, 100 at most
@@ -44,7 +46,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_reads_frames(tmp_path: Path) -> 
     # the package, so setuptools' build/ directory never lands in the work tree.
     src = tmp_path / "client-py"
     shutil.copytree(REPO / "client-py", src,
-                    ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+                    ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.so"))
     dist = tmp_path / "dist"
     r = run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)], timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -53,6 +55,8 @@ def test_the_wheel_installs_in_a_fresh_venv_and_reads_frames(tmp_path: Path) -> 
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "framebroker/py.typed" in names and "video_import.py" in names, names
     assert not any(n.startswith("tests/") for n in names), names
+    # Built here, with a C compiler: the compiled read path is in it, and used below.
+    assert any(n.startswith("framebroker/_fastring") and n.endswith(".so") for n in names), names
 
     # A fresh venv of the system's python3: nothing of the repo's venvs.
     python3 = shutil.which("python3", path=os.environ.get("PATH", "").replace(str(Path(sys.executable).parent), ""))
