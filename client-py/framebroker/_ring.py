@@ -661,7 +661,8 @@ class Ring:
         fb = self._frame_bytes
         missed = want - self.cursor - 1
         self.cursor = want
-        return _new_meta(FrameMeta, (want, wall, mono, ln if ln < fb else fb, missed, crc, pts, sns))  # type: ignore[no-any-return]
+        meta = (want, wall, mono, ln if ln < fb else fb, missed, crc, pts, sns)
+        return _new_meta(FrameMeta, meta)  # type: ignore[no-any-return]
 
     def _fast_read(
         self, got: "Optional[Tuple[int, ...] | bool]", dst: np.ndarray
@@ -681,32 +682,42 @@ class Ring:
         do (and raising what they raise). The one call a capture's ``read()``
         makes per frame: a reader faster than the camera spends most frames here,
         and every layer it skips is saved on each of them."""
-        fast = self._fast
-        if fast is not None and self._slice_wait is not None and (timeout_s is None or timeout_s >= _SLICE_S):
-            # The compiled path: look, wait a slice, look again, in one call.
+        if self._fast_waits(timeout_s):
             if out is None or (out is not self._checked_dst and not self.fits(out)):
                 out = np.empty(self._shape, np.uint8)
-            since = time.monotonic()
-            try:
-                got = fast.wait_read(self.cursor, sequential, out, _SLICE_NS)
-            except OSError as e:
-                log.debug("futex wait on %s failed (%s); waiting in Python from now on", self.name, e)
-                self._slice_wait = None  # the general waiter finds out and says so
-                got = None
-            if got:
-                want, _, _, wall, mono, ln, crc, pts, sns = got
-                meta = self._meta(want, wall, mono, ln, crc, pts, sns)
-                if self.verify_checksum:
-                    self._verify(meta, out)
-                return meta, out
-            if got is False:
-                raise Contended(self.info.stream_id, _CONTENDED)
-            return self._wait_for(timeout_s, lambda: self.read_into(out, sequential), since)
+            return self._fast_wait(out, sequential, timeout_s), out
         since = self._wait_once(timeout_s)
         got = self.read_into(out, sequential)
         if got is not None:
             return got
         return self._wait_for(timeout_s, lambda: self.read_into(out, sequential), since)
+
+    def _fast_wait(self, dst: np.ndarray, sequential: bool, timeout_s: Optional[float]) -> FrameMeta:
+        """A blocking read on the compiled path (``dst`` fits): its look, its first
+        slice's wait, the look after it and the copy in one call; when that
+        brings nothing, :meth:`_wait_for` does the rest as on the pure path."""
+        since = time.monotonic()
+        try:
+            got = self._fast.wait_read(self.cursor, sequential, dst, _SLICE_NS)  # type: ignore[union-attr]
+        except OSError as e:
+            log.debug("futex wait on %s failed (%s); waiting in Python from now on", self.name, e)
+            self._slice_wait = None  # the general waiter finds out and says so
+            got = None
+        if got:
+            want, _, _, wall, mono, ln, crc, pts, sns = got
+            meta = self._meta(want, wall, mono, ln, crc, pts, sns)
+            if self.verify_checksum:
+                self._verify(meta, dst)
+            return meta
+        if got is False:
+            raise Contended(self.info.stream_id, _CONTENDED)
+        attempt = self.try_next if sequential else self.try_latest
+        return self._wait_for(timeout_s, lambda: attempt(dst), since)
+
+    def _fast_waits(self, timeout_s: Optional[float]) -> bool:
+        """Whether a blocking read takes :meth:`_fast_wait`: built, the futex
+        usable, and a timeout of at least a slice."""
+        return self._fast is not None and self._slice_wait is not None and (timeout_s is None or timeout_s >= _SLICE_S)
 
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
         """The newest frame not returned yet, copied into ``dst`` (which must
@@ -727,6 +738,10 @@ class Ring:
     def latest(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
         """Blocks until :meth:`try_latest` has a frame; raises :class:`ReadTimeout`,
         :class:`StreamEnded` or :class:`WriterGone` otherwise."""
+        if self._fast_waits(timeout_s):
+            if dst is not self._checked_dst:
+                self._check_dst(dst)
+            return self._fast_wait(dst, False, timeout_s)
         if self._mm is not None:  # fast path: a frame is already there
             m = self.try_latest(dst)
             if m is not None:
@@ -736,6 +751,10 @@ class Ring:
 
     def next(self, dst: np.ndarray, timeout_s: Optional[float]) -> FrameMeta:
         """Blocks until :meth:`try_next` has a frame (see :meth:`latest`)."""
+        if self._fast_waits(timeout_s):
+            if dst is not self._checked_dst:
+                self._check_dst(dst)
+            return self._fast_wait(dst, True, timeout_s)
         if self._mm is not None:
             m = self.try_next(dst)
             if m is not None:

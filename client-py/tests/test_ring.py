@@ -17,7 +17,15 @@ import pytest
 
 from framebroker import _layout as L
 from framebroker import _ring
-from framebroker._errors import ChecksumMismatch, Contended, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
+from framebroker._errors import (
+    ChecksumMismatch,
+    Contended,
+    FrameBrokerError,
+    ReadTimeout,
+    SegmentError,
+    StreamEnded,
+    WriterGone,
+)
 from framebroker._layout import PixelFormat, StreamState
 from framebroker._platform import WINDOWS
 from framebroker._ring import FrameMeta, Ring
