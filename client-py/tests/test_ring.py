@@ -17,15 +17,8 @@ import pytest
 
 from framebroker import _layout as L
 from framebroker import _ring
-from framebroker._errors import (
-    ChecksumMismatch,
-    Contended,
-    FrameBrokerError,
-    ReadTimeout,
-    SegmentError,
-    StreamEnded,
-    WriterGone,
-)
+from framebroker._errors import ChecksumMismatch, FrameBrokerError, ReadTimeout, SegmentError, StreamEnded, WriterGone
+from framebroker._errors import Contended
 from framebroker._layout import PixelFormat, StreamState
 from framebroker._platform import WINDOWS
 from framebroker._ring import FrameMeta, Ring
