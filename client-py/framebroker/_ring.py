@@ -305,13 +305,12 @@ class Ring:
         """The compiled read path over this mapping, told every offset it reads
         (it checks each against the mapping's length). It holds a buffer export
         on the mapping for as long as it lives, like a view."""
-        i = self.info
-        headers = [L.HEADER_PAGE + k * i.slot_stride for k in range(i.slot_count)]
+        headers = [8 * w for w in self._slot_w]  # the slots' byte offsets, from their word indexes
         return _fastring.Slots(
             mm,
             headers,
             [h + L.SLOT_HEADER for h in headers],
-            i.frame_bytes,
+            self._frame_bytes,
             L.WAKE_OFF,
             L.LAST_FRAME_OFF,
             L.STATE_OFF,
@@ -703,21 +702,21 @@ class Ring:
             log.debug("futex wait on %s failed (%s); waiting in Python from now on", self.name, e)
             self._slice_wait = None  # the general waiter finds out and says so
             got = None
-        if got:
-            want, _, _, wall, mono, ln, crc, pts, sns = got
-            meta = self._meta(want, wall, mono, ln, crc, pts, sns)
+        read = self._fast_read(got, dst)
+        if read is not None:
+            meta = read[0]
             if self.verify_checksum:
                 self._verify(meta, dst)
             return meta
-        if got is False:
-            raise Contended(self.info.stream_id, _CONTENDED)
         attempt = self.try_next if sequential else self.try_latest
         return self._wait_for(timeout_s, lambda: attempt(dst), since)
 
     def _fast_waits(self, timeout_s: Optional[float]) -> bool:
         """Whether a blocking read takes :meth:`_fast_wait`: built, the futex
         usable, and a timeout of at least a slice."""
-        return self._fast is not None and self._slice_wait is not None and (timeout_s is None or timeout_s >= _SLICE_S)
+        if self._fast is None or self._slice_wait is None:
+            return False
+        return timeout_s is None or timeout_s >= _SLICE_S
 
     def try_latest(self, dst: np.ndarray) -> Optional[FrameMeta]:
         """The newest frame not returned yet, copied into ``dst`` (which must
