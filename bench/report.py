@@ -431,9 +431,14 @@ def section_parity(par: Dict[str, Any], out: List[str]) -> None:
         f"{par['window_s']:g} s window after {par['warmup_s']:g} s of warm-up, and each round starts with the "
         "next way; each ratio is cv2 / ours of one round. Cameras: " + ", ".join(f"`{c}`" for c in cams)
         + " (see section 1).\n")
+    out.append(
+        "*Side by side*: each way of ours once more in as many windows, each beside a cv2 reader of the same "
+        "camera measured over the same seconds, so a change of the machine's speed falls on both sides of the "
+        "ratio alike (both share the two cores and the caches while measured).\n")
     out.append("| camera | size | cv2: CPU % (fps) | ours | CPU % (readers / broker / decoder) | fps "
-               "| cv2 / ours, per round | rounds ours ≤ cv2 | cv2 / ours of the sums |")
-    out.append("|---|---|---|---|---|---:|---|---:|---:|")
+               "| cv2 / ours, per round | rounds ours ≤ cv2 | cv2 / ours of the sums "
+               "| side by side: cv2 / ours, per window | windows ours ≤ cv2 |")
+    out.append("|---|---|---|---|---|---:|---|---:|---:|---|---:|")
     names = {"py": "Python", "rust": "Rust"}
     for c in par["cells"]:
         first = True
@@ -445,9 +450,13 @@ def section_parity(par: Dict[str, Any], out: List[str]) -> None:
             head = ([c["camera"], c["size"], f"{fmt(cv['total_pct'])} ({med(cv['fps_min']):.1f})"] if first
                     else ["", "", ""])
             first = False
+            sb = c.get("side_by_side", {}).get(way)  # results from before it have none
+            side = ([fmt(sb["ratios"], 2), f"{sb['windows_no_dearer']} of {len(sb['windows'])}"] if sb
+                    else ["–", "–"])
             out.append("| " + " | ".join(head + [
                 f"{names.get(kind, kind)}" + (f" via {dec}" if dec else ""), f"{fmt(w['total_pct'])} ({split})",
-                f"{med(w['fps_min']):.1f}", fmt(r, 2), f"{c['rounds_no_dearer'][way]} of {n}", f"{c['ratio_of_sums'][way]:.2f}"]) + " |")
+                f"{med(w['fps_min']):.1f}", fmt(r, 2), f"{c['rounds_no_dearer'][way]} of {n}",
+                f"{c['ratio_of_sums'][way]:.2f}"] + side) + " |")
     out.append("")
 
 

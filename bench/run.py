@@ -18,7 +18,8 @@ Sections:
   parity   one reader (N = 1) against one cv2.VideoCapture on both cameras (like-camera and
            cheap) at 640x480 and 1080p, each way once per round for 6 rounds, the order
            rotating: the ratio cv2/ours of ways measured seconds apart (through libav
-           when --decoders has it, else the decoder given)
+           when --decoders has it, else the decoder given); then each of ours beside
+           a cv2 reader in the same window, 6 windows each
   age      frame age at read time for a consumer slower than the camera (cv2 vs ours)
   latency  publish->read latency with 1, 8, 64 reader processes (fb-bench)
   copy     read cost per frame: Rust copy / zero-copy (fb-bench), Python read() (bench_read.py)
@@ -125,19 +126,21 @@ def plan(quick: bool, memory_minutes: float) -> Dict[str, Any]:
 # 1. Host CPU for N consumers of one camera
 # ---------------------------------------------------------------------------
 
-def cpu_windows(fleet: Fleet, groups: Dict[str, Callable[[], List[int]]], reps: int, warmup: float,
+def cpu_windows(fleets: Sequence[Fleet], groups: Dict[str, Callable[[], List[int]]], reps: int, warmup: float,
                 window: float) -> List[Dict[str, Any]]:
     """``reps`` consecutive windows after ``warmup``: CPU % of each process group
-    (its pids read at the window's start) and frames per second of each consumer."""
+    (its pids read at the window's start) and frames per second of each consumer
+    of the ``fleets`` (the lowest and the mean over all of them)."""
     time.sleep(warmup)
     out = []
+    counts = lambda: [c for f in fleets for c in f.counts]  # noqa: E731
     for _ in range(reps):
         pids = {k: f() for k, f in groups.items()}
         c0 = {k: procs.cpu_seconds(v) for k, v in pids.items()}
-        n0, t0 = list(fleet.counts), time.monotonic()
+        n0, t0 = counts(), time.monotonic()
         time.sleep(window)
         c1 = {k: procs.cpu_seconds(v) for k, v in pids.items()}
-        n1, wall = list(fleet.counts), time.monotonic() - t0
+        n1, wall = counts(), time.monotonic() - t0
         fps = [(b - a) / wall for a, b in zip(n0, n1)]
         row = {f"{k}_pct": (c1[k] - c0[k]) / wall * 100 for k in pids}
         row.update(fps_min=min(fps), fps_mean=statistics.mean(fps), wall_s=wall)
@@ -281,21 +284,7 @@ def decode_floor(cam: Camera, broker: Broker, cfg: Dict[str, Any], reps: int) ->
 def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Dict[str, Any], reps: int,
                decoder: Optional[str] = None) -> Dict[str, Any]:
     """``kind`` = cv2 (no broker), py or rust (through ``broker``, whose ``--decoder`` is ``decoder``)."""
-    sid = None
-    if kind == "cv2":
-        cmds = [[PY, CONSUMER, "--api", "cv2", "--url", cam.url]] * n
-        fleet = Fleet(cmds, "ready", sync_start=True)
-    elif kind == "py":
-        cmds = [[PY, CONSUMER, "--api", "fb", "--url", cam.url, "--socket", broker.socket]] * n
-        fleet = Fleet(cmds, "ready", sync_start=True)
-    else:
-        assert broker is not None
-        sid = f"cpu{int(time.time() * 1000) % 1000000}"
-        broker.add(sid, cam.url)
-        broker.wait_live([sid])
-        cmds = [[str(RELEASE / "fb-reader"), "--socket", broker.socket, "--stream", sid,
-                 "--mode", "latest", "--count", "100000000", "--bare"]] * n
-        fleet = Fleet(cmds, None, sync_start=False)
+    fleet, sid = consumer_fleet(kind, n, cam, broker)
     try:
         fleet.wait_ready(60 + 5 * n)
         groups: Dict[str, Callable[[], List[int]]] = {
@@ -307,11 +296,9 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Di
             exe = check_decoder(broker, decoder or "ffmpeg")
             groups["broker"] = lambda: [broker.pid]
             groups["ffmpeg"] = broker.ffmpeg_pids  # the decoder: ffmpeg or framebroker-decoder
-        wins = cpu_windows(fleet, groups, reps, cfg["warmup"], cfg["window"])
+        wins = cpu_windows([fleet], groups, reps, cfg["warmup"], cfg["window"])
     finally:
-        fleet.close()
-        if sid is not None and broker is not None:
-            broker.cli("rm", sid, check=False)
+        close_fleet(fleet, sid, broker)
     if max(x["fps_min"] for x in wins) <= 0:
         raise BenchError(f"cpu: a {kind} consumer read no frame in any window (N = {n})")
     for x in wins:
@@ -322,6 +309,34 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Di
         out.update(decoder=decoder, decoder_exe=exe)
     out["windows"] = wins
     return out
+
+
+def consumer_fleet(kind: str, n: int, cam: Camera, broker: Optional[Broker]) -> Tuple[Fleet, Optional[str]]:
+    """``n`` consumers of ``kind`` (cv2, py, rust) started on ``cam``, and the
+    stream id a Rust reader's stream was added under (close with :func:`close_fleet`)."""
+    if kind == "cv2":
+        cmds = [[PY, CONSUMER, "--api", "cv2", "--url", cam.url]] * n
+        return Fleet(cmds, "ready", sync_start=True), None
+    assert broker is not None
+    if kind == "py":
+        cmds = [[PY, CONSUMER, "--api", "fb", "--url", cam.url, "--socket", broker.socket]] * n
+        return Fleet(cmds, "ready", sync_start=True), None
+    sid = f"cpu{int(time.time() * 1000) % 1000000}"
+    broker.add(sid, cam.url)
+    broker.wait_live([sid])
+    cmds = [[str(RELEASE / "fb-reader"), "--socket", broker.socket, "--stream", sid,
+             "--mode", "latest", "--count", "100000000", "--bare"]] * n
+    try:
+        return Fleet(cmds, None, sync_start=False), sid
+    except BaseException:
+        broker.cli("rm", sid, check=False)
+        raise
+
+
+def close_fleet(fleet: Fleet, sid: Optional[str], broker: Optional[Broker]) -> None:
+    fleet.close()
+    if sid is not None and broker is not None:
+        broker.cli("rm", sid, check=False)
 
 
 def check_decoder(broker: Broker, decoder: str) -> List[str]:
@@ -375,26 +390,77 @@ def bench_parity(p: Dict[str, Any]) -> Dict[str, Any]:
                         ours = (None, None) if kind == "cv2" else (broker, dec)
                         got = cpu_config(kind, 1, cam, ours[0], cfg, 1, ours[1])
                         wins[way].append(got["windows"][0])
+                # The same ways of ours once more, each beside a cv2 reader of
+                # the same camera in the same window.
+                side: Dict[str, List[Dict[str, Any]]] = {way: [] for way in ways[1:]}
+                for r in range(cfg["rounds"]):
+                    for way in (ways[1:] if r % 2 == 0 else ways[:0:-1]):
+                        log(f"parity {camera} {size}: round {r + 1}/{cfg['rounds']}, {way} beside cv2")
+                        broker.wait_no_ffmpeg()
+                        side[way].append(side_by_side(way.partition("_")[0], cam, broker, dec, cfg))
             finally:
                 if broker is not None:
                     broker.close()
                 cam.close()
-            cell = parity_cell(camera, size, wins)
+            cell = parity_cell(camera, size, wins, side)
             cells.append(cell)
             log(f"   {camera} {size}: cv2 {fmt(cell['ways']['cv2']['total_pct'])} %  " + "  ".join(
                 f"{k} {fmt(cell['ways'][k]['total_pct'])} % (cv2/ours {fmt(cell['ratios'][k], 2)}, "
-                f"{cell['rounds_no_dearer'][k]}/{cfg['rounds']} rounds)" for k in cell["ratios"]))
+                f"{cell['rounds_no_dearer'][k]}/{cfg['rounds']} rounds; side by side "
+                f"{fmt(cell['side_by_side'][k]['ratios'], 2)})" for k in cell["ratios"]))
     return {"window_s": cfg["window"], "warmup_s": cfg["warmup"], "rounds": cfg["rounds"],
             "decoders": [dec], "cells": cells}
 
 
-def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+def side_by_side(kind: str, cam: Camera, broker: Broker, decoder: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """One window of one cv2 reader and one reader of ours (``kind``: py, rust)
+    running at the same time on the same camera: the CPU % of each side over the
+    same seconds, so a change of the machine's speed between windows, which the
+    rounds above only spread over the ways, falls on both sides of the ratio
+    alike. Both sides share the machine's two cores and caches while measured."""
+    base, base_sid = consumer_fleet("cv2", 1, cam, None)
+    try:
+        fleet, sid = consumer_fleet(kind, 1, cam, broker)
+        try:
+            base.wait_ready(65)
+            fleet.wait_ready(65)
+            check_decoder(broker, decoder)
+            groups: Dict[str, Callable[[], List[int]]] = {
+                "cv2": lambda: base.pids,
+                "readers": lambda: fleet.pids,
+                "broker": lambda: [broker.pid],
+                "ffmpeg": broker.ffmpeg_pids,
+            }
+            win = cpu_windows([base, fleet], groups, 1, cfg["warmup"], cfg["window"])[0]
+        finally:
+            close_fleet(fleet, sid, broker)
+    finally:
+        close_fleet(base, base_sid, None)
+    if win["fps_min"] <= 0:
+        raise BenchError(f"parity: a reader read no frame beside the other ({kind} and cv2)")
+    win["total_pct"] = win["readers_pct"] + win["broker_pct"] + win["ffmpeg_pct"]
+    return win
+
+
+def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]],
+                side: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     """One camera and size: each way's figures over the rounds, and per way of
     ours the ratios cv2 / ours of each round (median [min–max]), how many
-    rounds ours cost no more than cv2, and the ratio of the sums."""
+    rounds ours cost no more than cv2, and the ratio of the sums; the same for
+    the side-by-side windows (:func:`side_by_side`)."""
     keys = ["total_pct", "readers_pct", "broker_pct", "ffmpeg_pct", "fps_min"]
     cell: Dict[str, Any] = {"camera": camera, "size": size, "ways": {}, "ratios": {},
-                            "rounds_no_dearer": {}, "ratio_of_sums": {}}
+                            "rounds_no_dearer": {}, "ratio_of_sums": {}, "side_by_side": {}}
+    for way, ws in side.items():
+        cv2_side = [x["cv2_pct"] for x in ws]
+        ours_side = [x["total_pct"] for x in ws]
+        ratios = [a / b for a, b in zip(cv2_side, ours_side) if b > 0]
+        cell["side_by_side"][way] = {
+            "cv2_pct": mmm(cv2_side), "ours_pct": mmm(ours_side), "ratios": mmm(ratios),
+            "windows_no_dearer": sum(1 for x in ratios if x >= 1.0),
+            "ratio_of_sums": sum(cv2_side) / sum(ours_side) if sum(ours_side) > 0 else None,
+            "windows": ws,
+        }
     for way, ws in wins.items():
         cell["ways"][way] = {k: mmm([x.get(k, 0.0) for x in ws]) for k in keys}
         cell["ways"][way]["windows"] = ws
@@ -686,6 +752,11 @@ def print_parity(par: Dict[str, Any]) -> None:
             P(f"   {'':<26}{way:<12}{fmt(w['total_pct']):<20}({split})  cv2/ours {fmt(r, 2):<18}"
               f"no dearer {c['rounds_no_dearer'][way]}/{par['rounds']}  of the sums {c['ratio_of_sums'][way]:.2f}  "
               f"fps {med(w['fps_min']):.1f}")
+            sb = c.get("side_by_side", {}).get(way)
+            if sb:
+                P(f"   {'':<26}{'':<12}side by side: cv2 {fmt(sb['cv2_pct'])}, ours {fmt(sb['ours_pct'])}  "
+                  f"cv2/ours {fmt(sb['ratios'], 2)}  no dearer {sb['windows_no_dearer']}/{len(sb['windows'])}  "
+                  f"of the sums {sb['ratio_of_sums']:.2f}")
 
 
 def print_table(res: Dict[str, Any]) -> None:
