@@ -302,13 +302,19 @@ def cpu_config(kind: str, n: int, cam: Camera, broker: Optional[Broker], cfg: Di
     if max(x["fps_min"] for x in wins) <= 0:
         raise BenchError(f"cpu: a {kind} consumer read no frame in any window (N = {n})")
     for x in wins:
-        x["total_pct"] = x["readers_pct"] + x.get("broker_pct", 0.0) + x.get("ffmpeg_pct", 0.0)
+        x["total_pct"] = ours_total(x)
     keys = ["total_pct", "readers_pct", "broker_pct", "ffmpeg_pct", "camera_pct", "fps_mean", "fps_min"]
     out: Dict[str, Any] = {k: mmm([x.get(k, 0.0) for x in wins]) for k in keys}
     if decoder is not None:
         out.update(decoder=decoder, decoder_exe=exe)
     out["windows"] = wins
     return out
+
+
+def ours_total(row: Dict[str, Any]) -> float:
+    """CPU % of everything of ours in a window: readers, broker, decoder (for
+    cv2 only the readers, its processes)."""
+    return row["readers_pct"] + row.get("broker_pct", 0.0) + row.get("ffmpeg_pct", 0.0)
 
 
 def consumer_fleet(kind: str, n: int, cam: Camera, broker: Optional[Broker]) -> Tuple[Fleet, Optional[str]]:
@@ -323,10 +329,10 @@ def consumer_fleet(kind: str, n: int, cam: Camera, broker: Optional[Broker]) -> 
         return Fleet(cmds, "ready", sync_start=True), None
     sid = f"cpu{int(time.time() * 1000) % 1000000}"
     broker.add(sid, cam.url)
-    broker.wait_live([sid])
     cmds = [[str(RELEASE / "fb-reader"), "--socket", broker.socket, "--stream", sid,
              "--mode", "latest", "--count", "100000000", "--bare"]] * n
     try:
+        broker.wait_live([sid])
         return Fleet(cmds, None, sync_start=False), sid
     except BaseException:
         broker.cli("rm", sid, check=False)
@@ -438,7 +444,7 @@ def side_by_side(kind: str, cam: Camera, broker: Broker, decoder: str, cfg: Dict
         close_fleet(base, base_sid, None)
     if win["fps_min"] <= 0:
         raise BenchError(f"parity: a reader read no frame beside the other ({kind} and cv2)")
-    win["total_pct"] = win["readers_pct"] + win["broker_pct"] + win["ffmpeg_pct"]
+    win["total_pct"] = ours_total(win)
     return win
 
 
@@ -454,12 +460,10 @@ def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]],
     for way, ws in side.items():
         cv2_side = [x["cv2_pct"] for x in ws]
         ours_side = [x["total_pct"] for x in ws]
-        ratios = [a / b for a, b in zip(cv2_side, ours_side) if b > 0]
+        ratios, no_dearer, of_sums = cv2_over_ours(cv2_side, ours_side)
         cell["side_by_side"][way] = {
-            "cv2_pct": mmm(cv2_side), "ours_pct": mmm(ours_side), "ratios": mmm(ratios),
-            "windows_no_dearer": sum(1 for x in ratios if x >= 1.0),
-            "ratio_of_sums": sum(cv2_side) / sum(ours_side) if sum(ours_side) > 0 else None,
-            "windows": ws,
+            "cv2_pct": mmm(cv2_side), "ours_pct": mmm(ours_side), "ratios": ratios,
+            "windows_no_dearer": no_dearer, "ratio_of_sums": of_sums, "windows": ws,
         }
     for way, ws in wins.items():
         cell["ways"][way] = {k: mmm([x.get(k, 0.0) for x in ws]) for k in keys}
@@ -469,11 +473,16 @@ def parity_cell(camera: str, size: str, wins: Dict[str, List[Dict[str, Any]]],
         if way == "cv2":
             continue
         ours = [x["total_pct"] for x in ws]
-        ratios = [a / b for a, b in zip(cv2, ours) if b > 0]
-        cell["ratios"][way] = mmm(ratios)
-        cell["rounds_no_dearer"][way] = sum(1 for x in ratios if x >= 1.0)
-        cell["ratio_of_sums"][way] = sum(cv2) / sum(ours) if sum(ours) > 0 else None
+        cell["ratios"][way], cell["rounds_no_dearer"][way], cell["ratio_of_sums"][way] = cv2_over_ours(cv2, ours)
     return cell
+
+
+def cv2_over_ours(cv2: List[float], ours: List[float]) -> Tuple[Dict[str, Optional[float]], int, Optional[float]]:
+    """Paired windows' cv2 / ours: median [min–max] of the ratios, how many
+    windows ours cost no more than cv2, and the ratio of the sums."""
+    ratios = [a / b for a, b in zip(cv2, ours) if b > 0]
+    of_sums = sum(cv2) / sum(ours) if sum(ours) > 0 else None
+    return mmm(ratios), sum(1 for x in ratios if x >= 1.0), of_sums
 
 
 # ---------------------------------------------------------------------------
