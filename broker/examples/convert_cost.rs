@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use framebroker::convert::{Colour, Converter, SourceFormat};
+use framebroker::convert::{Colour, Converter, Range, SourceFormat};
 use framebroker_proto::{Geometry, PixelFormat};
 
 fn frame(w: u32, h: u32) -> Vec<u8> {
@@ -88,22 +88,34 @@ fn main() {
             "{size}: memcpy of a bgr24 frame ({bgr_bytes} bytes): {:.3} ms",
             copy.as_secs_f64() * 1e3
         );
+        let full = Colour {
+            range: Range::Full,
+            ..Colour::DEFAULT
+        };
+        // A limited-range source (most cameras) into every ring format, then a
+        // full-range one (`yuvj420p`) into the formats where the range changes.
+        let limited = PixelFormat::ALL.map(|f| (Colour::DEFAULT, f));
+        let ranged = [PixelFormat::Yuv420p, PixelFormat::Nv12].map(|f| (full, f));
         for (src_fmt, frame) in [(SourceFormat::Yuv420p, &yuv), (SourceFormat::Nv12, &nv12)] {
-            for dst_fmt in PixelFormat::ALL {
+            for (colour, dst_fmt) in limited.iter().chain(&ranged).copied() {
                 let g = Geometry {
                     width: w,
                     height: h,
                     pixel_format: dst_fmt,
                 };
-                let conv = Converter::new(src_fmt, Colour::DEFAULT, g).unwrap();
+                let conv = Converter::new(src_fmt, colour, g).unwrap();
                 let mut out = vec![0u8; conv.frame_bytes()];
                 let t = time_per_call(Duration::from_millis(700), || {
                     conv.convert(black_box(frame), &mut out).unwrap();
                     black_box(&mut out);
                 });
                 let ms = t.as_secs_f64() * 1e3;
+                let range = match colour.range {
+                    Range::Limited => "",
+                    Range::Full => " (full range)",
+                };
                 println!(
-                    "{size}: {src_fmt:?} -> {dst_fmt}: {ms:.3} ms/frame, {:.2} % of a core at 30 fps, \
+                    "{size}: {src_fmt:?}{range} -> {dst_fmt}: {ms:.3} ms/frame, {:.2} % of a core at 30 fps, \
                      {:.2}x the bgr24 memcpy",
                     ms * 30.0 / 10.0,
                     t.as_secs_f64() / copy.as_secs_f64()

@@ -175,37 +175,96 @@ pub enum ConvertError {
     Converter { dst: PixelFormat, reason: String },
 }
 
-/// swscale's luma range conversion, limited → full (`lumRangeToJpeg` on the
-/// 15-bit intermediate, then the 8-bit output's `(x + 64) >> 7`).
-pub fn luma_to_full(y: u8) -> u8 {
-    let x = i32::from(y) << 7;
-    let x = (x.min(30189) * 19077 - 39057361) >> 14;
-    out8(x)
+/// `(a * m) >> 16`: one `pmulhuw` lane once the loop is vectorised.
+#[inline]
+fn mulhi(a: u16, m: u16) -> u16 {
+    ((u32::from(a) * u32::from(m)) >> 16) as u16
 }
 
-/// swscale's luma range conversion, full → limited (`lumRangeFromJpeg`).
-pub fn luma_to_limited(y: u8) -> u8 {
-    let x = i32::from(y) << 7;
-    out8((x * 14071 + 33561947) >> 14)
+/// swscale's luma range conversion, limited → full. Its own formula works on a
+/// 15-bit intermediate in 32 bits (`spec::luma_to_full` in the tests); this
+/// form gives the same byte for each of the 256 inputs in 16-bit lanes, which
+/// the compiler vectorises eight or sixteen at a time.
+#[inline]
+fn luma_to_full(y: u8) -> u8 {
+    let t = u16::from(y.clamp(16, 235) - 16);
+    (t + mulhi(t + 3, 10774)) as u8
 }
 
-/// swscale's chroma range conversion, full → limited (`chrRangeFromJpeg`).
-pub fn chroma_to_limited(c: u8) -> u8 {
-    let x = i32::from(c) << 7;
-    out8((x * 1799 + 4081085) >> 11)
+/// swscale's luma range conversion, full → limited (see `luma_to_full`).
+#[inline]
+fn luma_to_limited(y: u8) -> u8 {
+    let v = u16::from(y);
+    (16 + v - mulhi(2 * v + 7, 4627)) as u8
 }
 
-/// The 15-bit intermediate back to 8 bits, rounded and clipped.
-fn out8(x: i32) -> u8 {
-    ((x + 64) >> 7).clamp(0, 255) as u8
+/// swscale's chroma range conversion, full → limited (see `luma_to_full`).
+#[inline]
+fn chroma_to_limited(c: u8) -> u8 {
+    let v = u16::from(c);
+    (16 + v - mulhi(8 * v + 61, 996)) as u8
 }
 
-fn lut(f: fn(u8) -> u8) -> Box<[u8; 256]> {
-    let mut t = Box::new([0u8; 256]);
-    for (i, v) in t.iter_mut().enumerate() {
-        *v = f(i as u8);
+/// A range conversion a plane goes through when the ring's range differs
+/// from the source's. Applied as the 16-bit arithmetic above, not as a
+/// 256-entry table: a table lookup is one load per sample that the compiler
+/// cannot vectorise (`examples/convert_cost.rs` prints what each costs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeMap {
+    LumaToFull,
+    LumaToLimited,
+    ChromaToLimited,
+}
+
+impl RangeMap {
+    fn sample(self, v: u8) -> u8 {
+        match self {
+            RangeMap::LumaToFull => luma_to_full(v),
+            RangeMap::LumaToLimited => luma_to_limited(v),
+            RangeMap::ChromaToLimited => chroma_to_limited(v),
+        }
     }
-    t
+
+    /// `dst[i] = map(src[i])`, one loop per map so that each is vectorised.
+    fn row(map: Option<RangeMap>, src: &[u8], dst: &mut [u8]) {
+        fn each(src: &[u8], dst: &mut [u8], f: impl Fn(u8) -> u8) {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = f(*s));
+        }
+        match map {
+            None => dst.copy_from_slice(src),
+            Some(RangeMap::LumaToFull) => each(src, dst, luma_to_full),
+            Some(RangeMap::LumaToLimited) => each(src, dst, luma_to_limited),
+            Some(RangeMap::ChromaToLimited) => each(src, dst, chroma_to_limited),
+        }
+    }
+
+    /// Splits an interleaved `uv` row into `u` and `v` through `map`.
+    fn split_row(map: Option<RangeMap>, uv: &[u8], u: &mut [u8], v: &mut [u8]) {
+        fn each(uv: &[u8], u: &mut [u8], v: &mut [u8], f: impl Fn(u8) -> u8) {
+            for ((uv, u), v) in uv.chunks_exact(2).zip(u).zip(v) {
+                *u = f(uv[0]);
+                *v = f(uv[1]);
+            }
+        }
+        match map {
+            None => each(uv, u, v, |c| c),
+            Some(m) => each(uv, u, v, |c| m.sample(c)),
+        }
+    }
+
+    /// Interleaves a `u` and a `v` row into `uv` through `map`.
+    fn join_row(map: Option<RangeMap>, u: &[u8], v: &[u8], uv: &mut [u8]) {
+        fn each(u: &[u8], v: &[u8], uv: &mut [u8], f: impl Fn(u8) -> u8) {
+            for ((d, u), v) in uv.chunks_exact_mut(2).zip(u).zip(v) {
+                d[0] = f(*u);
+                d[1] = f(*v);
+            }
+        }
+        match map {
+            None => each(u, v, uv, |c| c),
+            Some(m) => each(u, v, uv, |c| m.sample(c)),
+        }
+    }
 }
 
 /// One stream's conversion, set up once (tables, sizes) and run per frame.
@@ -217,9 +276,9 @@ pub struct Converter {
     src_bytes: usize,
     dst_bytes: usize,
     /// Applied to Y when the ring's range differs from the source's.
-    luma: Option<Box<[u8; 256]>>,
+    luma: Option<RangeMap>,
     /// Applied to U and V when the ring's range differs from the source's.
-    chroma: Option<Box<[u8; 256]>>,
+    chroma: Option<RangeMap>,
 }
 
 impl Converter {
@@ -249,11 +308,12 @@ impl Converter {
         let full = colour.range == Range::Full;
         let (luma, chroma) = match dst.pixel_format {
             // ffmpeg's gray is full-range luma.
-            PixelFormat::Gray if !full => (Some(lut(luma_to_full)), None),
+            PixelFormat::Gray if !full => (Some(RangeMap::LumaToFull), None),
             // ffmpeg's yuv420p and nv12 are limited range.
-            PixelFormat::Yuv420p | PixelFormat::Nv12 if full => {
-                (Some(lut(luma_to_limited)), Some(lut(chroma_to_limited)))
-            }
+            PixelFormat::Yuv420p | PixelFormat::Nv12 if full => (
+                Some(RangeMap::LumaToLimited),
+                Some(RangeMap::ChromaToLimited),
+            ),
             _ => (None, None),
         };
         Ok(Converter {
@@ -405,28 +465,25 @@ impl Converter {
                 .map_err(failed)
             }
             PixelFormat::Gray => {
-                self.plane_rows(p.y, wu, hu, dst, &self.luma);
+                self.plane_rows(p.y, wu, hu, dst, self.luma);
                 Ok(())
             }
             PixelFormat::Yuv420p => {
                 // Even sizes only (the ring's geometry says so): cs == ys / 4.
                 let (dy, dc) = dst.split_at_mut(wu * hu);
-                self.plane_rows(p.y, wu, hu, dy, &self.luma);
+                self.plane_rows(p.y, wu, hu, dy, self.luma);
                 let (du, dv) = dc.split_at_mut(cw * ch);
                 match self.src {
                     SourceFormat::Yuv420p => {
-                        self.plane_rows(p.u, cw, ch, du, &self.chroma);
-                        self.plane_rows(p.v, cw, ch, dv, &self.chroma);
+                        self.plane_rows(p.u, cw, ch, du, self.chroma);
+                        self.plane_rows(p.v, cw, ch, dv, self.chroma);
                     }
                     SourceFormat::Nv12 => {
                         for r in 0..ch {
                             let uv = &p.u.0[r * p.u.1..r * p.u.1 + 2 * cw];
                             let (u, v) =
                                 (&mut du[r * cw..(r + 1) * cw], &mut dv[r * cw..(r + 1) * cw]);
-                            for ((uv, u), v) in uv.chunks_exact(2).zip(u).zip(v) {
-                                *u = self.chroma_sample(uv[0]);
-                                *v = self.chroma_sample(uv[1]);
-                            }
+                            RangeMap::split_row(self.chroma, uv, u, v);
                         }
                     }
                 }
@@ -434,20 +491,17 @@ impl Converter {
             }
             PixelFormat::Nv12 => {
                 let (dy, duv) = dst.split_at_mut(wu * hu);
-                self.plane_rows(p.y, wu, hu, dy, &self.luma);
+                self.plane_rows(p.y, wu, hu, dy, self.luma);
                 match self.src {
                     SourceFormat::Yuv420p => {
                         for r in 0..ch {
                             let u = &p.u.0[r * p.u.1..r * p.u.1 + cw];
                             let v = &p.v.0[r * p.v.1..r * p.v.1 + cw];
                             let d = &mut duv[r * 2 * cw..(r + 1) * 2 * cw];
-                            for ((d, u), v) in d.chunks_exact_mut(2).zip(u).zip(v) {
-                                d[0] = self.chroma_sample(*u);
-                                d[1] = self.chroma_sample(*v);
-                            }
+                            RangeMap::join_row(self.chroma, u, v, d);
                         }
                     }
-                    SourceFormat::Nv12 => self.plane_rows(p.u, 2 * cw, ch, duv, &self.chroma),
+                    SourceFormat::Nv12 => self.plane_rows(p.u, 2 * cw, ch, duv, self.chroma),
                 }
                 Ok(())
             }
@@ -455,19 +509,16 @@ impl Converter {
     }
 
     /// Copies `rows` rows of `row` bytes of a strided plane into the packed
-    /// `dst`, through `table` when set.
+    /// `dst`, through `map` when set.
     fn plane_rows(
         &self,
         (src, stride): (&[u8], usize),
         row: usize,
         rows: usize,
         dst: &mut [u8],
-        table: &Option<Box<[u8; 256]>>,
+        map: Option<RangeMap>,
     ) {
-        let apply = |s: &[u8], d: &mut [u8]| match table {
-            Some(t) => d.iter_mut().zip(s).for_each(|(d, s)| *d = t[*s as usize]),
-            None => d.copy_from_slice(s),
-        };
+        let apply = |s: &[u8], d: &mut [u8]| RangeMap::row(map, s, d);
         if stride == row {
             apply(&src[..row * rows], &mut dst[..row * rows]);
         } else {
@@ -476,18 +527,50 @@ impl Converter {
             }
         }
     }
-
-    fn chroma_sample(&self, c: u8) -> u8 {
-        match &self.chroma {
-            Some(t) => t[c as usize],
-            None => c,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// swscale's own range conversions, as it computes them: on the 15-bit
+    /// intermediate (`lumRangeToJpeg`, `lumRangeFromJpeg`, `chrRangeFromJpeg`),
+    /// then the 8-bit output's `(x + 64) >> 7`, rounded and clipped.
+    mod spec {
+        fn out8(x: i32) -> u8 {
+            ((x + 64) >> 7).clamp(0, 255) as u8
+        }
+
+        pub fn luma_to_full(y: u8) -> u8 {
+            let x = i32::from(y) << 7;
+            out8((x.min(30189) * 19077 - 39057361) >> 14)
+        }
+
+        pub fn luma_to_limited(y: u8) -> u8 {
+            out8(((i32::from(y) << 7) * 14071 + 33561947) >> 14)
+        }
+
+        pub fn chroma_to_limited(c: u8) -> u8 {
+            out8(((i32::from(c) << 7) * 1799 + 4081085) >> 11)
+        }
+    }
+
+    #[test]
+    fn range_conversions_are_swscales_on_every_value() {
+        for v in 0..=255u8 {
+            assert_eq!(luma_to_full(v), spec::luma_to_full(v), "luma {v} to full");
+            assert_eq!(
+                luma_to_limited(v),
+                spec::luma_to_limited(v),
+                "luma {v} to limited"
+            );
+            assert_eq!(
+                chroma_to_limited(v),
+                spec::chroma_to_limited(v),
+                "chroma {v} to limited"
+            );
+        }
+    }
 
     /// A frame of `format` with every sample different, packed.
     fn packed(format: SourceFormat, w: u32, h: u32) -> Vec<u8> {
