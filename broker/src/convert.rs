@@ -216,58 +216,66 @@ enum RangeMap {
     ChromaToLimited,
 }
 
-impl RangeMap {
-    fn sample(self, v: u8) -> u8 {
-        match self {
-            RangeMap::LumaToFull => luma_to_full(v),
-            RangeMap::LumaToLimited => luma_to_limited(v),
-            RangeMap::ChromaToLimited => chroma_to_limited(v),
+/// Evaluates `$body` with `$f` bound to the function of `$map` (the identity
+/// for `None`): one copy of the body per map, so that each loop is vectorised
+/// with its own arithmetic inlined.
+macro_rules! with_map {
+    ($map:expr, |$f:ident| $body:expr) => {
+        match $map {
+            None => {
+                let $f = |c: u8| c;
+                $body
+            }
+            Some(RangeMap::LumaToFull) => {
+                let $f = luma_to_full;
+                $body
+            }
+            Some(RangeMap::LumaToLimited) => {
+                let $f = luma_to_limited;
+                $body
+            }
+            Some(RangeMap::ChromaToLimited) => {
+                let $f = chroma_to_limited;
+                $body
+            }
         }
-    }
+    };
+}
 
-    /// `dst[i] = map(src[i])`, one loop per map so that each is vectorised.
+impl RangeMap {
+    /// `dst[i] = map(src[i])`.
     fn row(map: Option<RangeMap>, src: &[u8], dst: &mut [u8]) {
-        fn each(src: &[u8], dst: &mut [u8], f: impl Fn(u8) -> u8) {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d = f(*s));
+        if map.is_none() {
+            return dst.copy_from_slice(src);
         }
-        match map {
-            None => dst.copy_from_slice(src),
-            Some(RangeMap::LumaToFull) => each(src, dst, luma_to_full),
-            Some(RangeMap::LumaToLimited) => each(src, dst, luma_to_limited),
-            Some(RangeMap::ChromaToLimited) => each(src, dst, chroma_to_limited),
-        }
+        with_map!(map, |f| dst
+            .iter_mut()
+            .zip(src)
+            .for_each(|(d, s)| *d = f(*s)))
     }
 
     /// Splits an interleaved `uv` row into `u` and `v` through `map`.
     fn split_row(map: Option<RangeMap>, uv: &[u8], u: &mut [u8], v: &mut [u8]) {
-        fn each(uv: &[u8], u: &mut [u8], v: &mut [u8], f: impl Fn(u8) -> u8) {
+        with_map!(map, |f| {
             for ((uv, u), v) in uv.chunks_exact(2).zip(u).zip(v) {
                 *u = f(uv[0]);
                 *v = f(uv[1]);
             }
-        }
-        match map {
-            None => each(uv, u, v, |c| c),
-            Some(m) => each(uv, u, v, |c| m.sample(c)),
-        }
+        })
     }
 
     /// Interleaves a `u` and a `v` row into `uv` through `map`.
     fn join_row(map: Option<RangeMap>, u: &[u8], v: &[u8], uv: &mut [u8]) {
-        fn each(u: &[u8], v: &[u8], uv: &mut [u8], f: impl Fn(u8) -> u8) {
+        with_map!(map, |f| {
             for ((d, u), v) in uv.chunks_exact_mut(2).zip(u).zip(v) {
                 d[0] = f(*u);
                 d[1] = f(*v);
             }
-        }
-        match map {
-            None => each(u, v, uv, |c| c),
-            Some(m) => each(u, v, uv, |c| m.sample(c)),
-        }
+        })
     }
 }
 
-/// One stream's conversion, set up once (tables, sizes) and run per frame.
+/// One stream's conversion, set up once (range maps, sizes) and run per frame.
 #[derive(Clone, Debug)]
 pub struct Converter {
     src: SourceFormat,
