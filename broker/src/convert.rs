@@ -254,6 +254,24 @@ impl RangeMap {
             .for_each(|(d, s)| *d = f(*s)))
     }
 
+    /// Copies `rows` rows of `row` bytes of a strided plane into the packed
+    /// `dst`, through `map` when set.
+    fn plane(
+        map: Option<RangeMap>,
+        (src, stride): (&[u8], usize),
+        row: usize,
+        rows: usize,
+        dst: &mut [u8],
+    ) {
+        if stride == row {
+            RangeMap::row(map, &src[..row * rows], &mut dst[..row * rows]);
+        } else {
+            for (r, d) in dst.chunks_exact_mut(row).take(rows).enumerate() {
+                RangeMap::row(map, &src[r * stride..r * stride + row], d);
+            }
+        }
+    }
+
     /// Splits an interleaved `uv` row into `u` and `v` through `map`.
     fn split_row(map: Option<RangeMap>, uv: &[u8], u: &mut [u8], v: &mut [u8]) {
         with_map!(map, |f| {
@@ -473,18 +491,18 @@ impl Converter {
                 .map_err(failed)
             }
             PixelFormat::Gray => {
-                self.plane_rows(p.y, wu, hu, dst, self.luma);
+                RangeMap::plane(self.luma, p.y, wu, hu, dst);
                 Ok(())
             }
             PixelFormat::Yuv420p => {
                 // Even sizes only (the ring's geometry says so): cs == ys / 4.
                 let (dy, dc) = dst.split_at_mut(wu * hu);
-                self.plane_rows(p.y, wu, hu, dy, self.luma);
+                RangeMap::plane(self.luma, p.y, wu, hu, dy);
                 let (du, dv) = dc.split_at_mut(cw * ch);
                 match self.src {
                     SourceFormat::Yuv420p => {
-                        self.plane_rows(p.u, cw, ch, du, self.chroma);
-                        self.plane_rows(p.v, cw, ch, dv, self.chroma);
+                        RangeMap::plane(self.chroma, p.u, cw, ch, du);
+                        RangeMap::plane(self.chroma, p.v, cw, ch, dv);
                     }
                     SourceFormat::Nv12 => {
                         for r in 0..ch {
@@ -499,7 +517,7 @@ impl Converter {
             }
             PixelFormat::Nv12 => {
                 let (dy, duv) = dst.split_at_mut(wu * hu);
-                self.plane_rows(p.y, wu, hu, dy, self.luma);
+                RangeMap::plane(self.luma, p.y, wu, hu, dy);
                 match self.src {
                     SourceFormat::Yuv420p => {
                         for r in 0..ch {
@@ -509,29 +527,9 @@ impl Converter {
                             RangeMap::join_row(self.chroma, u, v, d);
                         }
                     }
-                    SourceFormat::Nv12 => self.plane_rows(p.u, 2 * cw, ch, duv, self.chroma),
+                    SourceFormat::Nv12 => RangeMap::plane(self.chroma, p.u, 2 * cw, ch, duv),
                 }
                 Ok(())
-            }
-        }
-    }
-
-    /// Copies `rows` rows of `row` bytes of a strided plane into the packed
-    /// `dst`, through `map` when set.
-    fn plane_rows(
-        &self,
-        (src, stride): (&[u8], usize),
-        row: usize,
-        rows: usize,
-        dst: &mut [u8],
-        map: Option<RangeMap>,
-    ) {
-        let apply = |s: &[u8], d: &mut [u8]| RangeMap::row(map, s, d);
-        if stride == row {
-            apply(&src[..row * rows], &mut dst[..row * rows]);
-        } else {
-            for (r, d) in dst.chunks_exact_mut(row).take(rows).enumerate() {
-                apply(&src[r * stride..r * stride + row], d);
             }
         }
     }
