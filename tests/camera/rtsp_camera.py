@@ -71,8 +71,11 @@ def pattern_nicks() -> List[str]:
     src = Gst.ElementFactory.make("videotestsrc")
     if src is None:
         raise SystemExit("rtsp_camera: videotestsrc missing (gstreamer1.0-plugins-base)")
-    spec = src.find_property("pattern")
-    return [v.value_nick for v in spec.enum_class.__enum_values__.values()]
+    # The property's value is an instance of the enum's class, whose values
+    # PyGObject lists in __enum_values__ (3.42, Debian 12, and 3.50, Debian 13;
+    # ParamSpec.enum_class is the enum's value in the first, a GEnumClass in
+    # the second).
+    return [v.value_nick for v in type(src.get_property("pattern")).__enum_values__.values()]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
